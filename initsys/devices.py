@@ -1,0 +1,118 @@
+"""Event-driven wait for block devices, with pyudev on the kernel's uevents.
+
+There is no udevd in the initrd, so we subscribe to the *kernel* uevent source.
+The monitor is started before the modules load; then we enumerate what
+already exists (coldplug) and wait on the monitor's socket for the rest.
+Nothing sleeps or polls: trio wakes us when the netlink socket is readable.
+
+Disks are identified by their virtio-blk serial (`/sys/block/X/serial`:
+rootfs, overlay, config, vol-N) when the host set one, else by position
+(vda, vdb, vdc) as PROTOCOL.md §1 says.
+"""
+
+import os
+
+import trio
+
+# libudev is loaded by path: ctypes.util.find_library needs ldconfig/gcc, absent here.
+LIBRARIES = {"udev": "libudev.so.1", "libc": "libc.so.6", "c": "libc.so.6"}
+
+POSITIONAL = {"rootfs": "vda", "overlay": "vdb", "config": "vdc"}
+
+
+def _load_pyudev():
+    from pyudev._ctypeslib import utils
+    original = utils.find_library
+    utils.find_library = lambda name: LIBRARIES.get(name) or original(name)
+    import pyudev
+    return pyudev
+
+
+def read_serial(name, sysfs="/sys"):
+    """The virtio-blk serial of /dev/<name>, or '' when it has none."""
+    try:
+        with open(f"{sysfs}/block/{name}/serial") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def resolve_roles(disks, roles):
+    """Map each wanted role to a disk name.
+
+    `disks` maps disk name -> serial ('' when none).  A role is found by serial
+    first; else by its positional name when that disk carries no serial.
+    Returns {role: name} for the roles found so far.
+    """
+    by_serial = {serial: name for name, serial in disks.items() if serial}
+    found = {}
+    for role in roles:
+        if role in by_serial:
+            found[role] = by_serial[role]
+        else:
+            pos = POSITIONAL.get(role)
+            if pos in disks and not disks[pos]:
+                found[role] = pos
+    return found
+
+
+class BlockWatcher:
+    """Watches block-device uevents; start it before loading the block driver."""
+
+    def __init__(self):
+        pyudev = _load_pyudev()
+        self._context = pyudev.Context()
+        self._monitor = pyudev.Monitor.from_netlink(self._context, source="kernel")
+        self._monitor.filter_by("block")
+        self._monitor.start()
+        self.disks = {}  # name -> serial
+
+    def _add(self, name):
+        if name not in self.disks:
+            self.disks[name] = read_serial(name)
+
+    def coldplug(self):
+        for device in self._context.list_devices(subsystem="block", DEVTYPE="disk"):
+            self._add(device.sys_name)
+
+    def _drain(self):
+        while True:
+            device = self._monitor.poll(timeout=0)
+            if device is None:
+                return
+            if device.action == "add" and device.device_type == "disk":
+                self._add(device.sys_name)
+
+    async def wait_for_roles(self, roles):
+        """Wait until every role maps to a disk; returns {role: '/dev/<name>'}.
+
+        Callers bound this with trio.fail_after().
+        """
+        self.coldplug()
+        while True:
+            found = resolve_roles(self.disks, roles)
+            if len(found) == len(roles):
+                return {role: "/dev/" + name for role, name in found.items()}
+            await trio.lowlevel.wait_readable(self._monitor.fileno())
+            self._drain()
+
+    def missing(self, roles):
+        found = resolve_roles(self.disks, roles)
+        out = []
+        for role in roles:
+            if role not in found:
+                pos = POSITIONAL.get(role)
+                out.append(f"{role} (serial={role}" + (f" or /dev/{pos})" if pos else ")"))
+        return out
+
+
+def fs_type(device):
+    """Identify the filesystem on a block device from its superblock: erofs, ext4, or None."""
+    with open(device, "rb") as f:
+        f.seek(1024)
+        sb = f.read(128)
+    if len(sb) >= 4 and sb[0:4] == b"\xe2\xe1\xf5\xe0":  # EROFS_SUPER_MAGIC_V1, little endian
+        return "erofs"
+    if len(sb) >= 58 and sb[56:58] == b"\x53\xef":  # ext2/3/4 magic 0xEF53
+        return "ext4"
+    return None

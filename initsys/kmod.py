@@ -1,0 +1,41 @@
+"""Loading the kernel-module closure shipped in the initrd.
+
+image_build resolved the closure with the kernel's own metadata and wrote the
+load order (dependencies first) to MODULES_LIST; PID 1 just calls
+finit_module() on each file in that order.  There is no modprobe here.
+"""
+
+import errno
+import os
+
+from initsys import libc
+
+MODULES_LIST = "/usr/lib/kindling/modules.list"
+
+
+def module_paths(list_path=MODULES_LIST):
+    try:
+        with open(list_path) as f:
+            return [line.strip() for line in f if line.strip()]
+    except FileNotFoundError:
+        return []
+
+
+def load(path):
+    """Load one module; already-loaded (EEXIST) is fine."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        libc.finit_module(fd)
+    except OSError as e:
+        if e.errno != errno.EEXIST:
+            raise OSError(e.errno, f"loading kernel module {path}: {os.strerror(e.errno)}") from None
+    finally:
+        os.close(fd)
+
+
+def load_all(list_path=MODULES_LIST):
+    """Load every module in order; returns how many were loaded."""
+    paths = module_paths(list_path)
+    for path in paths:
+        load(path)
+    return len(paths)

@@ -1,0 +1,14 @@
+"""What the guest imports: image_build traces these to pick the stdlib the initrd needs."""
+
+GUEST_MODULES = [
+    "initsys.main",
+    "initsys.config",
+    "initsys.devices",
+    "initsys.program",
+    "initsys.reaper",
+    "initsys.rootfs",
+    "trio",
+    "pyudev",
+    "pyroute2.iproute.linux",
+    "msgpack",
+]

@@ -1,0 +1,93 @@
+"""Exec mode: run the entrypoint in the new root, forward signals, report the exit.
+
+PID 1 itself stays in the initramfs (its Python runtime lives there); the
+program is chrooted into the new root by the child between fork and exec.
+"""
+
+import errno
+import os
+import signal
+import subprocess
+
+import trio
+
+from initsys import console, libc, protocol
+from initsys.mounts import NEWROOT
+
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+
+
+class ProgramError(Exception):
+    """The program could not be set up (not an exit status of the program)."""
+
+
+def _enter_root(newroot, workdir):
+    def preexec():
+        os.chroot(newroot)
+        os.makedirs(workdir, exist_ok=True)  # like docker, a missing workdir is created
+        os.chdir(workdir)
+    return preexec
+
+
+def oom_killed(pid):
+    return f"Killed process {pid} " in libc.kernel_log()
+
+
+async def spawn(argv, env, workdir, reaper, *, newroot=NEWROOT, pass_fds=()):
+    """Start argv chrooted in newroot with its own console and /dev/null stdin.
+
+    Returns a trio Process, or raises FileNotFoundError/PermissionError (exec
+    failed) or ProgramError.
+    """
+    stdin = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+    out = os.open("/dev/console", os.O_WRONLY | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        async with reaper.spawning():
+            try:
+                proc = await trio.lowlevel.open_process(
+                    argv, env=env, stdin=stdin, stdout=out, stderr=out,
+                    preexec_fn=_enter_root(newroot, workdir), start_new_session=True,
+                    pass_fds=pass_fds)
+            except subprocess.SubprocessError:
+                raise ProgramError(f"workdir {workdir!r}: cannot create or enter it in the new root") from None
+            reaper.track(proc.pid)
+    finally:
+        os.close(stdin)
+        os.close(out)
+    return proc
+
+
+async def _forward_signals(proc):
+    with trio.open_signal_receiver(*FORWARDED_SIGNALS) as signals:
+        async for signum in signals:
+            try:
+                proc.send_signal(signum)
+            except ProcessLookupError:
+                pass
+
+
+async def run(cfg, reaper):
+    """Run the program to completion; returns (exit code, message)."""
+    try:
+        proc = await spawn(cfg.argv, cfg.program_env(), cfg.workdir, reaper)
+    except FileNotFoundError:
+        code = protocol.EXIT_COMMAND_NOT_FOUND
+        return code, protocol.exit_message(code)
+    except PermissionError:
+        code = protocol.EXIT_NOT_EXECUTABLE
+        return code, protocol.exit_message(code)
+    except OSError as e:
+        if e.errno in (errno.ENOEXEC, errno.EISDIR, errno.ENOTDIR):
+            code = protocol.EXIT_NOT_EXECUTABLE
+            return code, protocol.exit_message(code)
+        raise
+    console.emit(protocol.program_start_line("exec"))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_forward_signals, proc)
+        await proc.wait()
+        nursery.cancel_scope.cancel()
+    reaper.untrack(proc.pid)
+    reaper.sweep()
+    code, signum = protocol.exit_code_from_returncode(proc.returncode)
+    oom = signum == signal.SIGKILL and oom_killed(proc.pid)
+    return code, protocol.exit_message(code, signum=signum, oom=oom)

@@ -1,0 +1,49 @@
+"""Disk identification (serial first, then position) and superblock detection."""
+
+import subprocess
+
+import pytest
+
+from initsys.devices import fs_type, resolve_roles
+
+ROLES = ("rootfs", "overlay", "config")
+
+
+@pytest.mark.parametrize("disks, expected", [
+    # Kindling's host: serials on every disk
+    ({"vda": "rootfs", "vdb": "overlay", "vdc": "config"},
+     {"rootfs": "vda", "overlay": "vdb", "config": "vdc"}),
+    # serials win over position
+    ({"vda": "config", "vdb": "overlay", "vdc": "rootfs"},
+     {"rootfs": "vdc", "overlay": "vdb", "config": "vda"}),
+    # a hypeman host: no serials, positional order
+    ({"vda": "", "vdb": "", "vdc": ""}, {"rootfs": "vda", "overlay": "vdb", "config": "vdc"}),
+    # not all there yet
+    ({"vda": "", "vdb": ""}, {"rootfs": "vda", "overlay": "vdb"}),
+    # a positional disk that carries another serial is not taken for its position
+    ({"vda": "vol-0", "vdb": "overlay"}, {"overlay": "vdb"}),
+    ({}, {}),
+])
+def test_resolve_roles(disks, expected):
+    assert resolve_roles(disks, ROLES) == expected
+
+
+def _mkfs(argv, timeout=60):
+    subprocess.run(argv, check=True, capture_output=True, timeout=timeout)
+
+
+def test_fs_type_reads_real_superblocks(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("x")
+    ext4 = tmp_path / "e.img"
+    with open(ext4, "wb") as f:
+        f.truncate(8 << 20)
+    _mkfs(["mkfs.ext4", "-q", "-F", "-d", str(src), str(ext4)])
+    erofs = tmp_path / "r.img"
+    _mkfs(["mkfs.erofs", "--quiet", str(erofs), str(src)])
+    junk = tmp_path / "junk.img"
+    junk.write_bytes(b"\x00" * 8192)
+    assert fs_type(str(ext4)) == "ext4"
+    assert fs_type(str(erofs)) == "erofs"
+    assert fs_type(str(junk)) is None
