@@ -11,6 +11,9 @@ import os
 from initsys import libc
 
 MODULES_LIST = "/usr/lib/kindling/modules.list"
+# Modules present only as soft dependencies (e.g. crc32c-intel for libcrc32c):
+# they may legitimately fail (ENODEV without SSE4.2) and a fallback exists.
+SOFTDEP_LIST = "/usr/lib/kindling/modules.softdep"
 
 
 def module_paths(list_path=MODULES_LIST):
@@ -33,9 +36,18 @@ def load(path):
         os.close(fd)
 
 
-def load_all(list_path=MODULES_LIST):
-    """Load every module in order; returns how many were loaded."""
-    paths = module_paths(list_path)
-    for path in paths:
-        load(path)
-    return len(paths)
+def load_all(list_path=MODULES_LIST, softdep_path=SOFTDEP_LIST):
+    """Load every module in order; returns the soft dependencies that failed.
+
+    A required module that fails raises OSError naming it.
+    """
+    optional = set(module_paths(softdep_path))
+    skipped = []
+    for path in module_paths(list_path):
+        try:
+            load(path)
+        except OSError:
+            if path not in optional:
+                raise
+            skipped.append(path)
+    return skipped

@@ -36,12 +36,12 @@ class ModuleLoader(threading.Thread):
     def __init__(self):
         super().__init__(name="kmod", daemon=True)
         self.error = None
-        self.count = 0
+        self.skipped = []
 
     def run(self):
         start = time.monotonic()
         try:
-            self.count = kmod.load_all()
+            self.skipped = kmod.load_all()
         except BaseException as e:  # reported by the boot pipeline, never lost
             self.error = e
             return

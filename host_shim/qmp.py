@@ -1,0 +1,90 @@
+"""A minimal QMP (QEMU Machine Protocol) client over the instance's unix socket."""
+
+import json
+import os
+
+import trio
+
+from .errors import KindlingError
+
+
+class QMPError(KindlingError):
+    pass
+
+
+class QMPClient:
+    """Line-delimited JSON: a greeting, `qmp_capabilities`, then commands.
+
+    Asynchronous events (lines with "event") are skipped.
+    """
+
+    def __init__(self, stream: trio.SocketStream):
+        self._stream = stream
+        self._buffer = b""
+
+    @classmethod
+    async def connect(cls, path: str | os.PathLike) -> "QMPClient":
+        try:
+            stream = await trio.open_unix_socket(os.fspath(path))
+        except OSError as e:
+            raise QMPError(f"cannot connect to QMP socket {path}: {e.strerror or e}") from None
+        client = cls(stream)
+        try:
+            greeting = await client._receive()
+            if "QMP" not in greeting:
+                raise QMPError(f"unexpected QMP greeting: {greeting}")
+            await client.execute("qmp_capabilities")
+        except BaseException:
+            await stream.aclose()
+            raise
+        return client
+
+    async def _receive(self) -> dict:
+        while b"\n" not in self._buffer:
+            chunk = await self._stream.receive_some(65536)
+            if not chunk:
+                raise QMPError("QMP connection closed")
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        try:
+            return json.loads(line)
+        except ValueError:
+            raise QMPError(f"bad QMP message: {line[:200]!r}") from None
+
+    async def execute(self, command: str, arguments: dict | None = None):
+        message = {"execute": command}
+        if arguments:
+            message["arguments"] = arguments
+        await self._stream.send_all(json.dumps(message).encode() + b"\n")
+        while True:
+            reply = await self._receive()
+            if "event" in reply:
+                continue
+            if "error" in reply:
+                err = reply["error"]
+                raise QMPError(f"QMP {command} failed: {err.get('desc', err)}")
+            return reply.get("return")
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.aclose()
+
+
+async def quit(path: str | os.PathLike) -> bool:
+    """Ask QEMU to quit.  False when QEMU could not be reached; the caller still waits
+    for the process to exit (and kills it if it does not).  Timeouts: at the call site."""
+    try:
+        client = await QMPClient.connect(path)
+    except (QMPError, OSError, trio.BrokenResourceError):
+        return False
+    async with client:
+        try:
+            await client.execute("quit")
+        except (QMPError, OSError, trio.BrokenResourceError):
+            pass  # QEMU may close the socket while quitting, before it replies
+    return True

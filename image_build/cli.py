@@ -1,0 +1,76 @@
+"""`kindling build`: build the kernel, initrd and rootfs into an output dir.
+
+The host_shim CLI dispatches `kindling build` here through add_arguments()
+and main_from_args(); `python -m image_build` calls cli().
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from image_build import initrd, log, rootfs
+from image_build.build import BuildOptions, build_all
+from image_build.cache import default_cache_dir
+from image_build.errors import BuildError
+
+DEFAULT_OUT = Path("build")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rootfs", type=Path, metavar="DIR|TARBALL",
+                        help="root filesystem source: a directory or a tarball such as a `docker export`"
+                             " (default: a tiny busybox system)")
+    parser.add_argument("--kernel", type=Path, metavar="VMLINUZ",
+                        help="kernel image to boot (default: Debian's cloud kernel, fetched with apt-get)")
+    parser.add_argument("--modules", type=Path, metavar="DIR",
+                        help="the kernel's lib/modules/<release> directory (required with --kernel)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, metavar="DIR",
+                        help=f"output directory (default: ./{DEFAULT_OUT})")
+    parser.add_argument("--rootfs-format", choices=rootfs.FORMATS, default="erofs",
+                        help="rootfs image format (default: erofs)")
+    parser.add_argument("--compression", choices=initrd.COMPRESSIONS, default=initrd.DEFAULT_COMPRESSION,
+                        help=f"initrd compression (default: {initrd.DEFAULT_COMPRESSION})")
+    parser.add_argument("--cache-dir", type=Path, metavar="DIR",
+                        help=f"build cache (default: $KINDLING_CACHE or {default_cache_dir()})")
+    parser.add_argument("--force", action="store_true", help="rebuild even if the cache has the artifacts")
+
+
+def main_from_args(args: argparse.Namespace) -> int:
+    opts = BuildOptions(
+        out_dir=args.out,
+        rootfs=args.rootfs,
+        kernel=args.kernel,
+        modules=args.modules,
+        rootfs_format=args.rootfs_format,
+        compression=args.compression,
+        cache_dir=args.cache_dir,
+        force=getattr(args, "force", False),
+    )
+    try:
+        art = build_all(opts)
+    except BuildError as e:
+        print(f"kindling build: error: {e}", file=sys.stderr)
+        return 1
+    ii = art.info.get("initrd", {})
+    print(f"kernel  {art.kernel}  ({log.human_size(art.kernel.stat().st_size)}, release {art.kernel_release})")
+    extra = ""
+    if ii.get("uncompressed_size"):
+        extra = f", {log.human_size(ii['uncompressed_size'])} uncompressed, {ii.get('compression')}"
+    print(f"initrd  {art.initrd}  ({log.human_size(art.initrd.stat().st_size)}{extra})")
+    print(f"rootfs  {art.rootfs}  ({log.human_size(art.rootfs.stat().st_size)}, {opts.rootfs_format})")
+    return 0
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kindling build", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return parser
+
+
+def cli(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["build"]:
+        argv = argv[1:]
+    return main_from_args(make_parser().parse_args(argv))

@@ -1,0 +1,100 @@
+"""Which kernel to boot, and where its modules are.
+
+Without --kernel: Debian's cloud kernel.  `linux-image-cloud-amd64` is
+resolved to its versioned package, which is downloaded and extracted into the
+cache; the kernel is boot/vmlinuz-<rel> and the modules lib/modules/<rel>.
+With --kernel, --modules (a lib/modules/<rel> directory) is required; the
+release is that directory's name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from image_build import cache, debs, log
+from image_build.errors import BuildError
+
+CLOUD_KERNEL_META = "linux-image-cloud-amd64"
+
+
+@dataclass(frozen=True)
+class Kernel:
+    vmlinuz: Path
+    modules_dir: Path  # .../lib/modules/<release>
+    release: str
+    origin: str  # e.g. "linux-image-6.1.0-57-cloud-amd64 6.1.192-3" or "--kernel PATH"
+
+
+def resolve(kernel: Path | None, modules: Path | None, cache_dir: Path) -> Kernel:
+    if kernel is None:
+        if modules is not None:
+            raise BuildError("--modules was given without --kernel; give both, or neither to use Debian's cloud kernel")
+        return debian_cloud_kernel(cache_dir)
+    return given_kernel(Path(kernel), modules)
+
+
+def given_kernel(kernel: Path, modules: Path | None) -> Kernel:
+    if not kernel.is_file():
+        raise BuildError(f"--kernel {kernel}: no such file (expected a vmlinuz/bzImage)")
+    if modules is None:
+        raise BuildError(
+            f"--kernel {kernel} needs --modules DIR: the kernel's lib/modules/<release> directory"
+            " (the initrd must carry modules built for this exact kernel)"
+        )
+    modules = Path(modules)
+    if not modules.is_dir():
+        raise BuildError(f"--modules {modules}: no such directory (expected lib/modules/<release>)")
+    check_modules_dir(modules, f"--modules {modules}")
+    release = modules.resolve().name
+    found = bzimage_version(kernel)
+    if found is not None and found.split()[0] != release:
+        log.warn(f"--kernel {kernel} says it is release {found.split()[0]!r}, but --modules is for {release!r}")
+    return Kernel(kernel, modules, release, f"--kernel {kernel}")
+
+
+def check_modules_dir(modules: Path, what: str) -> None:
+    if not (modules / "kernel").is_dir() and not (modules / "modules.dep").is_file():
+        raise BuildError(
+            f"{what}: does not look like a lib/modules/<release> directory"
+            " (it has neither a kernel/ subdirectory nor modules.dep)"
+        )
+
+
+def debian_cloud_kernel(cache_dir: Path) -> Kernel:
+    debs.require_apt(
+        "no --kernel was given, and Debian's cloud kernel cannot be fetched without apt;"
+        " pass --kernel VMLINUZ --modules DIR"
+    )
+    package = debs.resolve_metapackage(CLOUD_KERNEL_META, "linux-image-")
+    info, root = debs.fetch_and_extract(package, cache_dir, "kernel")
+    mod_root = root / "lib" / "modules"
+    releases = sorted(p.name for p in mod_root.iterdir()) if mod_root.is_dir() else []
+    if len(releases) != 1:
+        raise BuildError(f"{package}: expected exactly one directory in {mod_root}, found {releases}")
+    release = releases[0]
+    vmlinuz = root / "boot" / f"vmlinuz-{release}"
+    if not vmlinuz.is_file():
+        raise BuildError(f"{package}: {vmlinuz} missing from the extracted package")
+    return Kernel(vmlinuz, mod_root / release, release, f"{info.package} {info.version}")
+
+
+def bzimage_version(path: Path) -> str | None:
+    """The version string in a bzImage's setup header, or None if not a bzImage."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(0x4000)
+            if head[0x202:0x206] != b"HdrS":
+                return None
+            off = int.from_bytes(head[0x20E:0x210], "little") + 0x200
+            f.seek(off)
+            raw = f.read(256).split(b"\0", 1)[0]
+        return raw.decode("ascii", "replace") or None
+    except OSError:
+        return None
+
+
+def copy_kernel(kernel: Kernel, dest: Path) -> Path:
+    cache.install_file(kernel.vmlinuz, dest)
+    return dest
+

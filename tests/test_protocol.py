@@ -1,0 +1,304 @@
+"""initsys/protocol.py: the wire contract shared by the guest and the host."""
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from initsys import protocol
+from initsys.protocol import ConfigError, Marker
+
+TS = 1_772_982_566_123_456_789          # 2026-03-08T15:09:26.123456789Z
+TS_TEXT = "2026-03-08T15:09:26.123456789Z"
+
+
+# --- config.json -------------------------------------------------------------
+
+MINIMAL = {"entrypoint": ["/bin/true"]}
+
+
+def test_config_defaults():
+    c = protocol.validate_config(MINIMAL)
+    assert c.argv == ["/bin/true"]
+    assert c.cmd == []
+    assert c.workdir == "/"
+    assert c.env == {}
+    assert c.network_enabled is False
+    assert c.volume_mounts == []
+    assert c.init_mode == "exec"
+    assert c.skip_kernel_headers is False
+    assert c.skip_guest_agent is False
+    assert c.boot_strategy == "concurrent"
+    assert c.hostname is None and c.mtu is None and c.hosts == {}
+    assert c.program_env() == {"PATH": protocol.DEFAULT_PATH, "HOME": "/root"}
+
+
+def test_config_env_overrides_path_and_home():
+    c = protocol.validate_config({**MINIMAL, "env": {"PATH": "/x", "HOME": "/h", "A": "1"}})
+    assert c.program_env() == {"PATH": "/x", "HOME": "/h", "A": "1"}
+
+
+def test_config_null_means_default():
+    c = protocol.validate_config({**MINIMAL, "workdir": None, "env": None})
+    assert c.workdir == "/" and c.env == {}
+
+
+def test_config_full_round_trip():
+    obj = {
+        "entrypoint": ["/bin/sh"], "cmd": ["-c", "echo hi"], "workdir": "/srv",
+        "env": {"A": "b"}, "network_enabled": True, "guest_ip": "10.0.0.2",
+        "guest_cidr": 24, "guest_gw": "10.0.0.1", "guest_dns": "10.0.0.1",
+        "volume_mounts": [
+            {"device": "/dev/vdd", "path": "/data", "mode": "rw"},
+            {"device": "/dev/vde", "path": "/base", "mode": "overlay", "overlay_device": "/dev/vdf"},
+        ],
+        "init_mode": "exec", "skip_kernel_headers": True, "skip_guest_agent": True,
+        "hostname": "box", "mtu": 1400, "hosts": {"db": "10.0.0.3"}, "boot_strategy": "sequential",
+    }
+    c = protocol.validate_config(obj)
+    assert c.to_json() == obj
+    assert protocol.parse_config(json.dumps(obj)).to_json() == obj
+
+
+def test_config_unknown_fields_ignored():
+    assert protocol.validate_config({**MINIMAL, "future_field": [1, 2]}).argv == ["/bin/true"]
+
+
+NET = {"network_enabled": True, "guest_ip": "10.0.0.2", "guest_cidr": 24}
+VOL = {"device": "/dev/vdd", "path": "/data", "mode": "rw"}
+
+# (overrides on top of MINIMAL, the field the error must name)
+BAD_FIELDS = [
+    ({"entrypoint": "/bin/true"}, "entrypoint"),
+    ({"entrypoint": [1]}, "entrypoint[0]"),
+    ({"entrypoint": [], "cmd": []}, "entrypoint"),
+    ({"cmd": "x"}, "cmd"),
+    ({"cmd": ["a", None]}, "cmd[1]"),
+    ({"workdir": 5}, "workdir"),
+    ({"workdir": "relative"}, "workdir"),
+    ({"env": ["A=1"]}, "env"),
+    ({"env": {"A": 1}}, "env.A"),
+    ({"env": {"A=B": "1"}}, "env.A=B"),
+    ({"network_enabled": "yes"}, "network_enabled"),
+    ({**NET, "guest_ip": None}, "guest_ip"),
+    ({**NET, "guest_ip": "300.1.1.1"}, "guest_ip"),
+    ({**NET, "guest_ip": 167772162}, "guest_ip"),
+    ({**NET, "guest_cidr": None}, "guest_cidr"),
+    ({**NET, "guest_cidr": 33}, "guest_cidr"),
+    ({**NET, "guest_cidr": "24"}, "guest_cidr"),
+    ({**NET, "guest_cidr": True}, "guest_cidr"),
+    ({"guest_gw": "10.0.0"}, "guest_gw"),
+    ({"guest_dns": 8}, "guest_dns"),
+    ({"volume_mounts": {}}, "volume_mounts"),
+    ({"volume_mounts": ["/dev/vdd"]}, "volume_mounts[0]"),
+    ({"volume_mounts": [{**VOL, "device": None}]}, "volume_mounts[0].device"),
+    ({"volume_mounts": [VOL, {**VOL, "path": "data"}]}, "volume_mounts[1].path"),
+    ({"volume_mounts": [{**VOL, "mode": "wr"}]}, "volume_mounts[0].mode"),
+    ({"volume_mounts": [{**VOL, "mode": "overlay"}]}, "volume_mounts[0].overlay_device"),
+    ({"init_mode": "runit"}, "init_mode"),
+    ({"skip_kernel_headers": "true"}, "skip_kernel_headers"),
+    ({"skip_guest_agent": 1}, "skip_guest_agent"),
+    ({"hostname": 7}, "hostname"),
+    ({"mtu": 10}, "mtu"),
+    ({"mtu": 1500.0}, "mtu"),
+    ({"hosts": ["db"]}, "hosts"),
+    ({"hosts": {"db": 3}}, "hosts.db"),
+    ({"boot_strategy": "fast"}, "boot_strategy"),
+]
+
+
+@pytest.mark.parametrize("overrides, field", BAD_FIELDS, ids=[f for _, f in BAD_FIELDS])
+def test_config_error_names_field(overrides, field):
+    with pytest.raises(ConfigError) as info:
+        protocol.validate_config({**MINIMAL, **overrides})
+    assert info.value.field == field
+    assert repr(field) in str(info.value)
+
+
+def test_config_systemd_mode_allows_empty_argv():
+    assert protocol.validate_config({"init_mode": "systemd"}).argv == []
+
+
+def test_config_top_level_must_be_object():
+    with pytest.raises(ConfigError) as info:
+        protocol.validate_config(["entrypoint"])
+    assert info.value.field == "(top level)"
+
+
+@pytest.mark.parametrize("data", [b"{", b"\xff\xfe", b""])
+def test_parse_config_bad_json(data):
+    with pytest.raises(ConfigError) as info:
+        protocol.parse_config(data)
+    assert info.value.field == "(file)"
+
+
+# --- timestamps --------------------------------------------------------------
+
+def test_format_ts():
+    assert protocol.format_ts(TS) == TS_TEXT
+    assert protocol.format_ts(0) == "1970-01-01T00:00:00.000000000Z"
+
+
+@pytest.mark.parametrize("text, ns", [
+    (TS_TEXT, TS),
+    ("2026-03-08T15:09:26Z", TS - 123_456_789),
+    ("2026-03-08T15:09:26.5Z", TS - 123_456_789 + 500_000_000),
+    ("2026-03-08T16:09:26.123456789+01:00", TS),
+])
+def test_parse_ts(text, ns):
+    assert protocol.parse_ts(text) == ns
+
+
+@pytest.mark.parametrize("text", ["", "garbage", "2026-13-08T15:09:26Z", "2026-03-08 15:09:26Z",
+                                  "2026-03-08T15:09:26.123", "2026-03-08T25:00:00Z"])
+def test_parse_ts_invalid(text):
+    assert protocol.parse_ts(text) is None
+
+
+@given(st.integers(min_value=0, max_value=253402300799_999_999_999))
+def test_ts_round_trip(ns):
+    assert protocol.parse_ts(protocol.format_ts(ns)) == ns
+
+
+# --- sentinels ---------------------------------------------------------------
+
+SENTINEL_CASES = [
+    (protocol.program_start_line("exec", TS), protocol.PROGRAM_START,
+     {"ts": TS_TEXT, "mode": "exec"}),
+    (protocol.program_start_line("systemd", TS), protocol.PROGRAM_START,
+     {"ts": TS_TEXT, "mode": "systemd"}),
+    (protocol.agent_ready_line(TS), protocol.AGENT_READY, {"ts": TS_TEXT}),
+    (protocol.headers_start_line(TS), protocol.HEADERS_START, {"ts": TS_TEXT}),
+    (protocol.headers_ready_line(TS), protocol.HEADERS_READY, {"ts": TS_TEXT}),
+    (protocol.headers_failed_line('tar: "x" failed\n', TS), protocol.HEADERS_FAILED,
+     {"ts": TS_TEXT, "error": 'tar: "x" failed\n'}),
+    (protocol.exit_line(7, "exit code 7"), protocol.EXIT, {"code": "7", "message": "exit code 7"}),
+    (protocol.exit_line(137, "killed by signal 9 (SIGKILL) - OOM"), protocol.EXIT,
+     {"code": "137", "message": "killed by signal 9 (SIGKILL) - OOM"}),
+    (protocol.fatal_line("mount-root", 'mount /dev/vda: "no such device"'), protocol.FATAL,
+     {"stage": "mount-root", "error": 'mount /dev/vda: "no such device"'}),
+    (protocol.stage_line("kernel", 0.0, 0.912345), protocol.STAGE,
+     {"name": "kernel", "start": "0.000000", "end": "0.912345"}),
+]
+
+
+def test_every_sentinel_has_a_case():
+    assert {kind for _, kind, _ in SENTINEL_CASES} == set(protocol.SENTINELS)
+
+
+@pytest.mark.parametrize("prefix", ["", "[    1.234567] init: ", "app | "])
+@pytest.mark.parametrize("suffix", ["", "\r", "\r\n", "\n"])
+@pytest.mark.parametrize("line, kind, fields", SENTINEL_CASES,
+                         ids=[c[0].split(" ")[0] + str(i) for i, c in enumerate(SENTINEL_CASES)])
+def test_sentinel_round_trip(line, kind, fields, prefix, suffix):
+    marker = protocol.parse_line(prefix + line + suffix)
+    assert marker == Marker(kind, fields)
+    assert protocol.is_sentinel_line(prefix + line + suffix)
+
+
+def test_sentinel_lines_exact_text():
+    assert protocol.program_start_line("exec", TS) == f"HYPEMAN-PROGRAM-START ts={TS_TEXT} mode=exec"
+    assert protocol.exit_line(0, "success") == 'HYPEMAN-EXIT code=0 message="success"'
+    assert protocol.fatal_line("config", "bad\tjson") == 'KINDLING-FATAL stage=config error="bad\\tjson"'
+    assert protocol.stage_line("mounts", 1.5, 1.75) == "KINDLING-STAGE name=mounts start=1.500000 end=1.750000"
+
+
+def test_marker_ts():
+    assert protocol.parse_line(protocol.agent_ready_line(TS)).ts == TS
+    assert protocol.parse_line("HYPEMAN-AGENT-READY ts=garbage").ts is None
+    assert protocol.parse_line("HYPEMAN-AGENT-READY ts=2026-03-08T15:09:26.1Zjunk").ts is None
+    assert protocol.parse_line("HYPEMAN-AGENT-READY nots").ts is None
+    assert protocol.parse_line(protocol.exit_line(0, "success")).ts is None
+
+
+def test_first_ts_wins():
+    line = f"HYPEMAN-AGENT-READY ts={TS_TEXT} ts=1970-01-01T00:00:00Z"
+    assert protocol.parse_line(line).ts == TS
+
+
+@pytest.mark.parametrize("line", [
+    "", "hello", "HYPEMAN-EXIT", "HYPEMAN-EXITcode=0", "xHYPEMAN-AGENT-READYts=1",
+    "Run /init as init process",
+])
+def test_not_a_sentinel(line):
+    assert protocol.parse_line(line) is None
+    assert not protocol.is_sentinel_line(line)
+
+
+def test_malformed_quoted_field_stops_parsing():
+    marker = protocol.parse_line('HYPEMAN-EXIT code=1 message="unterminated')
+    assert marker.kind == protocol.EXIT
+    assert marker.fields == {"code": "1"}
+
+
+# --- Go %q quoting -----------------------------------------------------------
+
+# Outputs of Go's strconv.Quote / fmt's %q.
+GO_QUOTED = [
+    ("", '""'),
+    ("success", '"success"'),
+    ('a"b\\c\n\x01é', '"a\\"b\\\\c\\n\\x01é"'),
+    ("\a\b\f\n\r\t\v", '"\\a\\b\\f\\n\\r\\t\\v"'),
+    ("\x00\x7f", '"\\x00\\x7f"'),
+    ("it's", '"it\'s"'),
+    ("\u00a0", '"\\u00a0"'),         # no-break space: not printable for Go
+    ("\u200b", '"\\u200b"'),         # zero-width space (Cf)
+    ("\ue000", '"\\ue000"'),         # private use
+    ("\U000e0001", '"\\U000e0001"'),  # language tag (Cf), outside the BMP
+    ("☺ 日本 😀", '"☺ 日本 😀"'),
+]
+
+
+@pytest.mark.parametrize("text, quoted", GO_QUOTED)
+def test_go_quote_matches_go(text, quoted):
+    assert protocol.go_quote(text) == quoted
+    assert protocol.go_unquote(quoted) == text
+
+
+@given(st.text())
+def test_go_quote_round_trip(text):
+    assert protocol.go_unquote(protocol.go_quote(text)) == text
+
+
+@given(st.text())
+def test_go_quote_is_one_line(text):
+    quoted = protocol.go_quote(text)
+    assert "\n" not in quoted and "\r" not in quoted
+
+
+def test_go_unquote_octal_and_single_quote_escape():
+    assert protocol.go_unquote('"\\101\\\'"') == "A'"
+
+
+@pytest.mark.parametrize("bad", ['x', '"abc', '"\\q"', '"\\x4"', '"\\u12"', '"\\08"', '"a"b', '"\\'])
+def test_go_unquote_rejects(bad):
+    with pytest.raises(ValueError):
+        protocol.go_unquote(bad)
+
+
+def test_go_unquote_prefix_returns_rest():
+    assert protocol.go_unquote_prefix('"a b" rest') == ("a b", " rest")
+
+
+# --- exit messages -----------------------------------------------------------
+
+@pytest.mark.parametrize("args, kwargs, message", [
+    ((0,), {}, "success"),
+    ((127,), {}, "command not found"),
+    ((126,), {}, "permission denied (command not executable)"),
+    ((7,), {}, "exit code 7"),
+    ((137,), {}, "exit code 137"),
+    ((137,), {"signum": 9}, "killed by signal 9 (SIGKILL)"),
+    ((137,), {"signum": 9, "oom": True}, "killed by signal 9 (SIGKILL) - OOM"),
+    ((143,), {"signum": 15}, "killed by signal 15 (SIGTERM)"),
+    ((128 + 64,), {"signum": 64}, "killed by signal 64 (SIG64)"),
+])
+def test_exit_message(args, kwargs, message):
+    assert protocol.exit_message(*args, **kwargs) == message
+
+
+@pytest.mark.parametrize("returncode, result", [(0, (0, None)), (7, (7, None)), (-9, (137, 9)),
+                                                (-15, (143, 15))])
+def test_exit_code_from_returncode(returncode, result):
+    assert protocol.exit_code_from_returncode(returncode) == result
