@@ -1,0 +1,83 @@
+"""PID 1 in exec mode, proven in real VMs under TCG (issue 2 acceptance)."""
+
+import json
+
+import pytest
+
+from tests.vm import kindling_run
+
+pytestmark = pytest.mark.vm
+
+
+@pytest.fixture
+def home(tmp_path):
+    return tmp_path
+
+
+def test_killed_by_signal_reports_128_plus_signal(home):
+    r = kindling_run(home, "--", "sh", "-c", "kill -9 $$")
+    assert r.returncode == 137, r.stderr
+    assert 'exited code=137 "killed by signal 9 (SIGKILL)"' in r.stderr
+
+
+def test_missing_command_is_127(home):
+    r = kindling_run(home, "--", "no-such-command", "arg")
+    assert r.returncode == 127, r.stderr
+    assert '"command not found"' in r.stderr
+
+
+def test_not_executable_is_126(home):
+    r = kindling_run(home, "--", "/etc/passwd")
+    assert r.returncode == 126, r.stderr
+    assert '"permission denied (command not executable)"' in r.stderr
+
+
+def test_default_path_and_home(home):
+    r = kindling_run(home, "--", "sh", "-c", 'echo "$HOME|$PATH|$(pwd)"')
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "/root|/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin|/\n"
+
+
+def test_sigterm_to_pid1_is_forwarded_to_the_program(home):
+    script = 'trap "echo got TERM; exit 5" TERM; kill -TERM 1; i=0; while [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; exit 9'
+    r = kindling_run(home, "--", "sh", "-c", script)
+    assert r.returncode == 5, r.stderr
+    assert "got TERM" in r.stdout
+
+
+ORPHANS = r"""
+for i in $(seq 200); do (sleep 0.5 &); done
+while [ -n "$(pidof sleep)" ]; do sleep 0.2; done
+sleep 0.5
+z=0
+for f in /proc/[0-9]*/stat; do
+  read -r line < "$f" 2>/dev/null || continue
+  case "${line##*) }" in Z*) z=$((z+1));; esac
+done
+echo "zombies=$z"
+exit 3
+"""
+
+
+def test_orphans_are_reaped_and_exit_code_stays_exact(home):
+    r = kindling_run(home, "--", "sh", "-c", ORPHANS)
+    assert r.returncode == 3, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "zombies=0"
+
+
+def test_config_with_cmd_as_string_is_fatal(home, tmp_path):
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"entrypoint": ["/bin/echo"], "cmd": "hello", "skip_guest_agent": True}))
+    r = kindling_run(home, "--config-json", str(cfg))
+    assert r.returncode == 125, r.stderr
+    assert "guest failed in stage config" in r.stderr
+    assert "'cmd'" in r.stderr and "list of strings" in r.stderr
+
+
+def test_unreadable_config_disk_is_fatal(home, tmp_path):
+    disk = tmp_path / "garbage.img"
+    disk.write_bytes(b"\xde\xad\xbe\xef" * (256 * 1024))
+    r = kindling_run(home, "--config-disk", str(disk))
+    assert r.returncode == 125, r.stderr
+    assert "guest failed in stage config" in r.stderr
+    assert "config disk" in r.stderr

@@ -1,0 +1,44 @@
+"""Helpers for tests that boot real VMs under QEMU/TCG with `kindling run`.
+
+Nested KVM on these machines is unusable, so every VM test forces TCG.  The
+images come from the shared build cache (built once, ~0.1 s when warm).
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+KINDLING = [sys.executable, "-m", "host_shim.cli"]
+
+
+def require_qemu():
+    """Fail loudly (never skip) when QEMU is missing: `make test` installs it."""
+    if shutil.which("qemu-system-x86_64") is None:
+        raise AssertionError("qemu-system-x86_64 not found: run `make test` (it installs qemu-system-x86)")
+
+
+def qemu_pids_using(path):
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"qemu-system-x86_64") and any(str(path).encode() in a for a in argv):
+            pids.append(int(entry.name))
+    return pids
+
+
+def kindling_run(home, *args, timeout=300):
+    """`kindling run --accel tcg ARGS`; asserts no QEMU and no instance dir is left behind."""
+    require_qemu()
+    env = dict(os.environ, KINDLING_HOME=str(home), KINDLING_ACCEL="tcg")
+    result = subprocess.run([*KINDLING, "run", "--timeout", "120", *args], cwd=ROOT, env=env,
+                            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+    assert qemu_pids_using(home) == []
+    return result
