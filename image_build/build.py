@@ -111,7 +111,10 @@ def _publish(src: Path, dest: Path) -> bool:
     cache.ensure_dir(dest.parent)
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
     try:
-        shutil.copy2(src, tmp)
+        try:
+            os.link(src, tmp)  # free, and safe: cached artifacts are never modified in place
+        except OSError:
+            shutil.copy2(src, tmp)
         os.replace(tmp, dest)
     finally:
         if tmp.exists():
@@ -254,7 +257,7 @@ def build_all(opts: BuildOptions) -> Artifacts:
             kernel_out = out_dir / KERNEL_NAME
             initrd_out = out_dir / INITRD_NAME
             rootfs_out = out_dir / ROOTFS_NAME
-            _publish(kern.vmlinuz, kernel_out)
+            _publish(kernel_mod.pvh_kernel(kern, cache_dir), kernel_out)
             _publish(initrd_src, initrd_out)
             _publish(rootfs_src, rootfs_out)
     return Artifacts(

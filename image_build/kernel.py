@@ -98,3 +98,91 @@ def copy_kernel(kernel: Kernel, dest: Path) -> Path:
     cache.install_file(kernel.vmlinuz, dest)
     return dest
 
+
+
+# --- PVH: boot the uncompressed ELF ------------------------------------------
+#
+# QEMU boots an uncompressed vmlinux through its PVH entry point (an ELF note,
+# CONFIG_PVH=y in Debian's kernels), skipping the bzImage's real-mode setup and
+# self-decompression.  ENVIRONMENT.md measured ~0.2 s less to PID 1 under TCG.
+# The ELF is the bzImage payload (setup header fields payload_offset/length),
+# decompressed with the tool its magic names; the build appends the 4-byte
+# decompressed size, which the decompressors do not want.
+
+XEN_ELFNOTE_PHYS32_ENTRY = 18
+_PAYLOAD_FORMATS = (
+    (b"\x02\x21\x4c\x18", "lz4", ["lz4", "-d", "-q", "-f"]),
+    (b"\x28\xb5\x2f\xfd", "zstd", ["zstd", "-d", "-q", "-f", "-o"]),
+)
+
+
+def bzimage_payload(path: Path) -> tuple[bytes, str, list[str]] | None:
+    """The compressed kernel inside a bzImage and how to decompress it, or None."""
+    data = path.read_bytes()
+    if data[0x202:0x206] != b"HdrS" or len(data) < 0x250:
+        return None
+    setup_sects = data[0x1F1] or 4
+    offset = int.from_bytes(data[0x248:0x24C], "little")
+    length = int.from_bytes(data[0x24C:0x250], "little")
+    start = (setup_sects + 1) * 512 + offset
+    payload = data[start:start + length]
+    for magic, name, argv in _PAYLOAD_FORMATS:
+        if payload.startswith(magic):
+            return payload[:-4], name, argv
+    return None
+
+
+def has_pvh_note(elf: Path) -> bool:
+    """True when the ELF carries XEN_ELFNOTE_PHYS32_ENTRY (QEMU's PVH boot)."""
+    import struct
+    with open(elf, "rb") as f:
+        head = f.read(64)
+        if head[:5] != b"\x7fELF\x02":
+            return False
+        phoff, = struct.unpack_from("<Q", head, 0x20)
+        phentsize, phnum = struct.unpack_from("<HH", head, 0x36)
+        f.seek(phoff)
+        phdrs = f.read(phentsize * phnum)
+        for i in range(phnum):
+            p_type, _, p_offset, _, _, p_filesz = struct.unpack_from("<IIQQQQ", phdrs, i * phentsize)
+            if p_type != 4:  # PT_NOTE
+                continue
+            f.seek(p_offset)
+            notes = f.read(p_filesz)
+            pos = 0
+            while pos + 12 <= len(notes):
+                namesz, descsz, ntype = struct.unpack_from("<III", notes, pos)
+                name = notes[pos + 12:pos + 12 + namesz].rstrip(b"\0")
+                if name == b"Xen" and ntype == XEN_ELFNOTE_PHYS32_ENTRY:
+                    return True
+                pos += 12 + ((namesz + 3) & ~3) + ((descsz + 3) & ~3)
+    return False
+
+
+def pvh_kernel(kernel: Kernel, cache_dir: Path) -> Path:
+    """The uncompressed PVH-bootable vmlinux for `kernel` (cached), or the
+    bzImage itself when it cannot be extracted or has no PVH entry."""
+    from image_build.run import run
+
+    st = kernel.vmlinuz.stat()
+    entry = cache.ensure_dir(cache_dir / "vmlinux" / f"{kernel.release}-{st.st_size}-{st.st_mtime_ns}")
+    out = entry / "vmlinux"
+    if out.is_file():
+        return out
+    found = bzimage_payload(kernel.vmlinuz)
+    if found is None:
+        log.info(f"{kernel.vmlinuz}: payload format not recognised; booting the bzImage")
+        return kernel.vmlinuz
+    payload, fmt, argv = found
+    with log.step(f"Extracting the uncompressed kernel ({fmt}) for PVH boot"):
+        packed = entry / f"payload.{fmt}"
+        packed.write_bytes(payload)
+        tmp = entry / "vmlinux.tmp"
+        run([*argv, packed, tmp], timeout=120)
+        packed.unlink()
+        if not has_pvh_note(tmp):
+            tmp.unlink()
+            log.info("the kernel has no PVH entry note; booting the bzImage")
+            return kernel.vmlinuz
+        tmp.replace(out)
+    return out

@@ -21,6 +21,7 @@ from image_build.run import run
 
 WANTED_MODULES = [
     "virtio_pci",
+    "virtio_mmio",  # -machine microvm: virtio devices on MMIO, found through ACPI
     "virtio_blk",
     "virtio_net",
     "virtio_console",

@@ -10,7 +10,7 @@ from host_shim.errors import KindlingError
 def spec(**overrides):
     base = dict(
         kernel="/c/vmlinuz", initrd="/c/initrd", console_log="/i/logs/app.log",
-        qmp_socket="/i/qmp.sock", accel=Accel.TCG, arch="x86_64",
+        qmp_socket="/i/qmp.sock", accel=Accel.TCG, arch="x86_64", machine="pc",
         disks=(qemu.Disk("/c/rootfs.img", "rootfs", readonly=True),
                qemu.Disk("/i/overlay.img", "overlay", scratch=True),
                qemu.Disk("/i/config.img", "config", readonly=True)),
@@ -34,6 +34,34 @@ def test_argv_starts_with_binary_and_has_fixed_options():
     assert option(argv, "-kernel") == ["/c/vmlinuz"]
     assert option(argv, "-initrd") == ["/c/initrd"]
     assert all(isinstance(a, str) for a in argv)
+
+
+@pytest.mark.parametrize("machine, option_value, block, tsc", [
+    ("microvm", "microvm,rtc=on", "virtio-blk-device", " tsc_early_khz=2596000"),
+    ("pc", "pc", "virtio-blk-pci", ""),
+])
+def test_machine_table(machine, option_value, block, tsc):
+    argv = qemu.build_argv(spec(machine=machine, tsc_khz=2596000), "qemu")
+    assert option(argv, "-machine") == [option_value]
+    assert all(d.startswith(block + ",") for d in option(argv, "-device"))
+    assert option(argv, "-append")[0].endswith("lpj=8000000" + tsc)
+
+
+def test_default_machine_is_microvm():
+    assert qemu.VMSpec(kernel="k", initrd="i", disks=(), console_log="c", qmp_socket="q",
+                       accel=Accel.TCG).machine == "microvm"
+
+
+def test_unknown_machine_is_a_clear_error():
+    with pytest.raises(KindlingError, match="unknown machine type 'q35x'"):
+        qemu.build_argv(spec(machine="q35x"), "qemu")
+
+
+def test_host_tsc_khz_from_cpuinfo(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\ncpu MHz\t\t: 2596.138\n")
+    khz = qemu.host_tsc_khz(str(cpuinfo))
+    assert khz is not None and khz > 1000
 
 
 @pytest.mark.parametrize("accel, cpu", [(Accel.TCG, "max"), (Accel.KVM, "host")])
