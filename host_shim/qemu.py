@@ -35,7 +35,7 @@ BASE_CMDLINE = (
 )
 
 DEFAULT_MEMORY_MIB = 512
-DEFAULT_CPUS = 1
+DEFAULT_CPUS = 2  # the ordered setup thread overlaps the trio import (initsys/main.py)
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,8 @@ rootfs, overlay, config, vol-N) when the host set one, else by position
 (vda, vdb, vdc) as PROTOCOL.md §1 says.
 """
 
-import os
-
-import trio
+import select
+import time
 
 # libudev is loaded by path: ctypes.util.find_library needs ldconfig/gcc, absent here.
 LIBRARIES = {"udev": "libudev.so.1", "libc": "libc.so.6", "c": "libc.so.6"}
@@ -83,18 +82,38 @@ class BlockWatcher:
             if device.action == "add" and device.device_type == "disk":
                 self._add(device.sys_name)
 
-    async def wait_for_roles(self, roles):
-        """Wait until every role maps to a disk; returns {role: '/dev/<name>'}.
+    def _found(self, roles):
+        found = resolve_roles(self.disks, roles)
+        if len(found) == len(roles):
+            return {role: "/dev/" + name for role, name in found.items()}
+        return None
 
-        Callers bound this with trio.fail_after().
+    def wait_for_roles(self, roles, timeout):
+        """Block until every role maps to a disk; returns {role: '/dev/<name>'}.
+
+        Sleeps in poll() on the uevent socket (woken by the kernel, not by a
+        timer); returns None when `timeout` seconds pass first.
         """
         self.coldplug()
-        while True:
-            found = resolve_roles(self.disks, roles)
-            if len(found) == len(roles):
-                return {role: "/dev/" + name for role, name in found.items()}
+        deadline = time.monotonic() + timeout
+        waiter = select.poll()
+        waiter.register(self._monitor.fileno(), select.POLLIN)
+        while (found := self._found(roles)) is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not waiter.poll(remaining * 1000):
+                return None
+            self._drain()
+        return found
+
+    async def wait_for_roles_async(self, roles):
+        """The same for trio code; callers bound it with trio.fail_after()."""
+        import trio
+
+        self.coldplug()
+        while (found := self._found(roles)) is None:
             await trio.lowlevel.wait_readable(self._monitor.fileno())
             self._drain()
+        return found
 
     def missing(self, roles):
         found = resolve_roles(self.disks, roles)

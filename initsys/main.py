@@ -1,21 +1,31 @@
-"""PID 1's boot pipeline (exec mode).
+"""PID 1's boot pipeline.
 
 Shape (after virtme-ng's init): strictly ordered basic setup, then the
 program, then power-off.  Every stage prints a KINDLING-STAGE line; any
 failure prints one KINDLING-FATAL line naming the stage and powers off.
 
-Under TCG, Python imports are the boot budget (ENVIRONMENT.md): trio alone
-costs ~0.7 s.  So the kernel modules load in a plain thread started *before*
-trio is imported -- finit_module() runs in the kernel with the GIL released,
-and the guest's second vCPU does it while the first imports trio.  Disks are
-then awaited event-driven, so it does not matter which finishes first.
+Why a thread for the ordered setup.  Under TCG, Python imports are the boot
+budget (ENVIRONMENT.md): `import trio` alone costs ~0.9 s of guest CPU, and
+nothing before the program needs trio.  The ordered basic setup -- load the
+module closure, wait for the disks, assemble the overlay root, read the
+config, bind mounts -- is almost all kernel work (finit_module, mount, uevent
+waits) done with the GIL released.  So it runs, in order, in one plain thread
+started right after the API mounts, while the main thread imports trio; with
+two vCPUs the two really overlap.  Alternatives weighed: (a) everything in
+trio after the import -- simplest, but the ~0.5 s of setup then comes after
+the ~0.9 s import instead of under it; (b) a separate process for the setup --
+it would pay its own interpreter start (~0.2 s) and need IPC for the config.
+The thread only touches the filesystem and the kernel; it hands its results
+(disks, config) to trio through `OrderedSetup.join`.  The device wait stays
+event-driven: the thread sleeps in poll() on the uevent socket.
 """
 
+import gc
 import signal
 import threading
 import time
 
-from initsys import console, kmod, mounts, power, protocol
+from initsys import console, kmod, mounts, power, protocol, timeline
 from initsys.timeline import Stage, record
 
 DISK_TIMEOUT = 10.0
@@ -32,76 +42,104 @@ def describe(exc):
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-class ModuleLoader(threading.Thread):
+class SetupFailed(Exception):
+    def __init__(self, stage, error):
+        super().__init__(describe(error))
+        self.stage = stage
+
+
+class OrderedSetup(threading.Thread):
+    """modules -> disks -> rootfs -> config -> newroot, in order, off the main thread."""
+
     def __init__(self):
-        super().__init__(name="kmod", daemon=True)
+        super().__init__(name="setup", daemon=True)
         self.error = None
-        self.skipped = []
+        self.config = None
+        self.disks = None
+        self.skipped_modules = []
 
     def run(self):
-        start = time.monotonic()
         try:
-            self.skipped = kmod.load_all()
-        except BaseException as e:  # reported by the boot pipeline, never lost
-            self.error = e
-            return
-        record("modules", start, time.monotonic())
+            self._run()
+        except BaseException as e:  # handed to the main thread, never lost
+            self.error = SetupFailed(timeline.current(), e)
+
+    def _run(self):
+        from initsys import config, devices, rootfs
+
+        with Stage("modules"):
+            watcher = devices.BlockWatcher()  # listening before the block driver loads
+            self.skipped_modules = kmod.load_all()
+        with Stage("disks"):
+            disks = watcher.wait_for_roles(DISK_ROLES, DISK_TIMEOUT)
+            if disks is None:
+                raise OSError(f"disks not found within {DISK_TIMEOUT:.0f} s: "
+                              + ", ".join(watcher.missing(DISK_ROLES)))
+        self.disks = disks
+        with Stage("rootfs"):
+            rootfs.assemble(disks["rootfs"], disks["overlay"])
+        with Stage("config"):
+            self.config = config.load(disks["config"])
+        with Stage("newroot"):
+            mounts.bind_into_newroot()
 
 
-async def boot(loader):
+async def boot(setup):
     import trio
 
-    from initsys import config, devices, program, rootfs
+    from initsys import program
     from initsys.reaper import Reaper
 
     reaper = Reaper()
     async with trio.open_nursery() as nursery:
         await nursery.start(reaper.run)
-
-        with Stage("disks"):
-            watcher = devices.BlockWatcher()
-            with trio.move_on_after(DISK_TIMEOUT) as scope:
-                disks = await watcher.wait_for_roles(DISK_ROLES)
-            if scope.cancelled_caught:
-                await trio.to_thread.run_sync(loader.join)
-                if loader.error is not None:
-                    Stage.current = "modules"
-                    raise loader.error
-                raise OSError(f"disks not found within {DISK_TIMEOUT:.0f} s: "
-                              + ", ".join(watcher.missing(DISK_ROLES)))
-        with Stage("rootfs"):
-            rootfs.assemble(disks["rootfs"], disks["overlay"])
-        with Stage("config"):
-            cfg = config.load(disks["config"])
-        with Stage("newroot"):
-            mounts.bind_into_newroot()
-        with Stage("modules-join"):
-            await trio.to_thread.run_sync(loader.join)
-            if loader.error is not None:
-                Stage.current = "modules"
-                raise loader.error
+        with Stage("setup-join"):
+            await trio.to_thread.run_sync(setup.join)
+        if setup.error is not None:
+            raise setup.error
+        cfg = setup.config
         if cfg.init_mode != "exec":
-            Stage.current = "config"
+            timeline.enter("config")
             raise OSError(f"init_mode {cfg.init_mode!r} is not supported by this initrd yet")
 
-        Stage.current = "program"
+        timeline.enter("program")
+        gc.enable()  # disabled by /init for the boot (fewer collections while importing)
         code, message = await program.run(cfg, reaper)
         console.emit(protocol.exit_line(code, message))
         nursery.cancel_scope.cancel()
 
 
+def init_exec_time(kernel_log):
+    """When the kernel exec'd /init: the timestamp of its "Run /init as init
+    process" message (printed even with `quiet`, into the ring buffer), or None."""
+    import re
+
+    m = re.search(r"\[\s*(\d+\.\d+)\] Run /init as init process", kernel_log)
+    return float(m.group(1)) if m else None
+
+
 def main(t0):
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # forwarded to the program later
-        record("kernel", 0.0, t0)
         with Stage("mounts"):
             mounts.mount_basic()
-        loader = ModuleLoader()
-        loader.start()
+        from initsys import libc
+
+        started = init_exec_time(libc.kernel_log())
+        if started is not None and started <= t0:
+            record("kernel", 0.0, started)
+            record("python", started, t0)  # interpreter start-up, up to /init's first line
+        else:
+            record("kernel", 0.0, t0)
+        setup = OrderedSetup()
+        setup.start()
         with Stage("imports"):
             import trio
-            import initsys.devices  # noqa: F401  (pyudev)
-        trio.run(boot, loader)
+        trio.run(boot, setup)
     except BaseException as e:
-        power.fatal(Stage.current, describe(e))
+        while isinstance(e, BaseExceptionGroup) and e.exceptions:
+            e = e.exceptions[0]
+        if isinstance(e, SetupFailed):
+            power.fatal(e.stage, str(e))
+        power.fatal(timeline.current(), describe(e))
     power.power_off()

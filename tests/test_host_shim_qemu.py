@@ -85,7 +85,7 @@ def test_memory_and_cpus(memory, cpus):
 
 def test_defaults():
     s = spec()
-    assert (s.memory_mib, s.cpus) == (512, 1)
+    assert (s.memory_mib, s.cpus) == (512, 2)
 
 
 @pytest.mark.parametrize("extra, cmdline", [

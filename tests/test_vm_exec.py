@@ -81,3 +81,14 @@ def test_unreadable_config_disk_is_fatal(home, tmp_path):
     assert r.returncode == 125, r.stderr
     assert "guest failed in stage config" in r.stderr
     assert "config disk" in r.stderr
+
+
+def test_fatal_line_is_exactly_one_line_with_stage_and_quoted_error(home, tmp_path):
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"entrypoint": ["/bin/true"], "workdir": "relative/dir"}))
+    r = kindling_run(home, "--keep", "--config-json", str(cfg))
+    assert r.returncode == 125, r.stderr
+    (log,) = home.glob("instances/*/logs/app.log")
+    fatal = [line for line in log.read_text().splitlines() if "KINDLING-FATAL" in line]
+    assert fatal == ["KINDLING-FATAL stage=config error=\"config.json field 'workdir': "
+                     "expected an absolute path, got 'relative/dir'\""]
