@@ -8,11 +8,13 @@ import errno
 import os
 import signal
 import subprocess
+import time
 
 import trio
 
 from initsys import console, libc, protocol
 from initsys.mounts import NEWROOT
+from initsys.timeline import record
 
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
 
@@ -68,6 +70,7 @@ async def _forward_signals(proc):
 
 async def run(cfg, reaper):
     """Run the program to completion; returns (exit code, message)."""
+    started = time.monotonic()
     try:
         proc = await spawn(cfg.argv, cfg.program_env(), cfg.workdir, reaper)
     except FileNotFoundError:
@@ -82,6 +85,7 @@ async def run(cfg, reaper):
             return code, protocol.exit_message(code)
         raise
     console.emit(protocol.program_start_line("exec"))
+    record("program-start", started, time.monotonic())
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_forward_signals, proc)
         await proc.wait()
