@@ -10,6 +10,7 @@ rootfs, overlay, config, vol-N) when the host set one, else by position
 (vda, vdb, vdc) as PROTOCOL.md §1 says.
 """
 
+import os
 import select
 import time
 
@@ -58,11 +59,11 @@ def resolve_roles(disks, roles):
 class BlockWatcher:
     """Watches block-device uevents; start it before loading the block driver."""
 
-    def __init__(self):
+    def __init__(self, subsystem="block"):
         pyudev = _load_pyudev()
         self._context = pyudev.Context()
         self._monitor = pyudev.Monitor.from_netlink(self._context, source="kernel")
-        self._monitor.filter_by("block")
+        self._monitor.filter_by(subsystem)
         self._monitor.start()
         self.disks = {}  # name -> serial
 
@@ -105,15 +106,17 @@ class BlockWatcher:
             self._drain()
         return found
 
-    async def wait_for_roles_async(self, roles):
-        """The same for trio code; callers bound it with trio.fail_after()."""
+    async def wait_for_names(self, names):
+        """Wait (trio) until every /dev/<name> in `names` exists as a disk.
+
+        Callers bound it with trio.fail_after().
+        """
         import trio
 
         self.coldplug()
-        while (found := self._found(roles)) is None:
+        while not all(name in self.disks for name in names):
             await trio.lowlevel.wait_readable(self._monitor.fileno())
             self._drain()
-        return found
 
     def missing(self, roles):
         found = resolve_roles(self.disks, roles)
@@ -123,6 +126,29 @@ class BlockWatcher:
                 pos = POSITIONAL.get(role)
                 out.append(f"{role} (serial={role}" + (f" or /dev/{pos})" if pos else ")"))
         return out
+
+
+class LinkWatcher:
+    """Waits for a network interface, on kernel uevents of the `net` subsystem."""
+
+    def __init__(self):
+        pyudev = _load_pyudev()
+        self._monitor = pyudev.Monitor.from_netlink(pyudev.Context(), source="kernel")
+        self._monitor.filter_by("net")
+        self._monitor.start()
+
+    def wait(self, ifname, timeout, sysfs="/sys"):
+        """Block until /sys/class/net/<ifname> exists; False when `timeout` passes."""
+        deadline = time.monotonic() + timeout
+        waiter = select.poll()
+        waiter.register(self._monitor.fileno(), select.POLLIN)
+        while not os.path.exists(f"{sysfs}/class/net/{ifname}"):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not waiter.poll(remaining * 1000):
+                return False
+            while self._monitor.poll(timeout=0) is not None:
+                pass
+        return True
 
 
 def fs_type(device):

@@ -102,6 +102,9 @@ async def boot(setup):
             timeline.enter("config")
             raise OSError(f"init_mode {cfg.init_mode!r} is not supported by this initrd yet")
 
+        from initsys import stages
+        await stages.run(cfg, reaper, mounts.NEWROOT, stages.strategy_of(cfg))
+
         timeline.enter("program")
         gc.enable()  # disabled by /init for the boot (fewer collections while importing)
         code, message = await program.run(cfg, reaper)
@@ -139,7 +142,8 @@ def main(t0):
     except BaseException as e:
         while isinstance(e, BaseExceptionGroup) and e.exceptions:
             e = e.exceptions[0]
-        if isinstance(e, SetupFailed):
-            power.fatal(e.stage, str(e))
+        stage = getattr(e, "stage", None)  # SetupFailed, stages.StageFailed
+        if isinstance(stage, str):
+            power.fatal(stage, str(e))
         power.fatal(timeline.current(), describe(e))
     power.power_off()

@@ -229,10 +229,10 @@ def _parse_fields(text):
         fields.setdefault(key, value)
 
 
-def parse_line(line):
-    """Find a sentinel anywhere in a console line (a logger prefix may precede it).
-
-    Returns a Marker or None.  A trailing `\\r`/newline is ignored.
+def find_sentinel(line):
+    """Where the first sentinel in a console line starts, and its Marker: (pos, Marker),
+    or None.  The host uses `pos` to keep the text before it (a logger prefix, or
+    program output without a final newline).  A trailing `\\r`/newline is ignored.
     """
     line = line.rstrip("\r\n").rstrip("\r")
     best = None
@@ -243,7 +243,16 @@ def parse_line(line):
     if best is None:
         return None
     pos, prefix = best
-    return Marker(prefix, _parse_fields(line[pos + len(prefix) + 1:]))
+    return pos, Marker(prefix, _parse_fields(line[pos + len(prefix) + 1:]))
+
+
+def parse_line(line):
+    """Find a sentinel anywhere in a console line (a logger prefix may precede it).
+
+    Returns a Marker or None.  A trailing `\\r`/newline is ignored.
+    """
+    found = find_sentinel(line)
+    return None if found is None else found[1]
 
 
 def is_sentinel_line(line):

@@ -1,0 +1,105 @@
+"""The network stage: eth0, lo, default route and resolver, over netlink (pyroute2).
+
+It runs in a helper process of PID 1, not in PID 1 itself.  Importing pyroute2
+costs ~0.6 s of guest CPU under TCG (ENVIRONMENT.md); in its own process it
+runs on the second vCPU while PID 1 mounts the volumes, so the stage costs
+wall time only when it is the longest one.  PID 1 passes the settings as a
+JSON argument (initsys/helpers.py); the helper exits 0, or 1 with one line on
+stderr saying what failed.
+
+pyroute2's package __init__ imports everything (ndb, ipdb, sqlite3...).  We
+need only `pyroute2.iproute.linux`, so the parent package is registered as a
+bare namespace (its submodules load normally) -- half the import time.
+"""
+
+import json
+import os
+import sys
+
+LINK_TIMEOUT = 10.0
+
+
+def import_iproute():
+    import importlib.machinery
+    import types
+
+    if "pyroute2" not in sys.modules:
+        spec = importlib.machinery.PathFinder.find_spec("pyroute2")
+        if spec is None:
+            raise ImportError("pyroute2 is not installed")
+        parent = types.ModuleType("pyroute2")
+        parent.__path__ = list(spec.submodule_search_locations)
+        parent.__spec__ = spec
+        sys.modules["pyroute2"] = parent
+    from pyroute2.iproute.linux import IPRoute
+    return IPRoute
+
+
+def _write_file(path, text):
+    """Write a regular file, replacing a symlink (its target would resolve outside the root)."""
+    if os.path.islink(path):
+        os.unlink(path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def write_resolver_files(settings, root):
+    etc = os.path.join(root, "etc")
+    if settings.get("guest_dns"):
+        _write_file(os.path.join(etc, "resolv.conf"), f"nameserver {settings['guest_dns']}\n")
+    hostname = settings.get("hostname")
+    if hostname:
+        _write_file(os.path.join(etc, "hostname"), hostname + "\n")
+    hosts = settings.get("hosts") or {}
+    if hostname or hosts:
+        lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
+        if hostname:
+            lines.append(f"127.0.1.1\t{hostname}")
+        lines += [f"{addr}\t{name}" for name, addr in sorted(hosts.items())]
+        _write_file(os.path.join(etc, "hosts"), "\n".join(lines) + "\n")
+
+
+def configure(settings, root, ifname="eth0"):
+    """Bring up lo and `ifname` with the protocol's settings; write resolver files into root."""
+    from initsys.devices import LinkWatcher
+
+    IPRoute = import_iproute()
+    if not LinkWatcher().wait(ifname, LINK_TIMEOUT):
+        raise OSError(f"network interface {ifname} did not appear within {LINK_TIMEOUT:.0f} s")
+    with IPRoute() as ipr:
+        (lo,) = ipr.link_lookup(ifname="lo")
+        ipr.link("set", index=lo, state="up")
+        found = ipr.link_lookup(ifname=ifname)
+        if not found:
+            raise OSError(f"network interface {ifname} not found over netlink")
+        index = found[0]
+        ipr.addr("add", index=index, address=settings["guest_ip"], prefixlen=settings["guest_cidr"])
+        link = {"state": "up"}
+        if settings.get("mtu"):
+            link["mtu"] = settings["mtu"]
+        ipr.link("set", index=index, **link)
+        if settings.get("guest_gw"):
+            ipr.route("add", dst="0.0.0.0/0", gateway=settings["guest_gw"])
+    if settings.get("hostname"):
+        import socket
+        socket.sethostname(settings["hostname"])
+    write_resolver_files(settings, root)
+
+
+def settings_of(cfg):
+    return {"guest_ip": cfg.guest_ip, "guest_cidr": cfg.guest_cidr, "guest_gw": cfg.guest_gw,
+            "guest_dns": cfg.guest_dns, "hostname": cfg.hostname, "mtu": cfg.mtu, "hosts": cfg.hosts}
+
+
+def main(argv):
+    """Helper entry: ROOT SETTINGS_JSON [IFNAME]."""
+    root, settings = argv[0], json.loads(argv[1])
+    ifname = argv[2] if len(argv) > 2 else "eth0"
+    try:
+        configure(settings, root, ifname)
+    except Exception as e:  # reported to PID 1 in one line
+        from initsys.main import describe
+        sys.stderr.write(f"{describe(e)}\n")
+        return 1
+    return 0

@@ -1,0 +1,126 @@
+"""Staged concurrent setup after the root and the config: volumes and network.
+
+The order lives here, in `plan()`:
+
+    volumes   after: nothing
+    network   after: nothing -- or after `volumes` when a volume is mounted at
+              /, /etc or below /etc (resolv.conf would race with the mount)
+
+Strategy `concurrent` (default) runs every stage as soon as its dependencies
+are done, in one trio nursery; `sequential` runs the same stages one after
+another in plan order (for debugging ordering problems, and as the benchmark
+baseline).  Choose it with config.json `boot_strategy` or, overriding that,
+`kindling_strategy=sequential` on the kernel command line.  Every stage prints
+its KINDLING-STAGE line; a failure names its stage in the KINDLING-FATAL line.
+"""
+
+import os
+import time
+
+import trio
+
+from initsys import helpers, volumes
+from initsys.timeline import record
+
+NETWORK_TIMEOUT = 30.0
+VOLUME_TIMEOUT = 10.0
+
+
+class StageFailed(Exception):
+    def __init__(self, stage, error):
+        from initsys.main import describe
+        super().__init__(describe(error))
+        self.stage = stage
+
+
+def shadows_etc(path):
+    path = os.path.normpath(path)
+    return path in ("/", "/etc") or path.startswith("/etc/")
+
+
+def plan(cfg):
+    """[(stage, dependencies)] in a valid sequential order."""
+    stages = []
+    if cfg.volume_mounts:
+        stages.append(("volumes", ()))
+    if cfg.network_enabled:
+        etc_first = any(shadows_etc(v.path) for v in cfg.volume_mounts)
+        stages.append(("network", ("volumes",) if etc_first else ()))
+    return stages
+
+
+def strategy_of(cfg, environ=os.environ):
+    return environ.get("kindling_strategy") or cfg.boot_strategy
+
+
+async def volume_stage(cfg, reaper, newroot):
+    from initsys.devices import BlockWatcher
+
+    watcher = BlockWatcher()
+    names = volumes.device_names(cfg.volume_mounts)
+    with trio.move_on_after(VOLUME_TIMEOUT) as scope:
+        await watcher.wait_for_names(names)
+    if scope.cancelled_caught:
+        missing = [f"/dev/{n}" for n in names if n not in watcher.disks]
+        raise volumes.VolumeError(f"volume devices not found within {VOLUME_TIMEOUT:.0f} s: {', '.join(missing)}")
+    # mount(2) blocks (journal checks, device I/O): keep it off the event loop
+    await trio.to_thread.run_sync(volumes.mount_all, cfg.volume_mounts, newroot)
+    if any(os.path.normpath(v.path) == "/" for v in cfg.volume_mounts):
+        from initsys.mounts import bind_into_newroot
+        bind_into_newroot(newroot)  # a volume over / hides the first bind mounts
+
+
+async def network_stage(cfg, reaper, newroot):
+    import json
+
+    from initsys.network import settings_of
+    await helpers.run_helper(reaper, "network", newroot, json.dumps(settings_of(cfg)),
+                             timeout=NETWORK_TIMEOUT)
+
+
+RUNNERS = {"volumes": volume_stage, "network": network_stage}
+
+
+async def _run_stage(name, cfg, reaper, newroot, timings):
+    start = time.monotonic()
+    try:
+        await RUNNERS[name](cfg, reaper, newroot)
+    except Exception as e:
+        raise StageFailed(name, e) from None
+    end = time.monotonic()
+    timings[name] = (start, end)
+    record(name, start, end)
+
+
+async def run(cfg, reaper, newroot, strategy="concurrent"):
+    """Run the planned stages; returns {stage: (start, end)} on the guest clock."""
+    timings = {}
+    stages = plan(cfg)
+    if strategy == "sequential":
+        for name, _ in stages:
+            await _run_stage(name, cfg, reaper, newroot, timings)
+        return timings
+    done = {name: trio.Event() for name, _ in stages}
+
+    async def one(name, after):
+        for dep in after:
+            await done[dep].wait()
+        await _run_stage(name, cfg, reaper, newroot, timings)
+        done[name].set()
+
+    try:
+        async with trio.open_nursery() as nursery:
+            for name, after in stages:
+                nursery.start_soon(one, name, after)
+    except BaseExceptionGroup as group:
+        first = _first_leaf(group)
+        if isinstance(first, StageFailed):
+            raise first from None
+        raise
+    return timings
+
+
+def _first_leaf(exc):
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
