@@ -1,28 +1,39 @@
-"""Where things live: the artifact cache and per-run instance directories.
+"""Where things live: the artifact cache and the instance directories.
 
     $KINDLING_CACHE (~/.cache/kindling)            built kernel/initrd/rootfs, reused
     $KINDLING_HOME  (~/.local/share/kindling)
+        names.lock          held while a new instance's name is checked and claimed
         instances/<id>/
-            logs/app.log    the serial console, appended to by QEMU
-            logs/vmm.log    QEMU's own stderr
+            metadata.json   config, times, state history, persisted markers, timeline
+            meta.lock       held while metadata.json is read-modified-written (locks.py)
+            logs.lock       held while the serial log is rotated (exclusive) or listed (shared)
+            logs/app.log    the serial console, appended to by QEMU; app.log.1, ... rotated
+            logs/vmm.log    QEMU's own stderr, appended to across boots
             qmp.sock        QMP control socket
+            qemu.pid        QEMU's pidfile (QEMU holds a lock on it while it runs)
             config.img      config disk (/dev/vdc)
-            overlay.img     writable overlay disk (/dev/vdb)
+            overlay.img     writable overlay disk (/dev/vdb), kept across restarts
+            images/         kernel, initrd, rootfs (from the image builder's cache)
 """
 
 import os
+import re
 import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import die
+from . import locks
+from .errors import NoSuchInstance, die
 
 ENV_HOME = "KINDLING_HOME"
 ENV_CACHE = "KINDLING_CACHE"
 
 # sun_path is 108 bytes including the terminating NUL.
 _MAX_SOCKET_PATH = 107
+NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}")
+ID_BYTES = 6
+LOCK_TIMEOUT = 60.0
 
 
 def kindling_home() -> Path:
@@ -33,6 +44,10 @@ def kindling_home() -> Path:
 def cache_dir() -> Path:
     value = os.environ.get(ENV_CACHE)
     return Path(value).absolute() if value else Path.home() / ".cache" / "kindling"
+
+
+def instances_dir(home: Path) -> Path:
+    return Path(home) / "instances"
 
 
 @dataclass(frozen=True)
@@ -57,6 +72,22 @@ class Instance:
         return self.dir / "qmp.sock"
 
     @property
+    def pidfile(self) -> Path:
+        return self.dir / "qemu.pid"
+
+    @property
+    def metadata_path(self) -> Path:
+        return self.dir / "metadata.json"
+
+    @property
+    def meta_lock(self) -> Path:
+        return self.dir / "meta.lock"
+
+    @property
+    def logs_lock(self) -> Path:
+        return self.dir / "logs.lock"
+
+    @property
     def config_img(self) -> Path:
         return self.dir / "config.img"
 
@@ -64,11 +95,18 @@ class Instance:
     def overlay_img(self) -> Path:
         return self.dir / "overlay.img"
 
+    @property
+    def images_dir(self) -> Path:
+        return self.dir / "images"
+
+    def exists(self) -> bool:
+        return self.metadata_path.exists()
+
     @classmethod
     def create(cls, home: Path | None = None) -> "Instance":
-        home = home or kindling_home()
-        instance_id = secrets.token_hex(6)
-        instance = cls(instance_id, home / "instances" / instance_id)
+        home = Path(home or kindling_home())
+        instance_id = secrets.token_hex(ID_BYTES)
+        instance = cls(instance_id, instances_dir(home) / instance_id)
         if len(os.fsencode(instance.qmp_socket.absolute())) > _MAX_SOCKET_PATH:
             die(f"instance directory path too long for a unix socket: {instance.dir}",
                 hint=f"set ${ENV_HOME} to a shorter directory")
@@ -83,3 +121,31 @@ class Instance:
 
     def remove(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def home_lock(home: Path, timeout: float = LOCK_TIMEOUT):
+    """Held while a name is checked and claimed."""
+    instances_dir(home).mkdir(parents=True, exist_ok=True)
+    return locks.locked(Path(home) / "names.lock", timeout=timeout)
+
+
+def check_name(name: str) -> str:
+    if not NAME_RE.fullmatch(name):
+        die(f"invalid instance name {name!r}",
+            hint="use letters, digits, '_', '.' and '-', starting with a letter or digit "
+                 "(at most 63 characters)")
+    return name
+
+
+def all_instances(home: Path) -> list[Instance]:
+    base = instances_dir(home)
+    try:
+        entries = sorted(os.listdir(base))
+    except FileNotFoundError:
+        return []
+    found = []
+    for entry in entries:
+        instance = Instance(entry, base / entry)
+        if not entry.startswith(".") and instance.exists():
+            found.append(instance)
+    return found

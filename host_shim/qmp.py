@@ -88,3 +88,26 @@ async def quit(path: str | os.PathLike) -> bool:
         except (QMPError, OSError, trio.BrokenResourceError):
             pass  # QEMU may close the socket while quitting, before it replies
     return True
+
+
+async def execute(path: str | os.PathLike, command: str, arguments: dict | None = None):
+    """Connect, run one command, disconnect.  Raises QMPError (also when QEMU cannot be
+    reached).  Timeouts: at the call site."""
+    try:
+        client = await QMPClient.connect(path)
+    except (OSError, trio.BrokenResourceError) as e:
+        raise QMPError(f"cannot reach QMP at {path}: {e}") from None
+    async with client:
+        try:
+            return await client.execute(command, arguments)
+        except (OSError, trio.BrokenResourceError) as e:
+            raise QMPError(f"QMP {command} failed: connection lost ({e})") from None
+
+
+async def query_status(path: str | os.PathLike) -> str:
+    """QEMU's run state (`running`, `prelaunch`, `paused`, `shutdown`, ...)."""
+    reply = await execute(path, "query-status")
+    status = reply.get("status") if isinstance(reply, dict) else None
+    if not isinstance(status, str):
+        raise QMPError(f"unexpected query-status reply: {reply!r}")
+    return status

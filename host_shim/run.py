@@ -100,3 +100,74 @@ async def stop(process: trio.Process, *, grace: float) -> None:
             return
         process.kill()
         await process.wait()
+
+
+# --- detached processes (the VMM) ---------------------------------------------
+#
+# A VMM must outlive `kindling create`, so it is not a trio Process tied to this
+# process's lifetime: it gets its own session (no terminal signals) and is
+# started with posix_spawn.  It is still this process's child until this
+# process exits; `reap_detached` collects its exit status (so a long-lived
+# library user accumulates no zombies) and `wait_detached` waits for it.
+
+# Signals a Python process ignores (or handles) that the VMM must see at their defaults.
+_DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM,
+                    signal.SIGHUP, signal.SIGQUIT)
+
+# pid -> exit status (None while running) of the detached children of this process.
+_detached: dict[int, int | None] = {}
+
+
+def spawn_detached(argv: Argv, *, stdout: int, stderr: int) -> int:
+    """Start argv in a new session, stdin /dev/null, stdout/stderr to the given fds; its pid."""
+    args = _argv(argv)
+    actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+               (os.POSIX_SPAWN_DUP2, stdout, 1),
+               (os.POSIX_SPAWN_DUP2, stderr, 2)]
+    try:
+        pid = os.posix_spawnp(args[0], args, os.environ, file_actions=actions, setsid=True,
+                              setsigdef=_DEFAULT_SIGNALS, setsigmask=())
+    except OSError as e:
+        _launch_error(args, e)
+    _detached[pid] = None
+    return pid
+
+
+def reap_detached(pid: int) -> int | None:
+    """The exit status of a detached child of this process (negative: killed by that
+    signal), or None while it runs or when it is not our child."""
+    if pid not in _detached:
+        return None
+    if _detached[pid] is None:
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return None
+        if done:
+            _detached[pid] = os.waitstatus_to_exitcode(status)
+    return _detached[pid]
+
+
+def is_our_child(pid: int) -> bool:
+    return pid in _detached
+
+
+async def wait_detached(pid: int) -> int | None:
+    """Wait (event-driven, pidfd) until process `pid` has exited.  Returns its exit status
+    when it is a detached child of this process, else None.  Timeouts: at the call site."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return reap_detached(pid)
+    try:
+        return await wait_pidfd(fd, pid)
+    finally:
+        os.close(fd)
+
+
+async def wait_pidfd(pidfd: int, pid: int) -> int | None:
+    """Wait until the process behind `pidfd` has exited, all its threads included (a
+    pidfd turns readable only then; /proc shows a multi-threaded leader as a zombie
+    earlier, before waitpid can collect it).  Its exit status if it is our child."""
+    await trio.lowlevel.wait_readable(pidfd)
+    return reap_detached(pid)

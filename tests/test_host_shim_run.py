@@ -1,7 +1,8 @@
 """host_shim/run.py (the subprocess helper) and host_shim/qmp.py (the QMP client)."""
 
-import json
+import shutil
 import signal
+import subprocess
 
 import pytest
 import trio
@@ -74,50 +75,34 @@ async def test_start_not_found():
         await run.start(["/nonexistent/qemu"])
 
 
-# --- QMP ---------------------------------------------------------------------
+# --- QMP, against a real QEMU (`-machine none`: no guest, starts in ~50 ms) ---------
 
-async def fake_qmp_server(listener, log):
-    stream = await listener.accept()
-    async with stream:
-        await stream.send_all(b'{"QMP": {"version": {}, "capabilities": []}}\r\n')
-        buffer = b""
-        while True:
-            chunk = await stream.receive_some()
-            if not chunk:
-                return
-            buffer += chunk
-            while b"\n" in buffer:
-                line, buffer = buffer.split(b"\n", 1)
-                command = json.loads(line)["execute"]
-                log.append(command)
-                if command == "quit":
-                    await stream.send_all(b'{"event": "SHUTDOWN", "data": {}}\r\n'
-                                          b'{"return": {}}\r\n')
-                    return
-                if command == "bogus":
-                    await stream.send_all(b'{"error": {"class": "CommandNotFound", '
-                                          b'"desc": "The command bogus has not been found"}}\r\n')
-                else:
-                    await stream.send_all(b'{"return": {"status": "running"}}\r\n')
-
-
-async def test_qmp_client_against_fake_server(tmp_path):
-    path = str(tmp_path / "qmp.sock")
-    sock = trio.socket.socket(trio.socket.AF_UNIX)
-    await sock.bind(path)
-    sock.listen()
-    listener = trio.SocketListener(sock)
-    log = []
-    with trio.fail_after(5):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(fake_qmp_server, listener, log)
-            async with await qmp.QMPClient.connect(path) as client:
-                assert await client.execute("query-status") == {"status": "running"}
+async def test_qmp_client_against_qemu(tmp_path):
+    sock = tmp_path / "qmp.sock"
+    assert shutil.which("qemu-system-x86_64"), "QEMU missing: run `make test` (it installs it)"
+    qemu = await trio.lowlevel.open_process(
+        ["qemu-system-x86_64", "-machine", "none", "-nodefaults", "-display", "none", "-S",
+         "-qmp", f"unix:{sock},server=on,wait=off"], stdin=subprocess.DEVNULL)
+    try:
+        with trio.fail_after(20):
+            while not sock.exists():
+                await trio.sleep(0.01)
+            async with await qmp.QMPClient.connect(sock) as client:
+                assert (await client.execute("query-status"))["status"] == "prelaunch"
                 with pytest.raises(qmp.QMPError, match="has not been found"):
                     await client.execute("bogus")
-                await client.execute("quit")
-    assert log == ["qmp_capabilities", "query-status", "bogus", "quit"]
+            assert await qmp.query_status(sock) == "prelaunch"
+            await qmp.execute(sock, "cont")
+            assert await qmp.query_status(sock) == "running"
+            assert await qmp.quit(sock) is True
+            assert await qemu.wait() == 0
+    finally:
+        if qemu.returncode is None:
+            qemu.kill()
+            await qemu.wait()
 
 
-async def test_qmp_quit_without_server(tmp_path):
+async def test_qmp_without_server(tmp_path):
     assert await qmp.quit(tmp_path / "missing.sock") is False
+    with pytest.raises(qmp.QMPError, match="cannot connect to QMP socket .*missing.sock: No such file"):
+        await qmp.execute(tmp_path / "missing.sock", "query-status")

@@ -1,0 +1,454 @@
+"""The instance operations: create, start, stop, delete, list, inspect, wait, logs, analyze.
+
+All of them are async (trio) and work on the instance directory alone, so any
+number of shim processes (a `kindling wait` here, a `kindling list` there, a
+library user) can look at one instance; none of them has to stay alive for the
+VM to keep running.  host_shim/api.py wraps them for synchronous callers, and
+cli.py is a thin layer over that.
+
+Every look at an instance goes through `observe`: under the instance's
+meta.lock it probes the VMM, rotates the serial log if it is too big, scans for
+markers if one is due, derives the state (state.derive_state) and records the
+transition (state.transition_path enforces the transitions table), then saves
+metadata.json.  Recording happens in the order observations were made, because
+the probe is made under the same lock.
+"""
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from initsys import protocol
+
+from . import accel as accel_mod
+from . import console, locks, logfiles, markers, metadata, prepare, qemu, vmm
+from . import run as run_mod
+from . import timeline as tl
+from .errors import KindlingError, NoSuchInstance, die
+from .instance import LOCK_TIMEOUT, Instance, check_name, home_lock, kindling_home
+from .markers import MarkerRecord
+from .metadata import Metadata
+from .state import (ForbiddenTransition, Observation, State, Vmm, derive_state,
+                    transition_path)
+
+DEFAULT_STOP_TIMEOUT = 10.0   # like `docker stop`
+WAIT_POLL = 0.05              # how often a waiter reads the console log
+OBSERVE_EVERY = 1.0           # and re-probes the VMM (and checks rotation) meanwhile
+
+
+def now_ns() -> int:
+    return time.time_ns()
+
+
+# --- recording observations ---------------------------------------------------
+
+_MARKER_EVENTS = ((protocol.PROGRAM_START, tl.PROGRAM_START_SEEN),
+                  (protocol.AGENT_READY, tl.AGENT_READY_SEEN),
+                  (protocol.EXIT, tl.EXIT_SEEN),
+                  (protocol.FATAL, tl.FATAL_SEEN))
+
+
+def _note_marker_events(meta: Metadata) -> None:
+    for kind, event in _MARKER_EVENTS:
+        seen = meta.markers.get(kind)
+        if seen is not None:
+            meta.mark(event, seen.seen_at)
+
+
+def running_seen_at(meta: Metadata) -> int | None:
+    """When the host had seen every marker Running needs (host ns), if it has."""
+    needed = [protocol.PROGRAM_START] + ([] if meta.agent_skipped else [protocol.AGENT_READY])
+    seen = [meta.markers.get(kind) for kind in needed]
+    if any(s is None for s in seen):
+        return None
+    return max(s.seen_at for s in seen)
+
+
+def apply_observation(meta: Metadata, observed: State, *, error: str | None = None,
+                      now: int | None = None) -> None:
+    """Record `observed` as the instance's state, enforcing the transitions table.
+
+    An observation the table forbids (say Initializing -> Paused, someone paused
+    QEMU behind our back) is not recorded as that state: the instance becomes
+    Unknown, with the forbidden transition as its error, until an observation
+    fits again.
+    """
+    now = now_ns() if now is None else now
+    if observed is State.UNKNOWN:
+        if meta.state is not State.UNKNOWN:
+            meta.record_state(State.UNKNOWN, at_ns=now)
+        meta.error = error
+        return
+    try:
+        path = transition_path(meta.last_known, observed)
+    except ForbiddenTransition as e:
+        if meta.state is not State.UNKNOWN:
+            meta.record_state(State.UNKNOWN, at_ns=now)
+        meta.error = f"the VMM and markers say {observed}: {e.message}"
+        return
+    if not path and meta.state is State.UNKNOWN:
+        path = [observed]          # back from Unknown to the state it was in
+    for i, state in enumerate(path):
+        meta.record_state(state, inferred=i < len(path) - 1, at_ns=now)
+        if state is State.RUNNING and meta.time_to_running is None and meta.boot_requested_at:
+            at = running_seen_at(meta) or now
+            meta.mark(tl.RUNNING, at)
+            meta.time_to_running = round((at - meta.boot_requested_at) / 1e9, 6)
+        elif state is State.STOPPED:
+            meta.mark(tl.QEMU_EXITED, now)
+
+
+async def _scan(instance: Instance, meta: Metadata, now: int, *, final: bool = False) -> None:
+    async with locks.alocked(instance.logs_lock, shared=True, timeout=LOCK_TIMEOUT):
+        found = markers.scan_logs(instance.logs_dir, meta.log_since, final=final)
+    meta.markers.merge(markers.record_from(found, now))
+    meta.markers.scanned_at = now
+
+
+async def _observe_locked(instance: Instance, meta: Metadata, *, live: MarkerRecord | None = None,
+                          scan: bool = True, events: tuple[tuple[str, int], ...] = ()) -> None:
+    probe = await vmm.probe(instance)
+    now = now_ns()
+    for name, at in events:
+        meta.mark(name, at)
+    if live is not None:
+        meta.markers.merge(live)
+    if probe.vmm not in (Vmm.ABSENT, Vmm.UNREACHABLE):
+        rescued = await logfiles.rotate_if_needed(instance, max_bytes=meta.log_max_bytes,
+                                                  keep=meta.log_keep, since_ns=meta.log_since)
+        if rescued:
+            meta.markers.merge(markers.record_from(rescued, now))
+    if (scan and probe.vmm is Vmm.RUNNING
+            and markers.scan_due(meta.markers, meta.agent_skipped, now)):
+        await _scan(instance, meta, now)
+    if probe.vmm is Vmm.ABSENT and meta.boot > 0 and not meta.logs_final:
+        # The VMM is gone, so the log is complete: one last scan (EXIT, FATAL, stages).
+        await _scan(instance, meta, now, final=True)
+        meta.logs_final = True
+        status = run_mod.reap_detached(meta.pid) if meta.pid else None
+        if status is not None and meta.vmm_exit is None:
+            meta.vmm_exit = f"QEMU {run_mod.describe_returncode(status)}"
+    _note_marker_events(meta)
+    observed = derive_state(Observation(probe.vmm, program_started=meta.markers.program_started,
+                                        agent_ready=meta.markers.agent_ready,
+                                        agent_skipped=meta.agent_skipped))
+    apply_observation(meta, observed, error=probe.error, now=now)
+
+
+async def observe(instance: Instance, *, live: MarkerRecord | None = None, scan: bool = True,
+                  events: tuple[tuple[str, int], ...] = ()) -> Metadata:
+    """Look at the instance now; record and return what was seen."""
+    async with metadata.update(instance) as meta:
+        await _observe_locked(instance, meta, live=live, scan=scan, events=events)
+    return meta
+
+
+# --- create / start -----------------------------------------------------------
+
+def _config_value(config: dict | bytes | None) -> dict | str | None:
+    if isinstance(config, bytes):
+        return config.decode("utf-8", errors="replace")
+    return config
+
+
+async def create(opts: prepare.CreateOptions, home: Path | None = None, *,
+                 verbose: Callable[[str], None] | None = None) -> tuple[Instance, Metadata]:
+    """Make an instance and boot it; returns once the guest has been started
+    (state Initializing: markers come later)."""
+    requested = now_ns()
+    home = Path(home or kindling_home())
+    prepare.check_inputs(opts)
+    name = check_name(opts.name) if opts.name else None
+    config = prepare.config_for(opts)
+    binary = qemu.find_qemu()
+    accel = accel_mod.resolve(opts.accel)
+    with home_lock(home):
+        if name is not None:
+            for _, other in metadata.load_all(home):
+                if other.name == name:
+                    die(f"the name {name!r} is already in use by instance {other.id}",
+                        hint=f"choose another --name, or `kindling delete {name}` first")
+        instance = Instance.create(home)
+        meta = Metadata(id=instance.id, name=name or instance.id, created_at=requested,
+                        command=list(opts.command), config=_config_value(config),
+                        agent_skipped=prepare.agent_skipped(config), argv=[],
+                        accel=accel.value, log_max_bytes=opts.log_max_bytes,
+                        log_keep=opts.log_keep)
+        meta.record_state(State.STOPPED, at_ns=requested)
+        metadata.save(instance, meta)
+    try:
+        artifacts = prepare.build_artifacts(opts, instance.images_dir)
+        images_ready = now_ns()
+        disks = prepare.make_disks(instance, artifacts, config, opts)
+        disks_ready = now_ns()
+        argv = prepare.qemu_argv(instance, artifacts, disks, accel, opts, binary)
+        if verbose is not None:
+            verbose(f"instance {instance.dir}")
+            verbose(f"running: {run_mod.format_command(argv)}")
+        async with metadata.update(instance) as meta:
+            meta.argv = argv
+        meta = await _boot(instance, requested,
+                           ((tl.IMAGES_READY, images_ready), (tl.DISKS_READY, disks_ready)))
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            await vmm.stop(instance, graceful=0)
+        instance.remove()
+        raise
+    return instance, meta
+
+
+async def _boot(instance: Instance, requested: int,
+                prep_events: tuple[tuple[str, int], ...] = ()) -> Metadata:
+    """Start a new boot of a stopped instance: fresh log, QEMU with -S, then cont."""
+    async with metadata.update(instance) as meta:
+        if vmm.pid_of(instance) is not None:
+            await _observe_locked(instance, meta)     # someone else started it meanwhile
+            return meta
+        meta.boot += 1
+        meta.boot_requested_at = requested
+        meta.events = []
+        meta.markers = MarkerRecord()
+        meta.time_to_running = None
+        meta.vmm_exit = None
+        meta.logs_final = False
+        meta.pid = None
+        meta.mark(tl.REQUESTED, requested)
+        for name, at in prep_events:
+            meta.mark(name, at)
+        meta.log_since = logfiles.start_fresh_log(instance, meta.log_keep)
+        instance.qmp_socket.unlink(missing_ok=True)     # left by a killed QEMU
+        meta.mark(tl.LAUNCH)
+        meta.pid = await vmm.launch(instance, meta.argv)
+        meta.mark(tl.VMM_READY)
+        await _observe_locked(instance, meta, scan=False)     # Created (-S)
+        await vmm.cont(instance)
+        meta.mark(tl.GUEST_STARTED)
+        await _observe_locked(instance, meta, scan=False)     # Initializing
+    return meta
+
+
+async def start(instance: Instance) -> Metadata:
+    """Boot a Stopped instance again (or start the guest of a Created one).  Returns
+    once the guest has been started; an instance already started is left alone."""
+    meta = await observe(instance)
+    if meta.state is State.CREATED:
+        await vmm.cont(instance)
+        return await observe(instance, events=((tl.GUEST_STARTED, now_ns()),))
+    if meta.state in (State.INITIALIZING, State.RUNNING):
+        return meta
+    if meta.state is State.STOPPED:
+        return await _boot(instance, now_ns())
+    die(f"cannot start instance {meta.name}: it is {meta.state}",
+        hint=meta.error or f"see `kindling inspect {meta.name}`")
+
+
+# --- stop / delete ------------------------------------------------------------
+
+async def stop(instance: Instance, *, timeout: float = DEFAULT_STOP_TIMEOUT) -> Metadata:
+    """Stop the VM: an ACPI power-down with `timeout` seconds to act on it (only when
+    the guest is Running or Paused: during boot nothing in the guest could), then
+    QMP quit, SIGTERM, SIGKILL.  Stopping a stopped instance does nothing."""
+    meta = await observe(instance)
+    if meta.state in (State.STOPPED, State.STANDBY):
+        return meta
+    graceful = timeout if meta.state in (State.RUNNING, State.PAUSED) else 0.0
+    how = await vmm.stop(instance, graceful=graceful)
+    async with metadata.update(instance) as meta:
+        await _observe_locked(instance, meta)
+        if how is not None:
+            meta.vmm_exit = f"{how} by kindling stop" + (
+                f" (QEMU {meta.vmm_exit.removeprefix('QEMU ')})" if meta.vmm_exit else "")
+    return meta
+
+
+async def delete(instance: Instance) -> Metadata:
+    """Stop the VM at once (no grace period) and remove everything of the instance."""
+    meta = await observe(instance)
+    with trio.CancelScope(shield=True):
+        await vmm.stop(instance, graceful=0)
+        instance.remove()
+    return meta
+
+
+# --- list / inspect -----------------------------------------------------------
+
+async def list_instances(home: Path | None = None) -> list[tuple[Instance, Metadata]]:
+    home = Path(home or kindling_home())
+    found = []
+    for instance, meta in metadata.load_all(home):
+        try:
+            meta = await observe(instance)
+        except NoSuchInstance:
+            continue
+        except KindlingError as e:    # e.g. a lock held too long: show what is recorded
+            meta.state, meta.error = State.UNKNOWN, e.message
+        found.append((instance, meta))
+    return sorted(found, key=lambda im: im[1].created_at)
+
+
+# --- wait ---------------------------------------------------------------------
+
+class WaitTimeout(KindlingError):
+    pass
+
+
+def _why_not_running(meta: Metadata) -> str:
+    fatal = meta.markers.get(protocol.FATAL)
+    if fatal is not None:
+        return (f"guest failed in stage {fatal.fields.get('stage', '?')}: "
+                f"{fatal.fields.get('error', '(no message)')}")
+    if meta.markers.program_started and not meta.agent_skipped:
+        return "the program started but the agent never reported ready"
+    return f"the VM ended ({meta.vmm_exit})" if meta.vmm_exit else "the VM ended"
+
+
+def _running_outcome(meta: Metadata) -> bool:
+    """True when the wait for Running is over (it was reached); raises if it cannot be."""
+    if meta.state is State.RUNNING or meta.reached_this_boot(State.RUNNING):
+        return True
+    if meta.state in (State.STOPPED, State.SHUTDOWN, State.STANDBY):
+        die(f"instance {meta.name} stopped before it was Running: {_why_not_running(meta)}",
+            hint=f"see `kindling logs {meta.name}`")
+    return False
+
+
+async def _wait_running(instance: Instance) -> Metadata:
+    meta = await observe(instance)
+    if _running_outcome(meta):
+        return meta
+    live = MarkerRecord()
+    follower = logfiles.LogFollower(instance, meta.log_since)
+    first_poll = True
+    try:
+        next_observe = trio.current_time() + OBSERVE_EVERY
+        while True:
+            lines = await follower.poll()
+            seen = now_ns()
+            events: tuple[tuple[str, int], ...] = ()
+            if first_poll:
+                started_empty = follower.bytes_read == 0
+                first_poll = False
+            elif started_empty and follower.bytes_read:
+                # The log was empty when we began, so these bytes arrived just now.
+                events = ((tl.FIRST_CONSOLE_BYTE, seen),)
+                started_empty = False
+            changed = False
+            for line in lines:
+                marker = protocol.parse_line(line)
+                if marker is not None:
+                    changed |= live.add(marker, seen)
+            if (changed or events or trio.current_time() >= next_observe
+                    or vmm.pid_of(instance) is None):
+                meta = await observe(instance, live=live, scan=False, events=events)
+                next_observe = trio.current_time() + OBSERVE_EVERY
+                if _running_outcome(meta):
+                    return meta
+            await trio.sleep(WAIT_POLL)
+    finally:
+        follower.close()
+
+
+async def _wait_stopped(instance: Instance) -> Metadata:
+    events: tuple[tuple[str, int], ...] = ()
+    while True:
+        meta = await observe(instance, events=events)
+        if meta.state in (State.STOPPED, State.STANDBY):
+            return meta
+        pid = vmm.pid_of(instance)
+        if pid is None:
+            await trio.sleep(WAIT_POLL)
+            continue
+        with trio.move_on_after(OBSERVE_EVERY):
+            await vmm.wait_exit(pid)
+            events = ((tl.QEMU_EXITED, now_ns()),)
+
+
+async def wait(instance: Instance, target: State, *, timeout: float | None = None) -> Metadata:
+    """Wait until the instance is `target` (Running or Stopped).
+
+    Running: returns once the host has seen the markers Running needs, reading the
+    serial log as it grows (so time-to-Running is measured to ~50 ms), also when
+    the instance has already been Running in this boot.  Raises when it stopped
+    before it got there.
+    """
+    if target not in (State.RUNNING, State.STOPPED):
+        die(f"cannot wait for {target}", hint="wait for running or stopped")
+    waiter = _wait_running if target is State.RUNNING else _wait_stopped
+    try:
+        with trio.fail_after(timeout if timeout is not None else math.inf):
+            return await waiter(instance)
+    except trio.TooSlowError:
+        meta = await observe(instance)
+        raise WaitTimeout(f"timed out after {timeout:g} s waiting for instance {meta.name} to be "
+                          f"{target} (it is {meta.state})",
+                          hint=f"see `kindling logs {meta.name}`") from None
+
+
+# --- logs ---------------------------------------------------------------------
+
+def _print_lines(lines, write: Callable[[str], None], source: str) -> None:
+    for line in lines:
+        text = console.user_text(line) if source == "app" else line
+        if text is not None:
+            write(text)
+
+
+async def logs(instance: Instance, write: Callable[[str], None], *, source: str = "app",
+               follow: bool = False) -> None:
+    """Write the instance's log lines (all boots) to `write`; with `follow`, keep going
+    until the VMM exits.  `app` is the serial console without sentinel lines."""
+    if source not in ("app", "vmm"):
+        die(f"unknown log source {source!r}", hint="use --source app or --source vmm")
+    metadata.load(instance)      # raises if it was deleted
+    if source == "vmm":
+        await _vmm_log(instance, write, follow)
+        return
+    follower = logfiles.LogFollower(instance, None)
+    next_observe = trio.current_time() + OBSERVE_EVERY
+    try:
+        while True:
+            running = vmm.pid_of(instance) is not None
+            _print_lines(await follower.poll(), write, source)
+            if not (follow and running):
+                _print_lines(follower.flush(), write, source)
+                return
+            await trio.sleep(WAIT_POLL)
+            if trio.current_time() >= next_observe:
+                next_observe = trio.current_time() + OBSERVE_EVERY
+                await observe(instance)       # also rotates the log while we follow it
+    finally:
+        follower.close()
+
+
+async def _vmm_log(instance: Instance, write: Callable[[str], None], follow: bool) -> None:
+    splitter = console.LineSplitter()
+    try:
+        f = open(instance.vmm_log, "rb")
+    except FileNotFoundError:
+        return
+    with f:
+        while True:
+            running = vmm.pid_of(instance) is not None
+            for line in splitter.feed(f.read()):
+                write(line)
+            if not (follow and running):
+                for line in splitter.flush():
+                    write(line)
+                return
+            await trio.sleep(WAIT_POLL)
+
+
+# --- analyze ------------------------------------------------------------------
+
+async def analyze(instance: Instance) -> Metadata:
+    """The instance with its boot timeline complete: a full scan of this boot's logs
+    (explicitly asked for, so not throttled) for stages printed after Running."""
+    async with metadata.update(instance) as meta:
+        await _observe_locked(instance, meta)
+        await _scan(instance, meta, now_ns(), final=vmm.pid_of(instance) is None)
+        _note_marker_events(meta)
+    return meta

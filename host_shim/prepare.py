@@ -1,0 +1,202 @@
+"""What `create` needs before QEMU starts: checked inputs, config.json, images, disks.
+
+1. check the inputs (paths exist, sizes sane) and make config.json, validated as
+   the guest will validate it, before anything slow happens;
+2. get the kernel/initrd/rootfs into the instance from the image builder (which
+   caches them);
+3. make the instance's overlay and config disks, in the order of PROTOCOL.md §1.
+"""
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from initsys import protocol
+
+from . import accel as accel_mod
+from . import logfiles, qemu
+from .errors import die
+from .instance import Instance, cache_dir
+
+DEFAULT_OVERLAY_SIZE = 256 << 20
+
+
+@dataclass(frozen=True)
+class CreateOptions:
+    """Everything `kindling create` (and `run`) takes."""
+    command: tuple[str, ...] = ()
+    name: str | None = None
+    rootfs: Path | None = None
+    kernel: Path | None = None
+    modules: Path | None = None
+    memory_mib: int = qemu.DEFAULT_MEMORY_MIB
+    cpus: int = qemu.DEFAULT_CPUS
+    env: tuple[tuple[str, str], ...] = ()
+    workdir: str | None = None
+    accel: str = accel_mod.Accel.AUTO.value
+    config_json: Path | None = None     # test hook: raw config.json, not validated
+    config_disk: Path | None = None     # test hook: a ready-made config disk image
+    overlay_size: int = DEFAULT_OVERLAY_SIZE
+    log_max_bytes: int = logfiles.DEFAULT_MAX_BYTES
+    log_keep: int = logfiles.DEFAULT_KEEP
+
+
+def parse_env(items: list[str] | tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            die(f"invalid --env {item!r}", hint="use --env NAME=VALUE")
+        pairs.append((key, value))
+    return tuple(pairs)
+
+
+def check_inputs(opts: CreateOptions) -> None:
+    for flag, path in (("--rootfs", opts.rootfs), ("--kernel", opts.kernel),
+                       ("--modules", opts.modules), ("--config-json", opts.config_json),
+                       ("--config-disk", opts.config_disk)):
+        if path is not None and not os.path.exists(path):
+            die(f"{flag}: {path} does not exist")
+    if opts.modules is not None and not os.path.isdir(opts.modules):
+        die(f"--modules: {opts.modules} is not a directory")
+    if opts.modules is not None and opts.kernel is None:
+        die("--modules needs --kernel", hint="pass the kernel the modules were built for")
+    if opts.memory_mib < 64:
+        die(f"--memory {opts.memory_mib}: at least 64 MiB is needed")
+    if opts.cpus < 1:
+        die(f"--cpus {opts.cpus}: at least 1 is needed")
+    if opts.log_max_bytes < logfiles.MIN_MAX_BYTES:
+        die(f"--log-max-size {opts.log_max_bytes}: at least {logfiles.MIN_MAX_BYTES} bytes")
+    if opts.log_keep < 1:
+        die(f"--log-files {opts.log_keep}: at least 1 rotated file is kept")
+    hooks = [flag for flag, value in (("--config-json", opts.config_json),
+                                      ("--config-disk", opts.config_disk)) if value is not None]
+    if len(hooks) > 1:
+        die("--config-json and --config-disk cannot be used together")
+    if hooks and (opts.command or opts.env or opts.workdir):
+        die(f"{hooks[0]} replaces the generated config.json: give no command, --env or --workdir")
+    if not opts.command and not hooks:
+        die("no command given", hint="kindling create [OPTIONS] -- CMD [ARG...]")
+
+
+def make_config(opts: CreateOptions) -> dict:
+    """config.json (PROTOCOL.md §2) for the command, validated as the guest will."""
+    config = {
+        "entrypoint": list(opts.command[:1]),
+        "cmd": list(opts.command[1:]),
+        "env": dict(opts.env),
+        "workdir": opts.workdir or "/",
+        "skip_guest_agent": True,      # no agent yet
+        "skip_kernel_headers": True,   # no headers worker yet
+    }
+    try:
+        protocol.validate_config(config)
+    except protocol.ConfigError as e:
+        die(f"invalid run configuration: {e}")
+    return config
+
+
+def config_for(opts: CreateOptions) -> dict | bytes | None:
+    """The generated config, the raw bytes of --config-json, or None for --config-disk."""
+    if opts.config_json is not None:
+        try:
+            return Path(opts.config_json).read_bytes()
+        except OSError as e:
+            die(f"--config-json: cannot read {opts.config_json}: {e.strerror}")
+    if opts.config_disk is not None:
+        return None
+    return make_config(opts)
+
+
+def agent_skipped(config: dict | bytes | None) -> bool:
+    """Whether `Running` needs only PROGRAM-START.  A config we cannot read counts as
+    skipped: there is no agent yet that could ever report ready."""
+    if isinstance(config, bytes):
+        try:
+            config = json.loads(config)
+        except ValueError:
+            return True
+    if isinstance(config, dict):
+        return config.get("skip_guest_agent", False) is True
+    return True
+
+
+def build_artifacts(opts: CreateOptions, out_dir: Path):
+    """Kernel, initrd and rootfs from the image builder (cached there), published to `out_dir`.
+
+    `out_dir` is per instance: a shared one would let two concurrent creates with
+    different inputs swap each other's images between build and boot.
+    """
+    try:
+        from image_build.build import BuildOptions, build_all
+        from image_build.errors import BuildError
+    except ImportError as e:
+        die(f"the image builder is not available: {e}",
+            hint="image_build.build (build_all, BuildOptions) is missing from this installation")
+    try:
+        return build_all(BuildOptions(out_dir=out_dir, cache_dir=cache_dir(), rootfs=opts.rootfs,
+                                      kernel=opts.kernel, modules=opts.modules))
+    except BuildError as e:
+        die(f"building the VM image failed: {e}")
+
+
+def _make_raw_config_disk(data: bytes, path: Path) -> None:
+    """A config disk holding exactly `data` as /config.json (the --config-json test hook)."""
+    from image_build import cache as build_cache
+    from image_build.disks import CONFIG_NAME
+    from image_build.rootfs import make_ext4
+    with tempfile.TemporaryDirectory(prefix="kindling-config-") as src:
+        os.chmod(src, 0o755)
+        Path(src, CONFIG_NAME).write_bytes(data)
+        size = (len(data) * 2 + (1 << 20) + 4095) // 4096 * 4096
+        key = build_cache.Hasher("config").add("data", data).hexdigest()
+        make_ext4(Path(src), Path(path), size_bytes=size, key=key, label="kindling-cfg",
+                  inodes=64)
+
+
+def make_disks(instance: Instance, artifacts, config: dict | bytes | None,
+               opts: CreateOptions) -> tuple[qemu.Disk, ...]:
+    """rootfs, overlay, config: the order and serials of PROTOCOL.md §1."""
+    from image_build import disks
+    from image_build.errors import BuildError
+    try:
+        disks.make_overlay_disk(instance.overlay_img, opts.overlay_size)
+        if opts.config_disk is not None:
+            config_img = Path(opts.config_disk)
+        else:
+            if isinstance(config, bytes):
+                _make_raw_config_disk(config, instance.config_img)
+            else:
+                disks.make_config_disk(config, instance.config_img)
+            config_img = instance.config_img
+    except BuildError as e:
+        die(f"making the instance disks failed: {e}")
+    # The overlay persists across stop/start.  cache=unsafe (scratch) only ignores the
+    # guest's flushes: QEMU's writes still reach the host page cache, so they survive
+    # QEMU being killed (not a host crash, which an instance does not survive anyway).
+    return (
+        qemu.Disk(os.fspath(artifacts.rootfs), "rootfs", readonly=True),
+        qemu.Disk(os.fspath(instance.overlay_img), "overlay", scratch=True),
+        qemu.Disk(os.fspath(Path(config_img).absolute()), "config", readonly=True),
+    )
+
+
+def qemu_argv(instance: Instance, artifacts, disks: tuple[qemu.Disk, ...], accel: accel_mod.Accel,
+              opts: CreateOptions, binary: str) -> list[str]:
+    spec = qemu.VMSpec(
+        kernel=os.fspath(artifacts.kernel),
+        initrd=os.fspath(artifacts.initrd),
+        disks=disks,
+        console_log=os.fspath(instance.app_log),
+        qmp_socket=os.fspath(instance.qmp_socket),
+        accel=accel,
+        memory_mib=opts.memory_mib,
+        cpus=opts.cpus,
+        name=f"kindling-{instance.id}",
+        # -S: the VMM is created with the guest stopped (state Created) until QMP `cont`;
+        # -pidfile: QEMU holds a lock on it while it runs (host_shim/vmm.py).
+        extra_args=("-pidfile", os.fspath(instance.pidfile), "-S"),
+    )
+    return qemu.build_argv(spec, binary)
