@@ -1,17 +1,30 @@
-"""The `kindling` command: argument parsing and the one error boundary.
+"""The `kindling` command: argument parsing, output, and the one error boundary.
 
-Every user-facing failure is a KindlingError raised somewhere below; `main`
-is the only place that catches it, prints `kindling: error: ...` (plus a hint)
-and returns a non-zero status.  Tracebacks appear only with --debug.
+A thin layer over host_shim/lifecycle.py (and runner.py for `run`).  Every
+user-facing failure is a KindlingError raised somewhere below; `main` is the
+only place that catches it, prints `kindling: error: ...` (plus a hint) and
+exits non-zero: 125 for `run` and `build` (like `docker run`, so the program's
+own codes stay apart), 1 for the other commands.  Tracebacks only with --debug.
 """
 
 import argparse
+import json
 import sys
+import time
 import traceback
+from functools import partial
 from pathlib import Path
 
-from . import accel, qemu, runner
-from .errors import EXIT_KINDLING, KindlingError, die
+import trio
+
+from initsys import protocol
+
+from . import accel, chart, lifecycle, logfiles, metadata, prepare, qemu, runner
+from .api import InstanceInfo
+from .errors import EXIT_ERROR, EXIT_KINDLING, KindlingError, die
+from .instance import kindling_home
+from .state import State
+from .timeline import format_timeline
 
 PROG = "kindling"
 
@@ -36,14 +49,58 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _add_debug(parser: argparse.ArgumentParser, default) -> None:
-    parser.add_argument("--debug", action="store_true", default=default,
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {text}")
+    return value
+
+
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def _size(text: str) -> int:
+    """A byte count: 1048576, 512K, 4M, 1G."""
+    number, unit = text.strip(), ""
+    if number[-1:].lower() in ("k", "m", "g"):
+        number, unit = number[:-1], number[-1].lower()
+    try:
+        return int(number) * _SIZE_UNITS[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size like 4M or 65536, got {text!r}") \
+            from None
+
+
+def _add_common(parser: argparse.ArgumentParser, *, json_output: bool = True) -> None:
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="show tracebacks for errors")
+    if json_output:
+        parser.add_argument("--json", action="store_true", help="print JSON")
 
 
-# --- run ---------------------------------------------------------------------
+def _home() -> Path:
+    return kindling_home()
 
-def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+
+def _resolve(ref: str):
+    return metadata.resolve(_home(), ref)[0]
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=True), flush=True)
+
+
+def _summary(info: InstanceInfo) -> dict:
+    return {"id": info.id, "name": info.name, "state": str(info.state)}
+
+
+# --- create / run options ----------------------------------------------------------
+
+def add_create_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--name", metavar="NAME", help="a name for the instance (default: its id)")
     image = parser.add_argument_group("image")
     image.add_argument("--rootfs", type=Path, metavar="DIR|TARBALL",
                        help="root filesystem for the program (default: the builder's default)")
@@ -64,13 +121,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                          help="set an environment variable (repeatable)")
     program.add_argument("--workdir", "-w", metavar="DIR",
                          help="working directory in the guest (default: /)")
-    run = parser.add_argument_group("run")
-    run.add_argument("--timeout", type=_positive_float, default=runner.DEFAULT_TIMEOUT,
-                     metavar="S", help="stop the VM after S seconds (default: %(default)g)")
-    run.add_argument("--keep", action="store_true",
-                     help="keep the instance directory (logs, disks) after the run")
-    run.add_argument("--verbose", "-v", action="store_true",
-                     help="show the kernel and boot messages on stderr")
+    logs = parser.add_argument_group("serial log")
+    logs.add_argument("--log-max-size", type=_size, default=logfiles.DEFAULT_MAX_BYTES,
+                      metavar="SIZE", help="rotate logs/app.log at this size, e.g. 512K, 4M "
+                                           "(default: 4M)")
+    logs.add_argument("--log-files", type=_positive_int, default=logfiles.DEFAULT_KEEP,
+                      metavar="N", help="rotated copies to keep (default: %(default)s)")
     # Test hooks: feed the guest a raw (unvalidated) config.json, or a ready-made config disk.
     parser.add_argument("--config-json", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--config-disk", type=Path, help=argparse.SUPPRESS)
@@ -78,106 +134,292 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the program to run in the VM, and its arguments")
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def _create_fields(args: argparse.Namespace) -> dict:
     command = list(args.command)
     if command[:1] == ["--"]:
         command = command[1:]
-    opts = runner.RunOptions(
-        command=tuple(command),
-        rootfs=args.rootfs,
-        kernel=args.kernel,
-        modules=args.modules,
-        memory_mib=args.memory,
-        cpus=args.cpus,
-        env=runner.parse_env(args.env),
-        workdir=args.workdir,
+    return dict(
+        command=tuple(command), name=args.name, rootfs=args.rootfs, kernel=args.kernel,
+        modules=args.modules, memory_mib=args.memory, cpus=args.cpus,
+        env=prepare.parse_env(args.env), workdir=args.workdir,
         accel=accel.parse_accel(args.accel or accel.default_accel()).value,
-        timeout=args.timeout,
-        keep=args.keep,
-        verbose=args.verbose,
-        config_json=args.config_json,
-        config_disk=args.config_disk,
+        config_json=args.config_json, config_disk=args.config_disk,
+        log_max_bytes=args.log_max_size, log_keep=args.log_files,
     )
+
+
+# --- run -----------------------------------------------------------------------------
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    add_create_arguments(parser)
+    run = parser.add_argument_group("run")
+    run.add_argument("--timeout", type=_positive_float, default=runner.DEFAULT_TIMEOUT,
+                     metavar="S", help="stop the VM after S seconds (default: %(default)g)")
+    run.add_argument("--keep", action="store_true",
+                     help="keep the instance (logs, disks) after the run")
+    run.add_argument("--verbose", "-v", action="store_true",
+                     help="show the kernel and boot messages on stderr")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    opts = runner.RunOptions(**_create_fields(args), timeout=args.timeout, keep=args.keep,
+                             verbose=args.verbose)
     return runner.run(opts)
 
 
-# --- build -------------------------------------------------------------------
+# --- instances -------------------------------------------------------------------------
 
-def _image_build_cli():
-    """The image builder's CLI module (add_arguments, main_from_args), or None."""
-    for name in ("image_build.cli", "image_build.__main__"):
-        try:
-            module = __import__(name, fromlist=["_"])
-        except ImportError:
-            continue
-        if hasattr(module, "add_arguments") and hasattr(module, "main_from_args"):
-            return module
-    return None
-
-
-def add_build_arguments(parser: argparse.ArgumentParser) -> None:
-    builder = _image_build_cli()
-    if builder is not None:
-        builder.add_arguments(parser)
-        parser.set_defaults(builder=builder)
+def cmd_create(args: argparse.Namespace) -> int:
+    opts = prepare.CreateOptions(**_create_fields(args))
+    instance, meta = trio.run(partial(lifecycle.create, opts, _home()))
+    info = InstanceInfo.of(instance, meta)
+    if args.json:
+        _print_json(info.to_json())
     else:
-        # TODO: goes away once image_build exposes add_arguments/main_from_args.
-        parser.add_argument("build_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-        parser.set_defaults(builder=None)
+        print(info.id)
+    return 0
 
+
+def _simple(operation):
+    """start/stop/delete: print the name (docker style), or the instance as JSON."""
+    def command(args: argparse.Namespace) -> int:
+        instance = _resolve(args.vm)
+        meta = trio.run(operation(args), instance)
+        info = InstanceInfo.of(instance, meta)
+        if args.json:
+            _print_json(_summary(info) | {"vmm_exit": info.vmm_exit})
+        else:
+            print(args.vm)
+        return 0
+    return command
+
+
+cmd_start = _simple(lambda args: lifecycle.start)
+cmd_stop = _simple(lambda args: partial(lifecycle.stop, timeout=args.time))
+cmd_delete = _simple(lambda args: lifecycle.delete)
+
+
+def _ago(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit} ago"
+    return f"{int(seconds)}s ago"
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    infos = [InstanceInfo.of(i, m) for i, m in trio.run(lifecycle.list_instances, _home())]
+    if args.json:
+        _print_json([_summary(i) | {"created_at": protocol.format_ts(int(i.created_at * 1e9)),
+                                    "time_to_running": i.time_to_running,
+                                    "command": list(i.command), "error": i.error}
+                     for i in infos])
+        return 0
+    rows = [("ID", "NAME", "STATE", "TO RUNNING", "CREATED", "COMMAND")]
+    now = time.time()
+    for i in infos:
+        ttr = f"{i.time_to_running:.2f}s" if i.time_to_running is not None else "-"
+        rows.append((i.id, i.name, str(i.state), ttr, _ago(now - i.created_at),
+                     " ".join(i.command)[:40] or "-"))
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    instance = _resolve(args.vm)
+    info = InstanceInfo.of(instance, trio.run(lifecycle.observe, instance))
+    if args.json:
+        _print_json(info.to_json())
+        return 0
+    lines = [("id", info.id), ("name", info.name), ("state", str(info.state))]
+    if info.error:
+        lines.append(("error", info.error))
+    lines += [("created", protocol.format_ts(int(info.created_at * 1e9))), ("boot", str(info.boot)),
+              ("pid", str(info.pid) if info.pid else "-"),
+              ("command", " ".join(info.command) or "-"),
+              ("time to Running", f"{info.time_to_running:.3f} s"
+               if info.time_to_running is not None else "-")]
+    for kind, m in info.markers.items():
+        lines.append((kind, f"ts={m['ts']} seen={m['seen_at']}" if m["ts"] else
+                      " ".join(f"{k}={protocol.go_quote(v)}" for k, v in m["fields"].items())))
+    if info.vmm_exit:
+        lines.append(("VMM exit", info.vmm_exit))
+    lines.append(("directory", str(info.dir)))
+    width = max(len(k) for k, _ in lines)
+    for key, value in lines:
+        print(f"{key + ':':<{width + 1}} {value}")
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    instance = _resolve(args.vm)
+    if args.json:
+        def write(line: str) -> None:
+            print(json.dumps({"source": args.source, "line": line}), flush=args.follow)
+    else:
+        def write(line: str) -> None:
+            print(line, flush=args.follow)
+    trio.run(partial(lifecycle.logs, instance, write, source=args.source, follow=args.follow))
+    return 0
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    instance = _resolve(args.vm)
+    target = State.RUNNING if args.target == "running" else State.STOPPED
+    meta = trio.run(partial(lifecycle.wait, instance, target, timeout=args.timeout))
+    info = InstanceInfo.of(instance, meta)
+    if args.json:
+        _print_json(_summary(info) | {"time_to_running": info.time_to_running,
+                                      "exit": info.exit})
+        return 0
+    if target is State.RUNNING and info.state is not State.RUNNING:
+        print(f"{PROG}: note: {info.name} was Running, and is now {info.state}", file=sys.stderr)
+    if target is State.STOPPED and info.exit is not None:
+        print(info.exit["code"])      # like `docker wait`: the program's exit code
+    return 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    instance = _resolve(args.vm)
+    info = InstanceInfo.of(instance, trio.run(lifecycle.analyze, instance))
+    if args.svg is not None:
+        svg = chart.render_svg(info.timeline, title=f"kindling boot of {info.name} "
+                               f"({info.id}), boot {info.boot}",
+                               time_to_running=info.time_to_running)
+        try:
+            Path(args.svg).write_text(svg)
+        except OSError as e:
+            die(f"cannot write {args.svg}: {e.strerror}")
+    if args.json:
+        _print_json(_summary(info) | {"time_to_running": info.time_to_running,
+                                      "timeline": info.timeline.to_json(), "svg": (
+                                          str(args.svg) if args.svg else None)})
+        return 0
+    print(f"instance {info.name} ({info.id}): {info.state}, boot {info.boot}")
+    if info.time_to_running is not None:
+        print(f"time to Running: {info.time_to_running:.3f} s (create/start to Running, "
+              "as the host saw it)")
+    else:
+        print("time to Running: - (not Running in this boot yet)")
+    text = format_timeline(info.timeline)
+    if text:
+        print(text)
+    if args.svg is not None:
+        print(f"chart written to {args.svg}")
+    return 0
+
+
+# --- build -------------------------------------------------------------------------
 
 def cmd_build(args: argparse.Namespace) -> int:
-    if args.builder is None:
-        die("`kindling build` is not available: the image builder has no command-line "
-            "entry point yet", hint="expected image_build.cli with add_arguments() and "
-            "main_from_args()")
+    from image_build import cli as builder
     from image_build.errors import BuildError
     try:
-        return int(args.builder.main_from_args(args) or 0)
+        return int(builder.main_from_args(args) or 0)
     except BuildError as e:
         die(f"build failed: {e}")
 
 
-# --- main --------------------------------------------------------------------
+# --- main --------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="Boot a microVM under QEMU, run one program in it, and report when "
-                    "the guest is ready.")
-    _add_debug(parser, default=False)
+        description="Boot microVMs under QEMU, run a program in each, and report truthfully "
+                    "when the guest is ready.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = parser.add_subparsers(dest="subcommand", metavar="COMMAND", required=True)
 
-    run = sub.add_parser(
-        "run", help="run a program in a fresh microVM",
-        description="Build what is missing (cached), boot a microVM, run CMD in it, show its "
-                    "output and exit with its exit code.  Errors of kindling itself exit "
-                    f"with {EXIT_KINDLING}.",
-        usage=f"{PROG} run [OPTIONS] -- CMD [ARG...]")
-    _add_debug(run, default=argparse.SUPPRESS)
-    add_run_arguments(run)
-    run.set_defaults(func=cmd_run)
+    def command(name, func, help, *, aliases=(), error_code=EXIT_ERROR, json_output=True,
+                **kwargs):
+        p = sub.add_parser(name, help=help, aliases=list(aliases), **kwargs)
+        _add_common(p, json_output=json_output)
+        p.set_defaults(func=func, error_code=error_code)
+        return p
 
-    build = sub.add_parser("build", help="build the kernel, initrd and rootfs images",
-                           description="Build (or reuse from the cache) the VM images.")
-    _add_debug(build, default=argparse.SUPPRESS)
-    add_build_arguments(build)
-    build.set_defaults(func=cmd_build)
+    def vm_argument(p):
+        p.add_argument("vm", metavar="VM", help="instance name, id or unique id prefix")
+
+    run = command("run", cmd_run, "run a program in a fresh microVM", error_code=EXIT_KINDLING,
+                  json_output=False,
+                  description="Create a microVM, wait for it, stream the program's output and "
+                              "exit with its exit code (create + wait + logs + exit code).  "
+                              f"Errors of kindling itself exit with {EXIT_KINDLING}.",
+                  usage=f"{PROG} run [OPTIONS] -- CMD [ARG...]")
+    add_run_arguments(run)
+
+    create = command("create", cmd_create, "create and boot an instance (returns while it is "
+                     "still Initializing)", usage=f"{PROG} create [OPTIONS] -- CMD [ARG...]",
+                     description="Create an instance running CMD and boot it.  Returns once the "
+                                 "guest has been started, usually while it is still "
+                                 "Initializing; prints the instance id.")
+    add_create_arguments(create)
+
+    start = command("start", cmd_start, "boot a stopped instance again")
+    vm_argument(start)
+    stop = command("stop", cmd_stop, "stop an instance",
+                   description="ACPI power-down (Running instances get --time seconds to act "
+                               "on it), then QMP quit, SIGTERM, SIGKILL.")
+    vm_argument(stop)
+    stop.add_argument("--time", "-t", type=_seconds, default=lifecycle.DEFAULT_STOP_TIMEOUT,
+                      metavar="S", help="seconds to wait for a power-down (default: %(default)g)")
+    delete = command("delete", cmd_delete, "stop an instance at once and remove it",
+                     aliases=("rm",))
+    vm_argument(delete)
+    command("list", cmd_list, "list the instances", aliases=("ps",))
+    inspect = command("inspect", cmd_inspect, "show an instance's state, markers and details")
+    vm_argument(inspect)
+    logs = command("logs", cmd_logs, "show an instance's logs")
+    vm_argument(logs)
+    logs.add_argument("--follow", "-f", action="store_true",
+                      help="keep printing new lines until the VM stops")
+    logs.add_argument("--source", choices=("app", "vmm"), default="app",
+                      help="app: the serial console, boot markers filtered out (default); "
+                           "vmm: QEMU's own messages")
+    wait = command("wait", cmd_wait, "wait until an instance is running or stopped")
+    vm_argument(wait)
+    wait.add_argument("--for", dest="target", choices=("running", "stopped"), required=True,
+                      help="the state to wait for")
+    wait.add_argument("--timeout", type=_positive_float, default=None, metavar="S",
+                      help="give up after S seconds (default: wait forever)")
+    analyze = command("analyze", cmd_analyze, "show an instance's boot timeline")
+    vm_argument(analyze)
+    analyze.add_argument("--svg", type=Path, metavar="FILE", help="also draw it as an SVG chart")
+
+    build = command("build", cmd_build, "build the kernel, initrd and rootfs images",
+                    error_code=EXIT_KINDLING, json_output=False,
+                    description="Build (or reuse from the cache) the VM images.")
+    from image_build import cli as builder
+    builder.add_arguments(build)
     return parser
+
+
+def _kindling_error_in(group: BaseExceptionGroup) -> KindlingError | None:
+    """The KindlingError a nursery wrapped, when that is all the group holds."""
+    matched, rest = group.split(KindlingError)
+    if matched is None or rest is not None:
+        return None
+    while isinstance(matched, BaseExceptionGroup):
+        matched = matched.exceptions[0]
+    return matched
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        try:
+            return args.func(args)
+        except BaseExceptionGroup as group:
+            raise _kindling_error_in(group) or group
     except KindlingError as e:
         if args.debug:
             traceback.print_exc()
         print(f"{PROG}: error: {e.message}", file=sys.stderr)
         if e.hint:
             print(f"{PROG}: hint: {e.hint}", file=sys.stderr)
-        return e.exit_code
+        return e.exit_code if e.exit_code is not None else args.error_code
     except KeyboardInterrupt:
         if args.debug:
             traceback.print_exc()
@@ -188,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"{PROG}: error: internal error: {type(e).__name__}: {e}", file=sys.stderr)
         print(f"{PROG}: hint: rerun with --debug for a traceback", file=sys.stderr)
-        return EXIT_KINDLING
+        return args.error_code
 
 
 if __name__ == "__main__":

@@ -1,27 +1,16 @@
-"""The guest's serial console: follow the log QEMU writes, and sort its lines.
+"""The guest's serial console: its bytes as lines, and where each line is shown.
 
-Two separate parts:
-
-* `LineSplitter` + `follow()`: turn the growing console log into lines.  QEMU
-  appends to the file itself, so we poll it for new bytes (~20 ms; host side
-  only).  inotify would save a few wake-ups but adds a dependency and a second
-  code path for the final drain; the poll is cheap and bounded.
+* `LineSplitter`: bytes in, complete lines out.  Following the log file itself
+  (QEMU appends to it; it is rotated) is host_shim/logfiles.py's job.
 * `classify()`: a pure function deciding where a line is shown.  Sentinel lines
   (HYPEMAN-*, KINDLING-STAGE, KINDLING-FATAL) are never shown as program output.
 """
 
 import enum
-import os
-from collections.abc import Callable
 from dataclasses import dataclass
-
-import trio
 
 from initsys import protocol
 from initsys.protocol import Marker
-
-POLL_INTERVAL = 0.02
-_READ_SIZE = 1 << 16
 
 
 class LineSplitter:
@@ -44,44 +33,6 @@ def _decode(raw: bytes) -> str:
     return raw.decode("utf-8", errors="replace").rstrip("\r")
 
 
-async def follow(path: str | os.PathLike, on_line: Callable[[str], None], *,
-                 done: trio.Event, on_data: Callable[[], None] | None = None,
-                 interval: float = POLL_INTERVAL) -> None:
-    """Feed every line of the log at `path` to `on_line`, as it grows, until `done` is set.
-
-    The file may not exist yet.  After `done` is set the rest of the file is read
-    and a final unterminated line is delivered, so nothing written before `done`
-    is lost.  `on_data` is called whenever new bytes arrive.
-    """
-    splitter = LineSplitter()
-    f = None
-    try:
-        while True:
-            finished = done.is_set()   # decided before reading: the reads below see everything
-            if f is None:
-                try:
-                    f = open(path, "rb", buffering=0)
-                except FileNotFoundError:
-                    pass
-            data = f.read(_READ_SIZE) if f is not None else b""
-            if data:
-                if on_data is not None:
-                    on_data()
-                for line in splitter.feed(data):
-                    on_line(line)
-                await trio.lowlevel.checkpoint()
-                continue
-            if finished:
-                for line in splitter.flush():
-                    on_line(line)
-                return
-            with trio.move_on_after(interval):
-                await done.wait()
-    finally:
-        if f is not None:
-            f.close()
-
-
 # --- classification ----------------------------------------------------------
 
 class Phase(enum.StrEnum):
@@ -101,11 +52,6 @@ class Classified:
     stream: Stream | None     # where to show `text`; None: show nothing
     text: str                 # what to show (a sentinel line shows only its prefix)
     phase: Phase              # the phase after this line
-
-
-def _sentinel_pos(line: str) -> int:
-    positions = [p for p in (line.find(s + " ") for s in protocol.SENTINELS) if p >= 0]
-    return min(positions) if positions else -1
 
 
 def next_phase(phase: Phase, marker: Marker | None) -> Phase:
@@ -130,9 +76,21 @@ def classify(line: str, phase: Phase) -> Classified:
     kept and shown in the phase the line arrived in; the sentinel never is.
     """
     line = line.rstrip("\r")
-    marker = protocol.parse_line(line)
-    if marker is None:
+    found = protocol.find_sentinel(line)
+    if found is None:
         return Classified(None, _stream(phase), line, phase)
-    prefix = line[:_sentinel_pos(line)].rstrip()
+    pos, marker = found
+    prefix = line[:pos].rstrip()
     return Classified(marker, _stream(phase) if prefix else None, prefix,
                       next_phase(phase, marker))
+
+
+def user_text(line: str) -> str | None:
+    """A console line as `kindling logs` shows it: sentinels removed (the text before a
+    sentinel on the same line is kept), None when nothing is left to show."""
+    line = line.rstrip("\r")
+    found = protocol.find_sentinel(line)
+    if found is None:
+        return line
+    prefix = line[:found[0]].rstrip()
+    return prefix or None

@@ -1,208 +1,53 @@
-"""`kindling run`: build what is missing, boot one microVM, show the program, pass its exit on.
+"""`kindling run`: create + wait + stream + exit code, on top of host_shim/lifecycle.py.
 
-The steps, in order:
-
-1. check the inputs and the host (paths exist, QEMU installed, accelerator)
-   and make config.json (validated) before anything slow happens;
-2. create the instance directory and get the kernel/initrd/rootfs into it
-   from the image builder (which caches them);
-3. make the instance's overlay and config disks;
-4. launch QEMU and supervise it (`Supervisor`): follow the console, show
-   program output, print state transitions, stop QEMU on timeout or signal;
-5. print the boot timeline, remove the instance directory (unless --keep),
-   and exit with the program's exit code.
+1. `lifecycle.create` checks the inputs, builds what is missing (cached), makes
+   the disks and boots the VM (QEMU detached, its console appended to logs/app.log);
+2. the supervisor follows that log from its first byte: program output goes to
+   stdout, boot chatter to stderr with --verbose, markers into the instance's
+   record (`lifecycle.observe` derives the state, printed as it changes); it
+   stops the VM on timeout or on SIGINT/SIGTERM/SIGHUP, and after the guest's
+   HYPEMAN-EXIT if the guest does not power off by itself;
+3. it prints the boot timeline, removes the instance (unless --keep) and exits
+   with the program's exit code -- 125 for Kindling's own errors, 128+N when it
+   was stopped by signal N.
 """
 
-import json
 import os
 import signal
 import sys
 from collections import deque
 from dataclasses import dataclass, field
-from functools import partial
-from pathlib import Path
 
 import trio
 
 from initsys import protocol
 from initsys.protocol import Marker
 
-from . import accel as accel_mod
-from . import console, log, qemu, qmp
+from . import console, lifecycle, log, logfiles, vmm
 from . import run as run_mod
+from . import timeline as tl
 from .errors import die
-from .instance import Instance, cache_dir
-from .state import State, running_guest_state
-from .timeline import (EXIT_SEEN, FATAL_SEEN, FIRST_CONSOLE_BYTE, LAUNCH, PROGRAM_START_SEEN,
-                       QEMU_EXITED, Timeline, format_timeline)
+from .instance import Instance
+from .markers import MarkerRecord
+from .metadata import Metadata
+from .prepare import CreateOptions
+from .state import State
 
 DEFAULT_TIMEOUT = 120.0
-DEFAULT_OVERLAY_SIZE = 256 << 20
 
 # After HYPEMAN-EXIT the guest powers off by itself; give it this long before stopping QEMU.
 POWEROFF_GRACE = 10.0
-# Stopping QEMU: QMP `quit`, then SIGTERM, then SIGKILL, each waited for this long.
-QMP_QUIT_TIMEOUT = 2.0
-TERM_GRACE = 3.0
 # Console lines kept for error messages.
 LAST_LINES = 20
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 @dataclass(frozen=True)
-class RunOptions:
-    command: tuple[str, ...] = ()
-    rootfs: Path | None = None
-    kernel: Path | None = None
-    modules: Path | None = None
-    memory_mib: int = qemu.DEFAULT_MEMORY_MIB
-    cpus: int = qemu.DEFAULT_CPUS
-    env: tuple[tuple[str, str], ...] = ()
-    workdir: str | None = None
-    accel: str = accel_mod.Accel.AUTO.value
+class RunOptions(CreateOptions):
     timeout: float = DEFAULT_TIMEOUT
     keep: bool = False
     verbose: bool = False
-    config_json: Path | None = None     # test hook: raw config.json, not validated
-    config_disk: Path | None = None     # test hook: a ready-made config disk image
-    overlay_size: int = DEFAULT_OVERLAY_SIZE
 
-
-# --- 1. inputs ---------------------------------------------------------------
-
-def parse_env(items: list[str] | tuple[str, ...]) -> tuple[tuple[str, str], ...]:
-    pairs = []
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            die(f"invalid --env {item!r}", hint="use --env NAME=VALUE")
-        pairs.append((key, value))
-    return tuple(pairs)
-
-
-def check_inputs(opts: RunOptions) -> None:
-    for flag, path in (("--rootfs", opts.rootfs), ("--kernel", opts.kernel),
-                       ("--modules", opts.modules), ("--config-json", opts.config_json),
-                       ("--config-disk", opts.config_disk)):
-        if path is not None and not os.path.exists(path):
-            die(f"{flag}: {path} does not exist")
-    if opts.modules is not None and not os.path.isdir(opts.modules):
-        die(f"--modules: {opts.modules} is not a directory")
-    if opts.modules is not None and opts.kernel is None:
-        die("--modules needs --kernel", hint="pass the kernel the modules were built for")
-    if opts.memory_mib < 64:
-        die(f"--memory {opts.memory_mib}: at least 64 MiB is needed")
-    if opts.cpus < 1:
-        die(f"--cpus {opts.cpus}: at least 1 is needed")
-    if not opts.timeout > 0:
-        die(f"--timeout {opts.timeout:g}: must be positive")
-    hooks = [flag for flag, value in (("--config-json", opts.config_json),
-                                      ("--config-disk", opts.config_disk)) if value is not None]
-    if len(hooks) > 1:
-        die("--config-json and --config-disk cannot be used together")
-    if hooks and (opts.command or opts.env or opts.workdir):
-        die(f"{hooks[0]} replaces the generated config.json: give no command, --env or --workdir")
-    if not opts.command and not hooks:
-        die("no command given", hint="kindling run [OPTIONS] -- CMD [ARG...]")
-
-
-# --- 2. config and artifacts -------------------------------------------------
-
-def make_config(opts: RunOptions) -> dict:
-    """config.json (PROTOCOL.md §2) for the command, validated as the guest will."""
-    config = {
-        "entrypoint": list(opts.command[:1]),
-        "cmd": list(opts.command[1:]),
-        "env": dict(opts.env),
-        "workdir": opts.workdir or "/",
-        "skip_guest_agent": True,      # no agent yet
-        "skip_kernel_headers": True,   # no headers worker yet
-    }
-    try:
-        protocol.validate_config(config)
-    except protocol.ConfigError as e:
-        die(f"invalid run configuration: {e}")
-    return config
-
-
-def agent_skipped(config: dict | bytes | None) -> bool:
-    """Whether `Running` needs only PROGRAM-START.  A config we cannot read counts as
-    skipped: there is no agent yet that could ever report ready."""
-    if isinstance(config, bytes):
-        try:
-            config = json.loads(config)
-        except ValueError:
-            return True
-    if isinstance(config, dict):
-        return config.get("skip_guest_agent", False) is True
-    return True
-
-
-def build_artifacts(opts: RunOptions, out_dir: Path):
-    """Kernel, initrd and rootfs from the image builder (cached there), copied to `out_dir`.
-
-    `out_dir` is per instance: a shared one would let two concurrent runs with
-    different inputs swap each other's images between build and boot.
-    """
-    try:
-        from image_build.build import BuildOptions, build_all
-        from image_build.errors import BuildError
-    except ImportError as e:
-        die(f"the image builder is not available: {e}",
-            hint="image_build.build (build_all, BuildOptions) is missing from this installation")
-    try:
-        return build_all(BuildOptions(out_dir=out_dir, cache_dir=cache_dir(), rootfs=opts.rootfs,
-                                      kernel=opts.kernel, modules=opts.modules))
-    except BuildError as e:
-        die(f"building the VM image failed: {e}")
-
-
-# --- 3. instance -------------------------------------------------------------
-
-def _make_raw_config_disk(data: bytes, path: Path) -> None:
-    """A config disk holding exactly `data` as /config.json (the --config-json test hook).
-
-    TODO: use image_build.disks.make_config_disk once it accepts raw bytes; it
-    only takes a dict (and re-serialises it), so this goes through make_ext4.
-    """
-    import tempfile
-
-    from image_build import cache as build_cache
-    from image_build.disks import CONFIG_NAME
-    from image_build.rootfs import make_ext4
-    with tempfile.TemporaryDirectory(prefix="kindling-config-") as src:
-        os.chmod(src, 0o755)
-        Path(src, CONFIG_NAME).write_bytes(data)
-        size = (len(data) * 2 + (1 << 20) + 4095) // 4096 * 4096
-        key = build_cache.Hasher("config").add("data", data).hexdigest()
-        make_ext4(Path(src), Path(path), size_bytes=size, key=key, label="kindling-cfg",
-                  inodes=64)
-
-
-def make_disks(instance: Instance, artifacts, config: dict | bytes | None,
-               opts: RunOptions) -> tuple[qemu.Disk, ...]:
-    """rootfs, overlay, config: the order and serials of PROTOCOL.md §1."""
-    from image_build import disks
-    from image_build.errors import BuildError
-    try:
-        disks.make_overlay_disk(instance.overlay_img, opts.overlay_size)
-        if opts.config_disk is not None:
-            config_img = Path(opts.config_disk)
-        else:
-            if isinstance(config, bytes):
-                _make_raw_config_disk(config, instance.config_img)
-            else:
-                disks.make_config_disk(config, instance.config_img)
-            config_img = instance.config_img
-    except BuildError as e:
-        die(f"making the instance disks failed: {e}")
-    return (
-        qemu.Disk(os.fspath(artifacts.rootfs), "rootfs", readonly=True),
-        qemu.Disk(os.fspath(instance.overlay_img), "overlay", scratch=True),
-        qemu.Disk(os.fspath(Path(config_img).absolute()), "config", readonly=True),
-    )
-
-
-# --- 4. supervision ----------------------------------------------------------
 
 @dataclass
 class Outcome:
@@ -210,48 +55,59 @@ class Outcome:
     exit_marker: Marker | None = None
     fatal_marker: Marker | None = None
     qemu_returncode: int | None = None
+    qemu_stopped: str | None = None        # how kindling stopped it, if it did
     timed_out: bool = False
     signal: int | None = None
     last_lines: deque = field(default_factory=lambda: deque(maxlen=LAST_LINES))
-    timeline: Timeline = field(default_factory=Timeline)
+
+
+class Signals:
+    """SIGINT/SIGTERM/SIGHUP: remember the first, cancel whatever phase is running."""
+
+    def __init__(self, receiver):
+        self.receiver = receiver
+        self.signum: int | None = None
+        self.scope: trio.CancelScope | None = None
+
+    async def watch(self) -> None:
+        async for signum in self.receiver:
+            if self.signum is None:
+                self.signum = signum
+                log.note(f"{signal.Signals(signum).name} received; stopping the VM")
+            if self.scope is not None:
+                self.scope.cancel()
 
 
 class Supervisor:
-    """Runs QEMU and turns its console into output, states and an Outcome."""
+    """Turns the console of a created instance into output, states and an Outcome."""
 
-    def __init__(self, argv: list[str], instance: Instance, opts: RunOptions,
-                 agent_skipped: bool):
-        self.argv = argv
+    def __init__(self, instance: Instance, meta: Metadata, opts: RunOptions):
         self.instance = instance
+        self.meta = meta
         self.opts = opts
-        self.agent_skipped = agent_skipped
         self.outcome = Outcome()
         self.phase = console.Phase.BOOT
-        self.state: State | None = None
-        self.program_started = False
-        self.agent_ready = False
-        self.finished = trio.Event()   # EXIT or FATAL seen
-        self._t0 = 0.0
-
-    # -- time and state --
+        self.live = MarkerRecord()
+        self.events: list[tuple[str, int]] = []
+        self.printed: State | None = None
+        self.finished = trio.Event()      # EXIT or FATAL seen
 
     def elapsed(self) -> float:
-        return trio.current_time() - self._t0
+        return (lifecycle.now_ns() - self.meta.boot_requested_at) / 1e9
 
-    def _mark(self, event: str) -> None:
-        self.outcome.timeline.mark(event, self.elapsed())
-
-    def _set_state(self, state: State) -> None:
-        if state != self.state:
-            self.state = state
-            log.note(f"{state} ({self.elapsed():.2f} s)")
+    def show_state(self, meta: Metadata) -> None:
+        if self.finished.is_set() or meta.state not in (State.INITIALIZING, State.RUNNING):
+            return
+        if meta.state != self.printed:
+            self.printed = meta.state
+            at = (meta.time_to_running if meta.state is State.RUNNING and meta.time_to_running
+                  else self.elapsed())
+            log.note(f"{meta.state} ({at:.2f} s)")
 
     # -- console --
 
-    def on_data(self) -> None:
-        self._mark(FIRST_CONSOLE_BYTE)
-
-    def on_line(self, line: str) -> None:
+    def on_line(self, line: str) -> bool:
+        """Show a console line; True when it carried a marker that may change the state."""
         self.outcome.last_lines.append(line)
         item = console.classify(line, self.phase)
         self.phase = item.phase
@@ -259,8 +115,20 @@ class Supervisor:
             self._show(sys.stdout, item.text)
         elif item.stream is console.Stream.BOOT and self.opts.verbose:
             self._show(sys.stderr, item.text)
-        if item.marker is not None:
-            self.on_marker(item.marker)
+        marker = item.marker
+        if marker is None:
+            return False
+        changed = self.live.add(marker, lifecycle.now_ns())
+        if marker.kind == protocol.EXIT and self.outcome.exit_marker is None:
+            self.outcome.exit_marker = marker
+            code = marker.fields.get("code", "?")
+            message = marker.fields.get("message", "")
+            log.note(f"exited code={code} {protocol.go_quote(message)} ({self.elapsed():.2f} s)")
+            self.finished.set()
+        elif marker.kind == protocol.FATAL and self.outcome.fatal_marker is None:
+            self.outcome.fatal_marker = marker
+            self.finished.set()
+        return changed and marker.kind != protocol.STAGE
 
     @staticmethod
     def _show(stream, text: str) -> None:
@@ -274,98 +142,82 @@ class Supervisor:
             os.dup2(devnull, stream.fileno())
             os.close(devnull)
 
-    def on_marker(self, marker: Marker) -> None:
-        kind = marker.kind
-        if kind == protocol.STAGE:
-            self.outcome.timeline.add_marker(marker)
-        elif kind == protocol.PROGRAM_START:
-            self.program_started = True
-            self._mark(PROGRAM_START_SEEN)
-        elif kind == protocol.AGENT_READY:
-            self.agent_ready = True
-        elif kind == protocol.EXIT and self.outcome.exit_marker is None:
-            self.outcome.exit_marker = marker
-            self._mark(EXIT_SEEN)
-            code = marker.fields.get("code", "?")
-            message = marker.fields.get("message", "")
-            log.note(f"exited code={code} {protocol.go_quote(message)} ({self.elapsed():.2f} s)")
-            self.finished.set()
-        elif kind == protocol.FATAL and self.outcome.fatal_marker is None:
-            self.outcome.fatal_marker = marker
-            self._mark(FATAL_SEEN)
-            self.finished.set()
-        if self.outcome.exit_marker is None and self.outcome.fatal_marker is None:
-            self._set_state(running_guest_state(self.program_started, self.agent_ready,
-                                                self.agent_skipped))
+    async def observe(self) -> None:
+        events, self.events = tuple(self.events), []
+        self.meta = await lifecycle.observe(self.instance, live=self.live, scan=False,
+                                            events=events)
+        self.show_state(self.meta)
+
+    async def follow_console(self, done: trio.Event) -> None:
+        follower = logfiles.LogFollower(self.instance, self.meta.log_since)
+        next_observe = trio.current_time() + lifecycle.OBSERVE_EVERY
+        try:
+            while True:
+                finished = done.is_set()    # decided before reading: the read sees everything
+                lines = await follower.poll()
+                if follower.bytes_read and not any(n == tl.FIRST_CONSOLE_BYTE
+                                                   for n, _ in self.events):
+                    if not any(e.name == tl.FIRST_CONSOLE_BYTE for e in self.meta.events):
+                        self.events.append((tl.FIRST_CONSOLE_BYTE, lifecycle.now_ns()))
+                changed = False
+                for line in lines + (follower.flush() if finished else []):
+                    changed |= self.on_line(line)
+                if finished:
+                    return
+                if changed or trio.current_time() >= next_observe:
+                    next_observe = trio.current_time() + lifecycle.OBSERVE_EVERY
+                    await self.observe()
+                if not lines:
+                    with trio.move_on_after(logfiles.POLL_INTERVAL):
+                        await done.wait()
+        finally:
+            follower.close()
 
     # -- the run --
 
-    async def run(self) -> Outcome:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
-            with open(self.instance.vmm_log, "ab") as vmm_log:
-                self._t0 = trio.current_time()
-                self._mark(LAUNCH)
-                process = await run_mod.start(self.argv, stderr=vmm_log, start_new_session=True)
-            try:
-                self._set_state(State.INITIALIZING)
-                await self._supervise(process, signals)
-            finally:
-                await self._stop(process)
-        return self.outcome
-
-    async def _supervise(self, process: trio.Process, signals) -> None:
+    async def run(self, signals: Signals) -> Outcome:
+        self.show_state(self.meta)
+        pid = self.meta.pid
         console_done = trio.Event()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(partial(console.follow, self.instance.app_log, self.on_line,
-                                       done=console_done, on_data=self.on_data))
-            async with trio.open_nursery() as vm_nursery:
-                vm_nursery.start_soon(self._watch_signals, signals, vm_nursery.cancel_scope)
-                vm_nursery.start_soon(self._poweroff_grace, process)
-                with trio.move_on_after(self.opts.timeout) as timeout_scope:
-                    await process.wait()
-                vm_nursery.cancel_scope.cancel()
+            nursery.start_soon(self.follow_console, console_done)
+            with trio.CancelScope() as vm_scope:
+                signals.scope = vm_scope
+                if signals.signum is not None:
+                    vm_scope.cancel()
+                async with trio.open_nursery() as vm_nursery:
+                    vm_nursery.start_soon(self._poweroff_grace)
+                    with trio.move_on_after(self.opts.timeout) as timeout_scope:
+                        self.outcome.qemu_returncode = await vmm.wait_exit(pid)
+                    vm_nursery.cancel_scope.cancel()
+            signals.scope = None
             self.outcome.timed_out = timeout_scope.cancelled_caught
-            await self._stop(process)
-            self._mark(QEMU_EXITED)
-            self.outcome.qemu_returncode = process.returncode
+            self.outcome.signal = signals.signum
+            await self.stop_vm()
             # QEMU has exited, so the log is complete: the follower drains it and returns.
             console_done.set()
+        await self.observe()
+        return self.outcome
 
-    async def _watch_signals(self, signals, scope: trio.CancelScope) -> None:
-        async for signum in signals:
-            if self.outcome.signal is None:
-                self.outcome.signal = signum
-                log.note(f"{signal.Signals(signum).name} received; stopping the VM")
-                scope.cancel()
-
-    async def _poweroff_grace(self, process: trio.Process) -> None:
+    async def _poweroff_grace(self) -> None:
         await self.finished.wait()
         await trio.sleep(POWEROFF_GRACE)
         if self.opts.verbose:
             log.note(f"guest did not power off within {POWEROFF_GRACE:g} s; stopping QEMU")
-        await self._stop(process)
+        await self.stop_vm()
 
-    async def _stop(self, process: trio.Process) -> None:
-        """QMP quit, then SIGTERM, then SIGKILL.  Never leaves QEMU behind."""
+    async def stop_vm(self) -> None:
+        """QMP quit, then SIGTERM, then SIGKILL (shielded).  Never leaves QEMU behind."""
         with trio.CancelScope(shield=True):
-            if process.returncode is not None:
-                return
-            with trio.move_on_after(QMP_QUIT_TIMEOUT):
-                if await qmp.quit(self.instance.qmp_socket):
-                    await process.wait()
-                    return
-            await run_mod.stop(process, grace=TERM_GRACE)
+            how = await vmm.stop(self.instance, graceful=0)
+            if how is not None and self.outcome.qemu_stopped is None:
+                self.outcome.qemu_stopped = how
+            if self.outcome.qemu_returncode is None:
+                self.outcome.qemu_returncode = run_mod.reap_detached(self.meta.pid)
+            self.events.append((tl.QEMU_EXITED, lifecycle.now_ns()))
 
 
-# --- 5. report ---------------------------------------------------------------
-
-def _tail(path: Path, lines: int = 10) -> list[str]:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return []
-    return [line for line in text.splitlines() if line.strip()][-lines:]
-
+# --- report ---------------------------------------------------------------------
 
 def _last_lines_hint(outcome: Outcome, instance: Instance, opts: RunOptions) -> str:
     parts = []
@@ -373,9 +225,9 @@ def _last_lines_hint(outcome: Outcome, instance: Instance, opts: RunOptions) -> 
         parts.append("last console lines:\n" + "\n".join(f"  {l}" for l in outcome.last_lines))
     else:
         parts.append("the guest printed nothing on its console")
-    vmm = _tail(instance.vmm_log)
-    if vmm:
-        parts.append("QEMU said:\n" + "\n".join(f"  {l}" for l in vmm))
+    said = vmm.tail(instance.vmm_log)
+    if said:
+        parts.append("QEMU said:\n" + said)
     if opts.keep:
         parts.append(f"logs: {instance.logs_dir}")
     else:
@@ -412,47 +264,54 @@ def exit_status(outcome: Outcome, instance: Instance, opts: RunOptions) -> int:
         hint=_last_lines_hint(outcome, instance, opts))
 
 
-# --- the whole run -----------------------------------------------------------
+# --- the whole run ------------------------------------------------------------------
 
-def run(opts: RunOptions) -> int:
-    check_inputs(opts)
-    if opts.config_json is not None:
-        try:
-            config: dict | bytes | None = Path(opts.config_json).read_bytes()
-        except OSError as e:
-            die(f"--config-json: cannot read {opts.config_json}: {e.strerror}")
-    elif opts.config_disk is not None:
-        config = None
-    else:
-        config = make_config(opts)
-    binary = qemu.find_qemu()
-    accel = accel_mod.resolve(opts.accel)
-    instance = Instance.create()
+async def run_async(opts: RunOptions, home=None) -> int:
+    if not opts.timeout > 0:
+        die(f"--timeout {opts.timeout:g}: must be positive")
+    with trio.open_signal_receiver(*SIGNALS) as receiver:
+        signals = Signals(receiver)
+        error = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(signals.watch)
+            try:
+                status = await _run(opts, home, signals)
+            except Exception as e:   # raised here, not as a nursery's ExceptionGroup
+                error = e
+            finally:
+                nursery.cancel_scope.cancel()
+        if error is not None:
+            raise error
+        return status
+
+
+async def _run(opts: RunOptions, home, signals: Signals) -> int:
+    with trio.CancelScope() as create_scope:
+        signals.scope = create_scope
+        instance, meta = await lifecycle.create(
+            opts, home, verbose=log.note if opts.verbose else None)
+    signals.scope = None
+    if create_scope.cancelled_caught:      # create removed what it had made
+        die(f"interrupted by {signal.Signals(signals.signum).name}",
+            exit_code=128 + signals.signum)
     try:
-        artifacts = build_artifacts(opts, instance.dir / "images")
-        spec = qemu.VMSpec(
-            kernel=os.fspath(artifacts.kernel),
-            initrd=os.fspath(artifacts.initrd),
-            disks=make_disks(instance, artifacts, config, opts),
-            console_log=os.fspath(instance.app_log),
-            qmp_socket=os.fspath(instance.qmp_socket),
-            accel=accel,
-            memory_mib=opts.memory_mib,
-            cpus=opts.cpus,
-            name=f"kindling-{instance.id}",
-        )
-        argv = qemu.build_argv(spec, binary)
-        if opts.verbose:
-            log.note(f"instance {instance.dir}")
-            log.note(f"running: {run_mod.format_command(argv)}")
-        supervisor = Supervisor(argv, instance, opts, agent_skipped(config))
-        outcome = trio.run(supervisor.run)
-        report = format_timeline(outcome.timeline)
+        supervisor = Supervisor(instance, meta, opts)
+        outcome = await supervisor.run(signals)
+        report = tl.format_timeline(supervisor.meta.timeline())
+        if supervisor.meta.time_to_running is not None:
+            report += f"\ntime to Running: {supervisor.meta.time_to_running:.3f} s"
         if report:
             print(report, file=sys.stderr, flush=True)
         return exit_status(outcome, instance, opts)
     finally:
-        if opts.keep:
-            log.note(f"instance kept: {instance.dir}")
-        else:
-            instance.remove()
+        with trio.CancelScope(shield=True):
+            await vmm.stop(instance, graceful=0)
+            if opts.keep:
+                log.note(f"instance kept: {instance.dir} (`kindling list` shows it as "
+                         f"{meta.name})")
+            else:
+                instance.remove()
+
+
+def run(opts: RunOptions, home=None) -> int:
+    return trio.run(run_async, opts, home)

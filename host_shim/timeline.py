@@ -1,11 +1,11 @@
 """The boot timeline: guest stages (from KINDLING-STAGE lines) and host events.
 
-Kept as plain data so that other tools (a later `kindling analyze`) can build on
-it; `format_timeline` is the only place that knows how it is printed.
+Plain data, persisted with the instance (metadata.json); `format_timeline` prints
+it and host_shim/chart.py draws it (`kindling analyze`).
 
 Guest stage times are the guest's CLOCK_MONOTONIC in seconds (~0 at kernel
-start); host event times are seconds since QEMU was launched.  The two clocks
-are not comparable: they are shown side by side, never subtracted.
+start); host event times are seconds since `create` (or `start`) was asked for.
+The two clocks are not comparable: they are shown side by side, never subtracted.
 """
 
 import math
@@ -15,15 +15,23 @@ from dataclasses import dataclass, field
 from initsys import protocol
 from initsys.protocol import Marker
 
-# Host events, in the order they normally happen.
-LAUNCH = "launch"
+# Host events, in the order they normally happen (seconds since `create`/`start` was asked).
+REQUESTED = "requested"                  # create or start called: t = 0
+IMAGES_READY = "images ready"            # kernel, initrd, rootfs from the builder's cache
+DISKS_READY = "disks ready"              # overlay and config disks made
+LAUNCH = "launch"                        # QEMU started (with -S)
+VMM_READY = "VMM ready"                  # QEMU answers QMP: state Created
+GUEST_STARTED = "guest started"          # QMP cont: state Initializing
 FIRST_CONSOLE_BYTE = "first console byte"
 PROGRAM_START_SEEN = "PROGRAM-START seen"
+AGENT_READY_SEEN = "AGENT-READY seen"
+RUNNING = "Running"                      # the host derived Running: time-to-Running
 EXIT_SEEN = "EXIT seen"
 FATAL_SEEN = "FATAL seen"
 QEMU_EXITED = "QEMU exited"
-HOST_EVENT_ORDER = (LAUNCH, FIRST_CONSOLE_BYTE, PROGRAM_START_SEEN, EXIT_SEEN, FATAL_SEEN,
-                    QEMU_EXITED)
+HOST_EVENT_ORDER = (REQUESTED, IMAGES_READY, DISKS_READY, LAUNCH, VMM_READY, GUEST_STARTED,
+                    FIRST_CONSOLE_BYTE, PROGRAM_START_SEEN, AGENT_READY_SEEN, RUNNING,
+                    EXIT_SEEN, FATAL_SEEN, QEMU_EXITED)
 
 
 @dataclass(frozen=True)
@@ -108,7 +116,7 @@ def format_timeline(timeline: Timeline) -> str:
             out.append(f"  {s.name:<{width}}  {s.start:8.3f}  {s.duration:8.3f}")
     if timeline.host:
         width = max(len(e.name) for e in timeline.host)
-        out.append("host events (s since launch):")
+        out.append("host events (s since create/start):")
         for e in sorted(timeline.host, key=_host_sort_key):
             out.append(f"  {e.name:<{width}}  {e.at:8.3f}")
     return "\n".join(out)

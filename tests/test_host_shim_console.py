@@ -1,7 +1,6 @@
 """host_shim/console.py: splitting the console log into lines and sorting them for display."""
 
 import pytest
-import trio
 
 from host_shim import console
 from host_shim.console import Phase, Stream
@@ -74,34 +73,21 @@ def test_splitter_keeps_multibyte_characters_split_across_reads():
     assert s.feed(b"\xff\n") == ["\ufffd"]
 
 
-async def test_follow_reads_a_growing_file(tmp_path):
-    log = tmp_path / "app.log"
-    lines, data_calls = [], []
-    done = trio.Event()
-
-    async def writer():
-        with open(log, "ab", buffering=0) as f:      # created after the follower started
-            f.write(b"one\r\ntw")
-            await trio.sleep(0.05)
-            f.write(b"o\r\n")
-            await trio.sleep(0.05)
-            f.write(b"unterminated")
-        done.set()
-
-    with trio.fail_after(5):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(lambda: console.follow(log, lines.append, done=done,
-                                                      on_data=lambda: data_calls.append(1)))
-            await trio.sleep(0.05)
-            nursery.start_soon(writer)
-    assert lines == ["one", "two", "unterminated"]
-    assert data_calls
+@pytest.mark.parametrize("line, shown", [
+    ("hello", "hello"),
+    ("hello\r", "hello"),
+    ("", ""),
+    (START, None),
+    (STAGE + "\r", None),
+    ("   " + EXIT, None),
+    ("no newline at end" + EXIT, "no newline at end"),
+    ("[    1.5] init: " + STAGE, "[    1.5] init:"),
+])
+def test_user_text_filters_sentinels(line, shown):
+    """What `kindling logs` shows: never a sentinel, always the text before one."""
+    assert console.user_text(line) == shown
 
 
-async def test_follow_returns_when_file_never_appears(tmp_path):
-    done = trio.Event()
-    done.set()
-    lines = []
-    with trio.fail_after(5):
-        await console.follow(tmp_path / "missing.log", lines.append, done=done)
-    assert lines == []
+def test_find_sentinel_position():
+    assert protocol.find_sentinel("abc " + EXIT) == (4, protocol.parse_line(EXIT))
+    assert protocol.find_sentinel("plain") is None

@@ -67,7 +67,7 @@ def test_format_timeline():
         "  modules           1.150     0.350",
         "  mounts            1.500     0.121",
         "  program-start     1.621     0.079",
-        "host events (s since launch):",
+        "host events (s since create/start):",
         "  launch                 0.000",
         "  first console byte     0.210",
         "  PROGRAM-START seen     1.830",
