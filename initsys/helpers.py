@@ -7,8 +7,6 @@ import os
 import subprocess
 import sys
 
-import trio
-
 import initsys
 
 LIB = os.path.dirname(os.path.dirname(os.path.abspath(initsys.__file__)))
@@ -28,6 +26,8 @@ class HelperFailed(OSError):
 async def run_helper(reaper, module, *args, timeout):
     """Run `initsys.<module>.main(args)` in a child process; raise HelperFailed
     with its stderr when it fails or outlives `timeout` seconds."""
+    import trio
+
     async with reaper.spawning():
         proc = await trio.lowlevel.open_process(
             helper_argv(module, *args), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

@@ -51,8 +51,9 @@ class SetupFailed(Exception):
 class OrderedSetup(threading.Thread):
     """modules -> disks -> rootfs -> config -> newroot, in order, off the main thread."""
 
-    def __init__(self):
+    def __init__(self, wants_serial_port=False):
         super().__init__(name="setup", daemon=True)
+        self.wants_serial_port = wants_serial_port
         self.error = None
         self.config = None
         self.disks = None
@@ -65,7 +66,7 @@ class OrderedSetup(threading.Thread):
             self.error = SetupFailed(timeline.current(), e)
 
     def _run(self):
-        from initsys import config, devices, rootfs
+        from initsys import agent_gate, config, devices, ports, rootfs
 
         with Stage("modules"):
             watcher = devices.BlockWatcher()  # listening before the block driver loads
@@ -76,6 +77,11 @@ class OrderedSetup(threading.Thread):
                 raise OSError(f"disks not found within {DISK_TIMEOUT:.0f} s: "
                               + ", ".join(watcher.missing(DISK_ROLES)))
         self.disks = disks
+        if self.wants_serial_port:
+            with Stage("ports"):
+                if ports.wait_for_port(agent_gate.SERIAL_NAME, agent_gate.READY_TIMEOUT) is None:
+                    raise OSError(f"virtio-serial port {agent_gate.SERIAL_NAME} did not appear within "
+                                  f"{agent_gate.READY_TIMEOUT:.0f} s (kindling_agent=serial)")
         with Stage("rootfs"):
             rootfs.assemble(disks["rootfs"], disks["overlay"])
         with Stage("config"):
@@ -84,15 +90,19 @@ class OrderedSetup(threading.Thread):
             mounts.bind_into_newroot()
 
 
-async def boot(setup):
+async def boot(setup, agent):
     import trio
 
-    from initsys import program
+    from initsys import agent_gate, program
     from initsys.reaper import Reaper
 
     reaper = Reaper()
+    if agent is not None:
+        reaper.track(agent.pid)
     async with trio.open_nursery() as nursery:
         await nursery.start(reaper.run)
+        if agent is not None:
+            nursery.start_soon(agent.supervise, reaper)
         with Stage("setup-join"):
             await trio.to_thread.run_sync(setup.join)
         if setup.error is not None:
@@ -104,6 +114,17 @@ async def boot(setup):
 
         from initsys import stages
         await stages.run(cfg, reaper, mounts.NEWROOT, stages.strategy_of(cfg))
+
+        if agent is not None and cfg.skip_guest_agent:
+            agent.cancel()
+        elif agent is not None:
+            with Stage("agent"):
+                await agent.release_and_wait(mounts.NEWROOT, cfg.program_env(),
+                                             agent_gate.transport_from_cmdline())
+        elif not cfg.skip_guest_agent:
+            timeline.enter("agent")
+            raise OSError("the agent is disabled on the kernel command line (kindling_agent=off)"
+                          " but config.json does not set skip_guest_agent")
 
         timeline.enter("program")
         gc.enable()  # disabled by /init for the boot (fewer collections while importing)
@@ -134,11 +155,18 @@ def main(t0):
             record("python", started, t0)  # interpreter start-up, up to /init's first line
         else:
             record("kernel", 0.0, t0)
-        setup = OrderedSetup()
+        import os
+        agent_mode = os.environ.get("kindling_agent", "vsock")
+        agent = None
+        if agent_mode != "off":
+            with Stage("agent-spawn"):
+                from initsys.agent_gate import AgentProcess
+                agent = AgentProcess()  # imports trio + the agent on the other vCPU meanwhile
+        setup = OrderedSetup(wants_serial_port=agent_mode == "serial")
         setup.start()
         with Stage("imports"):
             import trio
-        trio.run(boot, setup)
+        trio.run(boot, setup, agent)
     except BaseException as e:
         while isinstance(e, BaseExceptionGroup) and e.exceptions:
             e = e.exceptions[0]

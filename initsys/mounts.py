@@ -44,3 +44,4 @@ def bind_into_newroot(newroot=NEWROOT):
     run = os.path.join(newroot, "run")
     os.makedirs(run, exist_ok=True)
     libc.mount("tmpfs", run, "tmpfs", libc.MS_NOSUID | libc.MS_NODEV, "mode=0755")
+    os.makedirs(os.path.join(run, "kindling"), mode=0o755, exist_ok=True)  # status and ready files
