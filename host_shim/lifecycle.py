@@ -69,7 +69,7 @@ def running_seen_at(meta: Metadata) -> int | None:
 
 
 def apply_observation(meta: Metadata, observed: State, *, error: str | None = None,
-                      now: int | None = None) -> None:
+                      now: int | None = None, inferred: bool = False) -> None:
     """Record `observed` as the instance's state, enforcing the transitions table.
 
     An observation the table forbids (say Initializing -> Paused, someone paused
@@ -93,8 +93,9 @@ def apply_observation(meta: Metadata, observed: State, *, error: str | None = No
     if not path and meta.state is State.UNKNOWN:
         path = [observed]          # back from Unknown to the state it was in
     for i, state in enumerate(path):
-        meta.record_state(state, inferred=i < len(path) - 1, at_ns=now)
-        if state is State.RUNNING and meta.time_to_running is None and meta.boot_requested_at:
+        meta.record_state(state, inferred=inferred or i < len(path) - 1, at_ns=now)
+        if (state is State.RUNNING and not inferred and meta.time_to_running is None
+                and meta.boot_requested_at):
             at = running_seen_at(meta) or now
             meta.mark(tl.RUNNING, at)
             meta.time_to_running = round((at - meta.boot_requested_at) / 1e9, 6)
@@ -133,6 +134,12 @@ async def _observe_locked(instance: Instance, meta: Metadata, *, live: MarkerRec
         if status is not None and meta.vmm_exit is None:
             meta.vmm_exit = f"QEMU {run_mod.describe_returncode(status)}"
     _note_marker_events(meta)
+    if (probe.vmm is Vmm.ABSENT and meta.last_known in (State.CREATED, State.INITIALIZING)
+            and meta.markers.ready(meta.agent_skipped)):
+        # Nobody looked while it was Running, but the complete log shows it got there:
+        # the markers were printed while the VMM ran.  Recorded as inferred, and without
+        # a time-to-Running, which only counts what the host saw as it happened.
+        apply_observation(meta, State.RUNNING, now=now, inferred=True)
     observed = derive_state(Observation(probe.vmm, program_started=meta.markers.program_started,
                                         agent_ready=meta.markers.agent_ready,
                                         agent_skipped=meta.agent_skipped))
@@ -316,55 +323,50 @@ def _running_outcome(meta: Metadata) -> bool:
     return False
 
 
-async def _wait_running(instance: Instance) -> Metadata:
+def _stopped_outcome(meta: Metadata) -> bool:
+    return meta.state in (State.STOPPED, State.STANDBY)
+
+
+async def _wait_until(instance: Instance, outcome: Callable[[Metadata], bool]) -> Metadata:
+    """Observe until `outcome(meta)` is true, reading the serial log as it grows so
+    that markers are seen (and time-to-Running measured) within ~50 ms."""
     meta = await observe(instance)
-    if _running_outcome(meta):
+    if outcome(meta):
         return meta
     live = MarkerRecord()
     follower = logfiles.LogFollower(instance, meta.log_since)
-    first_poll = True
+    boot = meta.boot
+    started_empty = None
     try:
         next_observe = trio.current_time() + OBSERVE_EVERY
         while True:
             lines = await follower.poll()
             seen = now_ns()
-            events: tuple[tuple[str, int], ...] = ()
-            if first_poll:
+            events: list[tuple[str, int]] = []
+            if started_empty is None:
                 started_empty = follower.bytes_read == 0
-                first_poll = False
             elif started_empty and follower.bytes_read:
                 # The log was empty when we began, so these bytes arrived just now.
-                events = ((tl.FIRST_CONSOLE_BYTE, seen),)
+                events.append((tl.FIRST_CONSOLE_BYTE, seen))
                 started_empty = False
             changed = False
             for line in lines:
                 marker = protocol.parse_line(line)
-                if marker is not None:
-                    changed |= live.add(marker, seen)
-            if (changed or events or trio.current_time() >= next_observe
-                    or vmm.pid_of(instance) is None):
-                meta = await observe(instance, live=live, scan=False, events=events)
+                if marker is not None and live.add(marker, seen):
+                    changed |= marker.kind != protocol.STAGE    # stages ride along
+            gone = vmm.pid_of(instance) is None
+            if gone:
+                events.append((tl.QEMU_EXITED, seen))
+            if changed or events or gone or trio.current_time() >= next_observe:
+                meta = await observe(instance, live=live, scan=False, events=tuple(events))
                 next_observe = trio.current_time() + OBSERVE_EVERY
-                if _running_outcome(meta):
+                if outcome(meta):
                     return meta
+                if meta.boot != boot:       # started again meanwhile: follow the new boot
+                    return await _wait_until(instance, outcome)
             await trio.sleep(WAIT_POLL)
     finally:
         follower.close()
-
-
-async def _wait_stopped(instance: Instance) -> Metadata:
-    events: tuple[tuple[str, int], ...] = ()
-    while True:
-        meta = await observe(instance, events=events)
-        if meta.state in (State.STOPPED, State.STANDBY):
-            return meta
-        pid = vmm.pid_of(instance)
-        if pid is None:
-            await trio.sleep(WAIT_POLL)
-            continue
-        with trio.move_on_after(OBSERVE_EVERY):
-            await vmm.wait_exit(pid)
-            events = ((tl.QEMU_EXITED, now_ns()),)
 
 
 async def wait(instance: Instance, target: State, *, timeout: float | None = None) -> Metadata:
@@ -377,10 +379,10 @@ async def wait(instance: Instance, target: State, *, timeout: float | None = Non
     """
     if target not in (State.RUNNING, State.STOPPED):
         die(f"cannot wait for {target}", hint="wait for running or stopped")
-    waiter = _wait_running if target is State.RUNNING else _wait_stopped
+    outcome = _running_outcome if target is State.RUNNING else _stopped_outcome
     try:
         with trio.fail_after(timeout if timeout is not None else math.inf):
-            return await waiter(instance)
+            return await _wait_until(instance, outcome)
     except trio.TooSlowError:
         meta = await observe(instance)
         raise WaitTimeout(f"timed out after {timeout:g} s waiting for instance {meta.name} to be "

@@ -1,24 +1,29 @@
-"""`kindling run` booting a real VM under QEMU/TCG (slow: ~5 s of boot per test).
+"""`kindling run` booting real VMs under QEMU/TCG (slow: ~5 s of boot per test).
 
 Uses the real image builder (Debian cloud kernel via apt, busybox rootfs) and the
 shared build cache, and a private KINDLING_HOME so that leftover QEMU processes
-can be found by their argv.
+can be found by their argv.  Faults are real too: QEMU killed with SIGKILL, QEMU
+frozen with SIGSTOP (it then answers neither QMP nor SIGTERM), a guest program
+that prints an EXIT sentinel and does not end.
 """
 
+import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
 
-pytestmark = [
-    pytest.mark.vm,
-    pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="QEMU not installed"),
-]
+from host_shim import cli, runner, vmm
+from initsys import protocol
+
+pytestmark = pytest.mark.vm
 
 KINDLING = [sys.executable, "-m", "host_shim.cli"]
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,8 +31,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture
 def home():
+    assert shutil.which("qemu-system-x86_64"), \
+        "qemu-system-x86_64 not found: run `make test` (it installs qemu-system-x86)"
     path = Path(tempfile.mkdtemp(prefix="kvm-"))
     yield path
+    for pid in qemu_processes_using(path):
+        os.kill(pid, signal.SIGKILL)
     shutil.rmtree(path, ignore_errors=True)
 
 
@@ -46,14 +55,38 @@ def qemu_processes_using(path: Path) -> list[int]:
     return pids
 
 
-def kindling_run(home: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = dict(os.environ, KINDLING_HOME=str(home), KINDLING_ACCEL="tcg")
-    result = subprocess.run([*KINDLING, "run", "--timeout", "120", *args], cwd=ROOT, env=env,
-                            stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                            timeout=timeout)
+def env_for(home: Path) -> dict:
+    return dict(os.environ, KINDLING_HOME=str(home), KINDLING_ACCEL="tcg")
+
+
+def nothing_left(home: Path) -> None:
     assert qemu_processes_using(home) == []
     assert list((home / "instances").iterdir()) == []
+
+
+def kindling_run(home: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    result = subprocess.run([*KINDLING, "run", "--timeout", "120", *args], cwd=ROOT,
+                            env=env_for(home), stdin=subprocess.DEVNULL, capture_output=True,
+                            text=True, timeout=timeout)
+    assert qemu_processes_using(home) == []
     return result
+
+
+def start_run(home: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([*KINDLING, "run", *args], cwd=ROOT, env=env_for(home),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def read_until(stream, text: str, timeout: float = 240) -> list[str]:
+    deadline = time.monotonic() + timeout
+    seen = []
+    while not seen or text not in seen[-1]:
+        line = stream.readline()
+        assert line, f"stream ended before {text!r}: {seen}"
+        assert time.monotonic() < deadline, f"no {text!r} within {timeout} s"
+        seen.append(line)
+    return seen
 
 
 def test_echo_hello(home):
@@ -61,13 +94,17 @@ def test_echo_hello(home):
     assert result.returncode == 0, result.stderr
     assert result.stdout == "hello\n"
     err = result.stderr
-    assert re.search(r"^kindling: Initializing \(0\.\d\d s\)$", err, re.M)
-    assert "kindling: Running (" in err
+    assert re.search(r"^kindling: Initializing \(\d+\.\d\d s\)$", err, re.M)
+    assert re.search(r"^kindling: Running \(\d+\.\d\d s\)$", err, re.M)
     assert 'kindling: exited code=0 "success" (' in err
     assert "HYPEMAN" not in result.stdout + err
     lines = err.splitlines()
     assert any(line.split()[:1] == ["kernel"] for line in lines)     # guest stage
-    assert any(line.strip().startswith("QEMU exited") for line in lines)
+    for event in ("launch", "first console byte", "PROGRAM-START seen", "Running", "EXIT seen",
+                  "QEMU exited"):
+        assert any(line.strip().startswith(event) for line in lines), event
+    assert re.search(r"^time to Running: \d+\.\d{3} s$", err, re.M)
+    nothing_left(home)
 
 
 def test_exit_code_and_env_pass_through(home):
@@ -85,3 +122,181 @@ def test_bad_config_is_a_guest_fatal(home, tmp_path):
     assert result.returncode == 125
     assert ("kindling: error: guest failed in stage config: config.json field 'entrypoint'"
             in result.stderr)
+    assert "kindling: Running" not in result.stderr
+    nothing_left(home)
+
+
+def test_config_disk_hook(home, tmp_path):
+    from image_build.disks import make_config_disk
+    disk = make_config_disk({"entrypoint": ["sh", "-c", "echo from the disk; exit 4"],
+                             "skip_guest_agent": True, "skip_kernel_headers": True},
+                            tmp_path / "config.img")
+    result = kindling_run(home, "--verbose", "--config-disk", str(disk))
+    assert result.returncode == 4, result.stderr
+    assert result.stdout == "from the disk\n"
+    assert f"file={disk},if=none,id=disk2,format=raw,readonly=on" in result.stderr
+
+
+def test_verbose_shows_boot_and_the_qemu_command(home):
+    result = kindling_run(home, "--verbose", "--memory", "384", "--cpus", "1", "--", "true")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+    command = next(l for l in result.stderr.splitlines() if l.startswith("kindling: running: "))
+    argv = command.split()
+    assert argv[argv.index("-m") + 1] == "384" and argv[argv.index("-smp") + 1] == "1"
+    assert argv[argv.index("-accel") + 1] == "tcg"
+    assert "-pidfile" in argv and "-S" in argv
+    assert [a.rsplit("serial=", 1)[1] for a in argv if "serial=" in a] == [
+        "rootfs", "overlay", "config"]
+    assert "reboot: Power down" in result.stderr         # kernel chatter, on stderr
+
+
+def test_keep_keeps_the_instance(home):
+    result = kindling_run(home, "--keep", "--name", "kept", "--", "sh", "-c", "echo x; exit 3")
+    assert result.returncode == 3, result.stderr
+    (instance,) = list((home / "instances").iterdir())
+    assert f"kindling: instance kept: {instance}" in result.stderr
+    assert "HYPEMAN-EXIT" in (instance / "logs" / "app.log").read_text()
+    listed = json.loads(subprocess.run([*KINDLING, "list", "--json"], env=env_for(home),
+                                       cwd=ROOT, capture_output=True, text=True,
+                                       timeout=60).stdout)
+    assert [(i["name"], i["state"]) for i in listed] == [("kept", "Stopped")]
+    assert listed[0]["time_to_running"] > 0
+    logs = subprocess.run([*KINDLING, "logs", "kept"], env=env_for(home), cwd=ROOT,
+                          capture_output=True, text=True, timeout=60).stdout
+    assert "x" in logs.splitlines() and "HYPEMAN" not in logs
+    subprocess.run([*KINDLING, "delete", "kept"], env=env_for(home), cwd=ROOT, check=True,
+                   capture_output=True, timeout=60)
+    nothing_left(home)
+
+
+def test_timeout_stops_a_sleeping_guest(home):
+    started = time.monotonic()
+    result = kindling_run(home, "--timeout", "20", "--", "sh", "-c", "echo sleeping; sleep 100")
+    assert result.returncode == 125, result.stderr
+    assert time.monotonic() - started < 60
+    assert result.stdout == "sleeping\n"
+    assert "kindling: Running (" in result.stderr
+    assert "kindling: error: timed out after 20 s before the program finished" in result.stderr
+    nothing_left(home)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signal_stops_qemu(home, signum):
+    shim = start_run(home, "--", "sh", "-c", "echo running; sleep 1000")
+    try:
+        read_until(shim.stderr, "kindling: Running")
+        assert shim.stdout.readline() == "running\n"
+        assert len(qemu_processes_using(home)) == 1
+        shim.send_signal(signum)
+        out, err = shim.communicate(timeout=60)
+    finally:
+        if shim.poll() is None:
+            shim.kill()
+            shim.wait()
+    assert shim.returncode == 128 + signum, err
+    assert f"kindling: error: interrupted by {signal.Signals(signum).name}" in err
+    assert out == ""
+    nothing_left(home)
+
+
+def test_signal_while_booting_stops_qemu(home):
+    shim = start_run(home, "--", "sleep", "1000")
+    try:
+        read_until(shim.stderr, "kindling: Initializing")
+        shim.send_signal(signal.SIGTERM)
+        out, err = shim.communicate(timeout=60)
+    finally:
+        if shim.poll() is None:
+            shim.kill()
+            shim.wait()
+    assert shim.returncode == 128 + signal.SIGTERM, err
+    nothing_left(home)
+
+
+def test_closed_stdout_does_not_stop_the_run(home):
+    shim = start_run(home, "--", "sh", "-c",
+                     "echo line 0; sleep 1; i=1; while [ $i -lt 2000 ]; do echo line $i; "
+                     "i=$((i+1)); done; exit 5")
+    assert shim.stdout.readline() == "line 0\n"
+    shim.stdout.close()
+    err = shim.stderr.read()
+    assert shim.wait(timeout=240) == 5, err
+    assert 'kindling: exited code=5 "exit code 5"' in err
+    assert "Traceback" not in err and "BrokenPipe" not in err
+    nothing_left(home)
+
+
+def test_qemu_killed_mid_run(home):
+    shim = start_run(home, "--", "sh", "-c", "echo up; sleep 1000")
+    try:
+        read_until(shim.stderr, "kindling: Running")
+        (pid,) = qemu_processes_using(home)
+        os.kill(pid, signal.SIGKILL)
+        out, err = shim.communicate(timeout=60)
+    finally:
+        if shim.poll() is None:
+            shim.kill()
+            shim.wait()
+    assert shim.returncode == 125, err
+    assert ("kindling: error: the VM ended before the program finished "
+            "(QEMU killed by signal 9 (SIGKILL))") in err
+    assert "up" in err                       # the last console lines, in the hint
+    nothing_left(home)
+
+
+# --- in-process runs: fault injection with shortened grace periods ---------------
+
+def _in_process_run(monkeypatch, home: Path, *args: str) -> int:
+    monkeypatch.setenv("KINDLING_HOME", str(home))
+    monkeypatch.setenv("KINDLING_ACCEL", "tcg")
+    return cli.main(["run", *args])
+
+
+def test_guest_that_does_not_power_off_is_stopped(home, monkeypatch, capsys):
+    """A program that prints an EXIT sentinel and keeps running: the guest never powers
+    off, so after POWEROFF_GRACE kindling stops QEMU and passes the code on."""
+    monkeypatch.setattr(runner, "POWEROFF_GRACE", 1.0)
+    exit_line = protocol.exit_line(3, "exit code 3")
+    code = _in_process_run(monkeypatch, home, "--", "sh", "-c",
+                           f"echo '{exit_line}'; sleep 1000")
+    err = capsys.readouterr().err
+    assert code == 3, err
+    assert 'kindling: exited code=3 "exit code 3"' in err
+    nothing_left(home)
+
+
+def test_frozen_qemu_is_killed(home, monkeypatch, capsys):
+    """QEMU frozen by SIGSTOP answers neither QMP quit nor SIGTERM: at the timeout
+    kindling escalates to SIGKILL and leaves nothing behind."""
+    monkeypatch.setattr(vmm, "QMP_TIMEOUT", 1.0)
+    monkeypatch.setattr(vmm, "TERM_GRACE", 0.5)
+    import trio
+
+    async def freeze_when_running():
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            for meta_path in home.glob("instances/*/metadata.json"):
+                if json.loads(meta_path.read_text()).get("state") == "Running":
+                    (pid,) = qemu_processes_using(home)
+                    os.kill(pid, signal.SIGSTOP)
+                    return
+            await trio.sleep(0.1)
+
+    real_run = runner.run_async
+
+    async def run_and_freeze(opts, home_=None):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(freeze_when_running)
+            result = await real_run(opts, home_)
+            nursery.cancel_scope.cancel()
+        return result
+
+    monkeypatch.setattr(runner, "run", lambda opts, home_=None: trio.run(run_and_freeze, opts,
+                                                                          home_))
+    code = _in_process_run(monkeypatch, home, "--timeout", "20", "--", "sh", "-c",
+                           "echo up; sleep 1000")
+    err = capsys.readouterr().err
+    assert code == 125, err
+    assert "kindling: error: timed out after 20 s" in err
+    nothing_left(home)
