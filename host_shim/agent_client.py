@@ -283,13 +283,30 @@ class AgentClient:
                     return      # the command ended before reading all of it
                 await proc.close_stdin()
 
+            failure = None
             async with trio.open_nursery() as nursery:
+                def fail(e):
+                    nonlocal failure
+                    failure = failure or e
+                    nursery.cancel_scope.cancel()
+
+                async def guarded(fn, *args):
+                    try:
+                        await fn(*args)
+                    except AgentError as e:
+                        fail(e)
+
                 if stdin is not None:
-                    nursery.start_soon(feed)
-                nursery.start_soon(drain, "out", stdout)
+                    nursery.start_soon(guarded, feed)
+                nursery.start_soon(guarded, drain, "out", stdout)
                 if not tty:
-                    nursery.start_soon(drain, "err", stderr)
-                result = await proc.wait()
+                    nursery.start_soon(guarded, drain, "err", stderr)
+                try:
+                    result = await proc.wait()
+                except AgentError as e:
+                    fail(e)
+            if failure is not None:
+                raise failure
         return ExecResult(result.code, result.signal, result.timed_out, result.error,
                           bytes(captured["out"]), bytes(captured["err"]))
 
