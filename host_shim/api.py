@@ -21,6 +21,7 @@ import trio
 
 from initsys import protocol
 
+from . import accel as accel_mod
 from . import lifecycle, logfiles, metadata, prepare, qemu
 from .instance import Instance, kindling_home
 from .metadata import Metadata
@@ -98,16 +99,18 @@ class Kindling:
         return metadata.resolve(self.home, ref)[0]
 
     def create(self, command: list[str] | tuple[str, ...], *, name: str | None = None,
-               accel: str = "auto", env: dict[str, str] | None = None,
+               accel: str | None = None, env: dict[str, str] | None = None,
                workdir: str | None = None, memory_mib: int = qemu.DEFAULT_MEMORY_MIB,
                cpus: int = qemu.DEFAULT_CPUS, rootfs: Path | None = None,
                kernel: Path | None = None, modules: Path | None = None,
                log_max_bytes: int = logfiles.DEFAULT_MAX_BYTES,
                log_keep: int = logfiles.DEFAULT_KEEP) -> InstanceInfo:
         """Create an instance running `command` and boot it.  Returns while the guest
-        is still Initializing; `wait(ref, "running")` for more."""
+        is still Initializing; `wait(ref, "running")` for more.  `accel`: kvm, tcg or
+        auto (default: $KINDLING_ACCEL, else auto)."""
         opts = prepare.CreateOptions(
-            command=tuple(command), name=name, accel=accel, env=tuple((env or {}).items()),
+            command=tuple(command), name=name, accel=accel or accel_mod.default_accel(),
+            env=tuple((env or {}).items()),
             workdir=workdir, memory_mib=memory_mib, cpus=cpus, rootfs=rootfs, kernel=kernel,
             modules=modules, log_max_bytes=log_max_bytes, log_keep=log_keep)
         return InstanceInfo.of(*trio.run(partial(lifecycle.create, opts, self.home)))

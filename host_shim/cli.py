@@ -9,6 +9,7 @@ own codes stay apart), 1 for the other commands.  Tracebacks only with --debug.
 
 import argparse
 import json
+import os
 import sys
 import time
 import traceback
@@ -420,6 +421,12 @@ def main(argv: list[str] | None = None) -> int:
         if e.hint:
             print(f"{PROG}: hint: {e.hint}", file=sys.stderr)
         return e.exit_code if e.exit_code is not None else args.error_code
+    except BrokenPipeError:
+        # `kindling logs web | head`: the reader is gone; stop quietly, as `git log` does.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 141
     except KeyboardInterrupt:
         if args.debug:
             traceback.print_exc()

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import locks
-from .errors import NoSuchInstance, die
+from .errors import die
 
 ENV_HOME = "KINDLING_HOME"
 ENV_CACHE = "KINDLING_CACHE"

@@ -17,7 +17,6 @@ the probe is made under the same lock.
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import trio
@@ -215,6 +214,9 @@ async def _boot(instance: Instance, requested: int,
         if vmm.pid_of(instance) is not None:
             await _observe_locked(instance, meta)     # someone else started it meanwhile
             return meta
+        if not meta.argv:
+            die(f"instance {meta.name} was never completely created (its create was "
+                "interrupted)", hint=f"delete it with `kindling delete {meta.name}`")
         meta.boot += 1
         meta.boot_requested_at = requested
         meta.events = []

@@ -35,9 +35,7 @@ QEMU starts, so the new boot begins with an empty `app.log` whose mtime, on the
 filesystem's own clock, is the boot's `log_since`.
 """
 
-import errno
 import os
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -231,39 +229,3 @@ class LogFollower:
                 pass
         self.current = None
         self.pending = []
-
-
-async def follow(instance: Instance, since_ns: int | None, on_line: Callable[[str], None], *,
-                 done: trio.Event, on_data: Callable[[], None] | None = None,
-                 tick: Callable[[], Awaitable[None]] | None = None, tick_interval: float = 1.0,
-                 interval: float = POLL_INTERVAL) -> None:
-    """Feed every line of the boot's serial log to `on_line` as it grows, until `done`.
-
-    After `done` is set the rest is read and a final unterminated line delivered,
-    so nothing written before `done` is lost.  `on_data` is called when new bytes
-    arrive; `tick` (e.g. a rotation check) about every `tick_interval` seconds.
-    """
-    follower = LogFollower(instance, since_ns)
-    next_tick = trio.current_time() + tick_interval
-    try:
-        while True:
-            finished = done.is_set()   # decided before reading: the read below sees everything
-            lines = await follower.poll()
-            if follower.bytes_read and on_data is not None:
-                on_data()
-            for line in lines:
-                on_line(line)
-            if finished:
-                for line in follower.flush():
-                    on_line(line)
-                return
-            if tick is not None and trio.current_time() >= next_tick:
-                next_tick = trio.current_time() + tick_interval
-                await tick()
-            if not lines:
-                with trio.move_on_after(interval):
-                    await done.wait()
-            else:
-                await trio.lowlevel.checkpoint()
-    finally:
-        follower.close()

@@ -6,7 +6,6 @@ is in tests/test_host_shim_lifecycle_vm.py; these pin the rules on crafted logs.
 
 import os
 
-import pytest
 
 from host_shim import markers
 from host_shim.markers import MarkerRecord, iter_lines_newest_first, scan, scan_due, scan_logs
