@@ -279,10 +279,14 @@ async def run_exec(session, body, agent):
                     set_winsize(master, rows, cols)
                 except OSError:
                     pass
-        else:
+        elif typ == "cancel":
             session.default_control(typ, msg)
+        else:
+            raise ProtocolError(f"exec session: unexpected {typ!r} message")
 
     session.on_control = on_control
+    for typ, msg in session.take_queued_control():     # sent while the command was starting
+        on_control(typ, msg)
     chunk = session.mux.chunk
     timer = trio.CancelScope()
     try:

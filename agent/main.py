@@ -110,6 +110,10 @@ def serve(transport_args, ready_fd=None, *, ready_file=None, chroot=None, base_e
     ready_file: path (inside the chroot) for the ready timestamp.
     base_env: the commands' base environment (default: ours, minus KINDLING_READY_*).
     """
+    if trio.lowlevel.in_trio_run():
+        # A child forked inside trio.run() shares the parent's epoll and wakeup fds.
+        raise RuntimeError("agent.main.serve() called inside trio.run() (or in a child forked from"
+                           " a running trio loop): fork before trio.run(), or start a fresh interpreter")
     try:
         transport = transports.make_transport(
             transport_args.get("transport"), transport_args.get("path"), transport_args.get("port"))

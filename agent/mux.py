@@ -110,6 +110,10 @@ class Session:
         if self.on_control is not None:
             self.on_control(typ, body)
             return
+        self.queue_control(typ, body)
+
+    def queue_control(self, typ, body):
+        """Keep a control message for the session to take with next_control() (bounded)."""
         if len(self._control) >= MAX_CONTROL_QUEUE:
             raise ProtocolError(f"session {self.sid}: more than {MAX_CONTROL_QUEUE} queued {typ!r} messages")
         self._control.append((typ, body))
@@ -141,6 +145,12 @@ class Session:
                 n, chan.unacked = chan.unacked, 0
                 await self.mux.send_frame(wire.encode(["credit", self.sid, ch, n]))
         return item
+
+    def take_queued_control(self):
+        """The control messages queued so far (e.g. before a handler was ready)."""
+        items = list(self._control)
+        self._control.clear()
+        return items
 
     async def next_control(self):
         while not self._control:

@@ -184,8 +184,8 @@ class Agent:
         def default_control(typ, msg):
             if typ == "cancel":
                 scope.cancel()
-            else:
-                raise ProtocolError(f"session {session.sid}: unexpected {typ!r} message")
+            else:   # e.g. a signal for an exec that is still starting: its handler takes it
+                session.queue_control(typ, msg)
 
         session.default_control = default_control
         session.on_control = default_control
