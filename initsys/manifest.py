@@ -19,4 +19,5 @@ GUEST_MODULES = [
     "pyudev",
     "pyroute2.iproute.linux",
     "msgpack",
+    "agent.main",   # the in-VM agent: importing it loads all it will ever need (tests/test_agent_main.py)
 ]
