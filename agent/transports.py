@@ -21,8 +21,9 @@ against a kernel that does not deliver SIGIO, the state is also re-checked
 every RECHECK seconds (one poll() syscall, not a busy loop).  Writes that
 would block re-check POLLHUP too, so a send to a departed host fails instead
 of spinning, and its tail can never leak into the next host's connection.
-Stale bytes are drained while disconnected; the next host starts with MAGIC
-(agent/wire.py), so anything else that slips through is discarded.
+Stale bytes are not drained (a drain could swallow the hello of a host that
+connected a moment after the check -- seen under TCG): the next connection
+hunts for MAGIC (agent/wire.py) and the host ignores replies without its nonce.
 
 vsock listens on port 2222 (any CID).  It cannot be exercised on the
 development machines (no /dev/vhost-vsock, no vsock loopback): it shares the
@@ -70,20 +71,30 @@ class SerialStream(trio.abc.Stream):
         self.gone = False
 
     async def receive_some(self, max_bytes=None):
+        """Up to max_bytes.  A read() of the port returns at most one 4 KiB buffer of the
+        driver, so this reads on until the port is empty: one wakeup per burst, not per page."""
         await trio.lowlevel.checkpoint()
-        while not self.gone:
+        max_bytes = max_bytes or 65536
+        chunks = []
+        total = 0
+        while not self.gone and total < max_bytes:
             try:
-                data = os.read(self.fd, max_bytes or 65536)
+                data = os.read(self.fd, max_bytes - total)
             except BlockingIOError:
+                if chunks:
+                    break
                 await trio.lowlevel.wait_readable(self.fd)
                 continue
             except OSError as e:
                 self.gone = True
                 raise trio.BrokenResourceError(f"virtio-serial read: {e.strerror}") from None
             if not data:
-                self.gone = True
-            return data
-        return b""
+                if not chunks:
+                    self.gone = True    # the host left (the next call sees 0 again if data was pending)
+                break
+            chunks.append(data)
+            total += len(data)
+        return b"".join(chunks)
 
     async def send_all(self, data):
         await trio.lowlevel.checkpoint()
@@ -133,18 +144,11 @@ class SerialTransport:
             raise TransportError(f"virtio-serial port {self.path}: not a character device or socket")
         self.fd = fd
 
-    def _drain(self):
-        """Throw away what the departed host left in the port."""
-        while True:
-            try:
-                if not os.read(self.fd, 65536):
-                    return
-            except (BlockingIOError, OSError):
-                return
-
     async def _wait_for_host(self, sigio):
+        # Nothing is read while waiting: bytes a departed host left behind cannot be told
+        # from those of a host that connected a moment after the check, so they are left
+        # to the next connection's hunt for MAGIC (and the host's nonce check).
         while not host_connected(self.fd):
-            self._drain()
             with trio.move_on_after(RECHECK):
                 await sigio.__anext__()
 

@@ -434,18 +434,56 @@ async def _handshake(stream, decoder, nonce):
         return _checked(wire.peer_params, body, "hello")
 
 
+HELLO_RETRY_FIRST = 2.0      # seconds for the first hello before reconnecting
+RECONNECT_PAUSE = 0.2        # long enough for the agent to see the disconnect (~50 ms under TCG)
+
+
 @contextlib.asynccontextmanager
 async def open_agent(path, *, timeout, window=wire.WINDOW):
     """Connect to the agent behind a unix socket and say hello (bounded by timeout)."""
     path = os.fspath(path)
+
+    async def connect():
+        try:
+            return await trio.open_unix_socket(path)
+        except OSError as e:
+            raise AgentError(f"cannot connect to the agent at {path}: {e.strerror or e}") from None
+
+    async with open_agent_via(connect, timeout=timeout, window=window, name=path) as client:
+        yield client
+
+
+@contextlib.asynccontextmanager
+async def open_agent_via(connect, *, timeout, window=wire.WINDOW, name="the agent"):
+    """Connect (`await connect()` returns a trio stream) and say hello, reconnecting
+    when a hello goes unanswered.
+
+    Why reconnect: on virtio-serial a host that died in the middle of a frame and a
+    new host that connects at once look like one stream to the agent, which then
+    reads the new MAGIC as the rest of the old frame.  Disconnecting for a moment
+    lets the agent see the end of the connection and start over.  Attempts get 2 s,
+    4 s, ... for their hello; `timeout` bounds the whole.
+    """
     try:
         with trio.fail_after(timeout):
-            stream = await trio.open_unix_socket(path)
+            attempt = HELLO_RETRY_FIRST
+            while True:
+                stream = await connect()
+                decoder = wire.Decoder(wire.CLIENT_LIMITS)
+                try:
+                    with trio.move_on_after(attempt):
+                        params = await _handshake(stream, decoder, wire.new_nonce())
+                        break
+                except BaseException:
+                    await trio.aclose_forcefully(stream)
+                    raise
+                await trio.aclose_forcefully(stream)
+                await trio.sleep(RECONNECT_PAUSE)
+                attempt *= 2
     except trio.TooSlowError:
-        raise AgentError(f"connecting to the agent at {path} took more than {timeout:g} s") from None
-    except OSError as e:
-        raise AgentError(f"cannot connect to the agent at {path}: {e.strerror or e}") from None
-    async with open_agent_stream(stream, timeout=timeout, window=window, name=path) as client:
+        raise AgentError(f"{name} did not answer the hello within {timeout:g} s",
+                         hint="is the VM Running and its agent started?") from None
+    async with _client(stream, decoder, params, window) as client:
         yield client
 
 
@@ -458,13 +496,20 @@ async def open_agent_stream(stream, *, timeout, window=wire.WINDOW, name="the ag
     decoder = wire.Decoder(wire.CLIENT_LIMITS)
     try:
         with trio.fail_after(timeout):
-            peer_window, peer_max_frame = await _handshake(stream, decoder, wire.new_nonce())
+            params = await _handshake(stream, decoder, wire.new_nonce())
     except BaseException as e:
         await trio.aclose_forcefully(stream)
         if isinstance(e, trio.TooSlowError):
             raise AgentError(f"{name} did not answer the hello within {timeout:g} s",
                              hint="is the VM Running and its agent started?") from None
         raise
+    async with _client(stream, decoder, params, window) as client:
+        yield client
+
+
+@contextlib.asynccontextmanager
+async def _client(stream, decoder, params, window):
+    peer_window, peer_max_frame = params
     mux = Mux(stream, decoder, inbound=("out", "err"), window=window, peer_window=peer_window,
               peer_max_frame=peer_max_frame, terminal=TERMINAL)
 
@@ -495,4 +540,4 @@ async def open_agent_stream(stream, *, timeout, window=wire.WINDOW, name="the ag
 
 
 __all__ = ["AgentClient", "AgentError", "AgentProtocolError", "CopyResult", "ExecProcess",
-           "ExecResult", "RemoteError", "StatResult", "open_agent", "open_agent_stream"]
+           "ExecResult", "RemoteError", "StatResult", "open_agent", "open_agent_stream", "open_agent_via"]

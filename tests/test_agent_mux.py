@@ -253,3 +253,31 @@ async def test_remote_error_carries_code(agent_pair):
             with pytest.raises(RemoteError) as e:
                 await a.copy_from("/no/such/file", "/tmp/never-written")
             assert e.value.code == "not_found"
+
+
+async def test_unanswered_hello_reconnects(nursery, monkeypatch):
+    """virtio-serial: a host that died mid-frame leaves the agent expecting the rest of
+    that frame; a new host's MAGIC disappears into it.  open_agent_via then drops the
+    connection (the agent sees it end and starts over) and connects again."""
+    from host_shim import agent_client
+
+    monkeypatch.setattr(agent_client, "HELLO_RETRY_FIRST", 0.3)
+    connects = []
+
+    async def connect():
+        client, server = trio.testing.memory_stream_pair()
+        if not connects:
+            # the first connection swallows everything, like a half-read frame
+            async def swallow():
+                while await server.receive_some(65536):
+                    pass
+            nursery.start_soon(swallow)
+        else:
+            nursery.start_soon(Agent().serve_stream, server)
+        connects.append(client)
+        return client
+
+    with trio.fail_after(10):
+        async with agent_client.open_agent_via(connect, timeout=5, name="vm1") as a:
+            assert (await a.exec(["echo", "second try"])).stdout == b"second try\n"
+    assert len(connects) == 2
