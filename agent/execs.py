@@ -51,8 +51,7 @@ def _read_db(path):
             data = f.read(4 << 20)
     except OSError:
         return []
-    return [line.split(b":") for line in data.decode("utf-8", "replace").encode().splitlines()
-            if line and not line.startswith(b"#")]
+    return [line.split(b":") for line in data.splitlines() if line and not line.startswith(b"#")]
 
 
 def resolve_user(spec, passwd="/etc/passwd", group="/etc/group"):

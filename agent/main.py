@@ -20,6 +20,7 @@ timestamp), and HYPEMAN-AGENT-READY on stdout.  SIGTERM, SIGINT and a
 import os
 import signal
 import sys
+import time
 
 import trio
 
@@ -75,7 +76,7 @@ def write_ready_file(path, ns=None):
 
 def report_ready(ready_fd, ready_file):
     """The readiness handshake (PROTOCOL.md section 4): byte, file, sentinel line."""
-    ns = None
+    ns = time.time_ns()     # one timestamp for the file and the line
     if ready_fd is not None:
         try:
             os.write(ready_fd, b"R")
