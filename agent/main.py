@@ -137,7 +137,8 @@ def serve(transport_args, ready_fd=None, *, ready_file=None, chroot=None, base_e
     return 0
 
 
-def _ready_fd_from_env():
+def ready_fd_from_env():
+    """KINDLING_READY_FD, checked and removed from the environment (None when unset)."""
     raw = os.environ.pop("KINDLING_READY_FD", None)
     if raw is None or raw == "":
         return None
@@ -154,7 +155,7 @@ def _ready_fd_from_env():
 def main(argv=None):
     try:
         opts = parse_args(sys.argv[1:] if argv is None else argv)
-        ready_fd = _ready_fd_from_env()
+        ready_fd = ready_fd_from_env()
     except UsageError as e:
         if str(e):
             os.write(2, f"kindling-agent: {e}\n".encode())
@@ -162,6 +163,9 @@ def main(argv=None):
         return 2 if str(e) else 0
     ready_file = os.environ.pop("KINDLING_READY_FILE", None) or None
     return serve(opts, ready_fd, ready_file=ready_file, chroot=opts["chroot"])
+
+
+_ready_fd_from_env = ready_fd_from_env     # the name initsys/agent_boot.py uses
 
 
 if __name__ == "__main__":

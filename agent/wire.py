@@ -75,15 +75,6 @@ def encode(msg):
     return len(body).to_bytes(HEADER, "big") + body
 
 
-def encode_data(sid, ch, data):
-    return encode(["data", sid, ch, data])
-
-
-def frame_overhead():
-    """An upper bound of a data frame's size minus its payload."""
-    return HEADER + 32
-
-
 class Limits:
     """What a reader accepts.  The agent trusts its host more than the host trusts its guest."""
 
@@ -125,11 +116,6 @@ class Decoder:
 
     def hunt(self):
         """Throw away bytes up to the next MAGIC (after a protocol error or a disconnect)."""
-        self.hunting = True
-
-    def clear(self):
-        self.discarded += len(self._buf)
-        self._buf.clear()
         self.hunting = True
 
     def next(self):
