@@ -387,8 +387,9 @@ async def wait(instance: Instance, target: State, *, timeout: float | None = Non
             return await _wait_until(instance, outcome)
     except trio.TooSlowError:
         meta = await observe(instance)
+        why = f": {meta.error}" if meta.error else ""
         raise WaitTimeout(f"timed out after {timeout:g} s waiting for instance {meta.name} to be "
-                          f"{target} (it is {meta.state})",
+                          f"{target} (it is {meta.state}{why})",
                           hint=f"see `kindling logs {meta.name}`") from None
 
 
