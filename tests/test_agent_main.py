@@ -160,6 +160,8 @@ SERVE_AFTER_FORK = textwrap.dedent("""
     pid = os.fork()                      # ... and forks outside trio.run
     if pid == 0:
         os.close(r)
+        import ctypes                    # do not outlive the test's process
+        ctypes.CDLL(None).prctl(1, 9)    # PR_SET_PDEATHSIG, SIGKILL
         os._exit(agent.main.serve({"transport": "unix", "path": sys.argv[2]}, ready_fd=w))
     os.close(w)
     print("ready byte", os.read(r, 1), flush=True)
