@@ -68,6 +68,7 @@ def parse_args(argv):
 
 
 def write_ready_file(path, ns=None):
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w") as f:
         f.write(protocol.format_ts(ns) + "\n")
@@ -83,7 +84,10 @@ def report_ready(ready_fd, ready_file):
         finally:
             os.close(ready_fd)
     if ready_file:
-        write_ready_file(ready_file, ns)
+        try:
+            write_ready_file(ready_file, ns)
+        except OSError as e:    # the byte is out: serving matters more than the file
+            server.log(f"cannot write the ready file {ready_file}: {e.strerror or e}")
     os.write(1, (protocol.agent_ready_line(ns) + "\n").encode())
 
 

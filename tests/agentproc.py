@@ -42,7 +42,7 @@ class AgentProcess:
         # unix socket paths are limited to 108 bytes: keep the directory short
         self.dir = Path(tempfile.mkdtemp(prefix="kagent-", dir="/tmp"))
         self.socket = self.dir / "agent.sock"
-        self.ready_file = self.dir / "ready"
+        self.ready_file = self.dir / "run" / "kindling" / "agent.ready"   # its directory does not exist yet
         self.stderr_path = self.dir / "stderr"
         r, w = os.pipe()
         env = dict(os.environ, KINDLING_READY_FD=str(w), KINDLING_READY_FILE=str(self.ready_file),
