@@ -183,7 +183,7 @@ async def test_serve_from_a_process_that_imported_trio(tmp_path):
     try:
         with trio.fail_after(30):
             out = b""
-            while b"ready byte" not in out:
+            while b"\n" not in out.partition(b"ready byte")[2]:      # the whole line
                 chunk = await proc.stdout.receive_some(4096)
                 assert chunk, out
                 out += chunk
