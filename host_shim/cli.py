@@ -20,7 +20,7 @@ import trio
 
 from initsys import protocol
 
-from . import accel, chart, lifecycle, logfiles, metadata, prepare, qemu, runner
+from . import accel, chart, lifecycle, logfiles, metadata, prepare, qemu, runner, volumes
 from .api import InstanceInfo
 from .errors import EXIT_ERROR, EXIT_KINDLING, KindlingError, die
 from .instance import kindling_home
@@ -122,6 +122,13 @@ def add_create_arguments(parser: argparse.ArgumentParser) -> None:
                          help="set an environment variable (repeatable)")
     program.add_argument("--workdir", "-w", metavar="DIR",
                          help="working directory in the guest (default: /)")
+    devices = parser.add_argument_group("network and volumes")
+    devices.add_argument("--net", action="store_true",
+                         help="give the guest eth0 in a private network namespace "
+                              "(kindling-<id>; guest 10.200.0.2/24, gateway 10.200.0.1)")
+    devices.add_argument("--volume", action="append", default=[], metavar="IMAGE:/path[:ro|rw|overlay]",
+                         help="attach an ext4 volume (a name from `kindling volume create` or "
+                              "an image path) at /path; repeatable")
     logs = parser.add_argument_group("serial log")
     logs.add_argument("--log-max-size", type=_size, default=logfiles.DEFAULT_MAX_BYTES,
                       metavar="SIZE", help="rotate logs/app.log at this size, e.g. 512K, 4M "
@@ -146,6 +153,7 @@ def _create_fields(args: argparse.Namespace) -> dict:
         accel=accel.parse_accel(args.accel or accel.default_accel()).value,
         config_json=args.config_json, config_disk=args.config_disk,
         log_max_bytes=args.log_max_size, log_keep=args.log_files,
+        net=args.net, volumes=tuple(volumes.parse_spec(_home(), v) for v in args.volume),
     )
 
 
@@ -311,6 +319,17 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- volumes -----------------------------------------------------------------------
+
+def cmd_volume_create(args: argparse.Namespace) -> int:
+    image = volumes.create(_home(), args.volume_name, volumes.parse_size(args.size))
+    if args.json:
+        _print_json({"name": args.volume_name, "path": str(image), "size": image.stat().st_size})
+    else:
+        print(image)
+    return 0
+
+
 # --- build -------------------------------------------------------------------------
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -393,6 +412,17 @@ def build_parser() -> argparse.ArgumentParser:
                     description="Build (or reuse from the cache) the VM images.")
     from image_build import cli as builder
     builder.add_arguments(build)
+
+    volume = sub.add_parser("volume", help="manage volume images")
+    volume_sub = volume.add_subparsers(dest="volume_command", metavar="COMMAND", required=True)
+    vcreate = volume_sub.add_parser(
+        "create", help="make an empty ext4 volume image (sparse, no mounting)",
+        description="Make an empty ext4 volume in $KINDLING_HOME/volumes/NAME.img; attach it "
+                    "with `--volume NAME:/path[:ro|rw|overlay]`.")
+    vcreate.add_argument("volume_name", metavar="NAME")
+    vcreate.add_argument("--size", required=True, metavar="SIZE", help="e.g. 64M, 1G")
+    _add_common(vcreate)
+    vcreate.set_defaults(func=cmd_volume_create, error_code=EXIT_ERROR)
     return parser
 
 

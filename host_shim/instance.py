@@ -120,6 +120,9 @@ class Instance:
         return instance
 
     def remove(self) -> None:
+        """Remove everything of the instance: its folder and its network namespace."""
+        from . import netns
+        netns.destroy_if_present(self.id)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

@@ -24,7 +24,7 @@ import trio
 from initsys import protocol
 
 from . import accel as accel_mod
-from . import console, locks, logfiles, markers, metadata, prepare, qemu, vmm
+from . import console, locks, logfiles, markers, metadata, netns, prepare, qemu, vmm
 from . import run as run_mod
 from . import timeline as tl
 from .errors import KindlingError, NoSuchInstance, die
@@ -187,6 +187,8 @@ async def create(opts: prepare.CreateOptions, home: Path | None = None, *,
         meta.record_state(State.STOPPED, at_ns=requested)
         metadata.save(instance, meta)
     try:
+        if opts.net:
+            netns.create(instance.id)
         artifacts = prepare.build_artifacts(opts, instance.images_dir)
         images_ready = now_ns()
         disks = prepare.make_disks(instance, artifacts, config, opts)

@@ -16,7 +16,9 @@ from pathlib import Path
 from initsys import protocol
 
 from . import accel as accel_mod
-from . import logfiles, qemu
+from . import logfiles, netns, qemu
+from . import volumes as volumes_mod
+from .volumes import VolumeSpec
 from .errors import die
 from .instance import Instance, cache_dir
 
@@ -41,6 +43,8 @@ class CreateOptions:
     overlay_size: int = DEFAULT_OVERLAY_SIZE
     log_max_bytes: int = logfiles.DEFAULT_MAX_BYTES
     log_keep: int = logfiles.DEFAULT_KEEP
+    net: bool = False                   # a private network namespace with a tap (netns.py)
+    volumes: tuple[VolumeSpec, ...] = ()
 
 
 def parse_env(items: list[str] | tuple[str, ...]) -> tuple[tuple[str, str], ...]:
@@ -91,6 +95,10 @@ def make_config(opts: CreateOptions) -> dict:
         "skip_guest_agent": True,      # no agent yet
         "skip_kernel_headers": True,   # no headers worker yet
     }
+    if opts.net:
+        config.update(netns.Network(netns.namespace_for("-")).config_fields())
+    if opts.volumes:
+        config["volume_mounts"] = volumes_mod.layout(opts.volumes)[1]
     try:
         protocol.validate_config(config)
     except protocol.ConfigError as e:
@@ -176,15 +184,26 @@ def make_disks(instance: Instance, artifacts, config: dict | bytes | None,
     # The overlay persists across stop/start.  cache=unsafe (scratch) only ignores the
     # guest's flushes: QEMU's writes still reach the host page cache, so they survive
     # QEMU being killed (not a host crash, which an instance does not survive anyway).
+    volume_disks = []
+    if opts.volumes:
+        try:
+            volume_disks = volumes_mod.materialize(volumes_mod.layout(opts.volumes)[0], instance.dir)
+        except BuildError as e:
+            die(f"making the volume overlay disks failed: {e}")
     return (
         qemu.Disk(os.fspath(artifacts.rootfs), "rootfs", readonly=True),
         qemu.Disk(os.fspath(instance.overlay_img), "overlay", scratch=True),
         qemu.Disk(os.fspath(Path(config_img).absolute()), "config", readonly=True),
+        *(qemu.Disk(os.fspath(image), serial, readonly=ro) for image, serial, ro in volume_disks),
     )
 
 
 def qemu_argv(instance: Instance, artifacts, disks: tuple[qemu.Disk, ...], accel: accel_mod.Accel,
               opts: CreateOptions, binary: str) -> list[str]:
+    network, net_args = None, ()
+    if opts.net:  # QEMU runs inside the instance's namespace, where its tap is
+        network = netns.Network(netns.namespace_for(instance.id))
+        net_args = tuple(network.netdev_args(qemu.machine_for(qemu.DEFAULT_MACHINE).net_device))
     spec = qemu.VMSpec(
         kernel=os.fspath(artifacts.kernel),
         initrd=os.fspath(artifacts.initrd),
@@ -197,6 +216,7 @@ def qemu_argv(instance: Instance, artifacts, disks: tuple[qemu.Disk, ...], accel
         name=f"kindling-{instance.id}",
         # -S: the VMM is created with the guest stopped (state Created) until QMP `cont`;
         # -pidfile: QEMU holds a lock on it while it runs (host_shim/vmm.py).
-        extra_args=("-pidfile", os.fspath(instance.pidfile), "-S"),
+        extra_args=("-pidfile", os.fspath(instance.pidfile), "-S", *net_args),
     )
-    return qemu.build_argv(spec, binary)
+    argv = qemu.build_argv(spec, binary)
+    return network.exec_prefix() + argv if network else argv
