@@ -20,7 +20,7 @@ import trio
 
 from initsys import protocol
 
-from . import accel, chart, lifecycle, logfiles, metadata, prepare, qemu, runner, volumes
+from . import accel, agent_ops, chart, lifecycle, logfiles, metadata, prepare, qemu, runner, volumes
 from .api import InstanceInfo
 from .errors import EXIT_ERROR, EXIT_KINDLING, KindlingError, die
 from .instance import kindling_home
@@ -122,6 +122,10 @@ def add_create_arguments(parser: argparse.ArgumentParser) -> None:
                          help="set an environment variable (repeatable)")
     program.add_argument("--workdir", "-w", metavar="DIR",
                          help="working directory in the guest (default: /)")
+    vm.add_argument("--agent", default="serial", choices=prepare.AGENT_TRANSPORTS,
+                    help="the in-VM agent's transport: serial (virtio-serial, default), vsock "
+                         "(needs vhost-vsock), or none (no agent: Running needs only the program)")
+    parser.add_argument("--kernel-arg", action="append", default=[], help=argparse.SUPPRESS)
     devices = parser.add_argument_group("network and volumes")
     devices.add_argument("--net", action="store_true",
                          help="give the guest eth0 in a private network namespace "
@@ -154,6 +158,7 @@ def _create_fields(args: argparse.Namespace) -> dict:
         config_json=args.config_json, config_disk=args.config_disk,
         log_max_bytes=args.log_max_size, log_keep=args.log_files,
         net=args.net, volumes=tuple(volumes.parse_spec(_home(), v) for v in args.volume),
+        agent=args.agent, kernel_args=tuple(args.kernel_arg),
     )
 
 
@@ -319,6 +324,43 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- exec / cp / stat (the agent) ---------------------------------------------------
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    command = list(args.command)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    if not command:
+        die("no command given", hint="kindling exec VM -- CMD [ARG...]")
+    env = dict(prepare.parse_env(args.env)) or None
+    user = args.user
+    if user is not None and user.isdigit():
+        user = int(user)
+    return trio.run(partial(agent_ops.exec_command, args.vm, command, env=env, cwd=args.workdir,
+                            user=user, tty=args.tty, interactive=args.interactive,
+                            timeout=args.timeout))
+
+
+def cmd_cp(args: argparse.Namespace) -> int:
+    result = trio.run(agent_ops.copy, args.src, args.dst)
+    if args.json:
+        _print_json({"entries": result.entries, "bytes": result.bytes, "skipped": result.skipped})
+    return 0
+
+
+def cmd_stat(args: argparse.Namespace) -> int:
+    st = trio.run(agent_ops.stat, args.target)
+    fields = {"exists": st.exists, "type": st.type, "mode": None if st.mode is None else oct(st.mode),
+              "size": st.size, "uid": st.uid, "gid": st.gid, "target": st.target}
+    if args.json:
+        _print_json(fields)
+    else:
+        for key, value in fields.items():
+            if value is not None:
+                print(f"{key}: {value}")
+    return 0 if st.exists else 1
+
+
 # --- volumes -----------------------------------------------------------------------
 
 def cmd_volume_create(args: argparse.Namespace) -> int:
@@ -412,6 +454,23 @@ def build_parser() -> argparse.ArgumentParser:
                     description="Build (or reuse from the cache) the VM images.")
     from image_build import cli as builder
     builder.add_arguments(build)
+
+    ex = command("exec", cmd_exec, "run a command in a Running instance (through the agent)",
+                 json_output=False)
+    ex.add_argument("-i", "--interactive", action="store_true", help="stream our stdin to it")
+    ex.add_argument("-t", "--tty", action="store_true", help="give it a pseudo-terminal")
+    ex.add_argument("--env", "-e", action="append", default=[], metavar="NAME=VALUE")
+    ex.add_argument("--workdir", "-w", metavar="DIR")
+    ex.add_argument("--user", "-u", metavar="UID[:GID]|NAME")
+    ex.add_argument("--timeout", type=_positive_float, metavar="S",
+                    help="kill its process group after S seconds (exit code 124)")
+    vm_argument(ex)
+    ex.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")
+    cp = command("cp", cmd_cp, "copy files or trees between the host and a Running instance")
+    cp.add_argument("src", metavar="SRC", help="a local path, or VM:/path")
+    cp.add_argument("dst", metavar="DST", help="a local path, or VM:/path")
+    st = command("stat", cmd_stat, "describe a path in a Running instance")
+    st.add_argument("target", metavar="VM:/path")
 
     volume = sub.add_parser("volume", help="manage volume images")
     volume_sub = volume.add_subparsers(dest="volume_command", metavar="COMMAND", required=True)

@@ -72,6 +72,11 @@ class Instance:
         return self.dir / "qmp.sock"
 
     @property
+    def agent_socket(self) -> Path:
+        """The host end of the agent's virtio-serial port (a unix socket QEMU listens on)."""
+        return self.dir / "agent.sock"
+
+    @property
     def pidfile(self) -> Path:
         return self.dir / "qemu.pid"
 

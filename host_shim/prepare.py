@@ -23,6 +23,22 @@ from .errors import die
 from .instance import Instance, cache_dir
 
 DEFAULT_OVERLAY_SIZE = 256 << 20
+AGENT_TRANSPORTS = ("serial", "vsock", "none")
+AGENT_PORT_NAME = "org.kindling.agent.0"
+VSOCK_FIRST_CID = 3
+
+
+def agent_args(instance: Instance, agent: str, machine: qemu.Machine) -> tuple[list[str], str]:
+    """QEMU devices for the agent's transport, and the kernel argument telling PID 1 which
+    one to wait for (`kindling_agent=`, read by initsys/agent_gate.py)."""
+    if agent == "serial":
+        return ["-device", machine.serial_device,
+                "-chardev", f"socket,id=agent0,path={instance.agent_socket},server=on,wait=off",
+                "-device", f"virtserialport,chardev=agent0,name={AGENT_PORT_NAME}"], "kindling_agent=serial"
+    if agent == "vsock":
+        cid = VSOCK_FIRST_CID + int(instance.id[:7], 16)
+        return ["-device", f"{machine.vsock_device},guest-cid={cid}"], "kindling_agent=vsock"
+    return [], "kindling_agent=off"
 
 
 @dataclass(frozen=True)
@@ -44,6 +60,8 @@ class CreateOptions:
     log_max_bytes: int = logfiles.DEFAULT_MAX_BYTES
     log_keep: int = logfiles.DEFAULT_KEEP
     net: bool = False                   # a private network namespace with a tap (netns.py)
+    agent: str = "serial"               # serial (virtio-serial port) | vsock | none
+    kernel_args: tuple[str, ...] = ()   # test hook: extra kernel command line arguments
     volumes: tuple[VolumeSpec, ...] = ()
 
 
@@ -79,6 +97,8 @@ def check_inputs(opts: CreateOptions) -> None:
                                       ("--config-disk", opts.config_disk)) if value is not None]
     if len(hooks) > 1:
         die("--config-json and --config-disk cannot be used together")
+    if opts.agent not in AGENT_TRANSPORTS:
+        die(f"--agent {opts.agent!r}: expected one of {', '.join(AGENT_TRANSPORTS)}")
     if hooks and (opts.command or opts.env or opts.workdir):
         die(f"{hooks[0]} replaces the generated config.json: give no command, --env or --workdir")
     if not opts.command and not hooks:
@@ -92,7 +112,7 @@ def make_config(opts: CreateOptions) -> dict:
         "cmd": list(opts.command[1:]),
         "env": dict(opts.env),
         "workdir": opts.workdir or "/",
-        "skip_guest_agent": True,      # no agent yet
+        "skip_guest_agent": opts.agent == "none",
         "skip_kernel_headers": True,   # no headers worker yet
     }
     if opts.net:
@@ -120,7 +140,7 @@ def config_for(opts: CreateOptions) -> dict | bytes | None:
 
 def agent_skipped(config: dict | bytes | None) -> bool:
     """Whether `Running` needs only PROGRAM-START.  A config we cannot read counts as
-    skipped: there is no agent yet that could ever report ready."""
+    skipped: the guest fails in its config stage and no agent ever reports ready."""
     if isinstance(config, bytes):
         try:
             config = json.loads(config)
@@ -204,6 +224,7 @@ def qemu_argv(instance: Instance, artifacts, disks: tuple[qemu.Disk, ...], accel
     if opts.net:  # QEMU runs inside the instance's namespace, where its tap is
         network = netns.Network(netns.namespace_for(instance.id))
         net_args = tuple(network.netdev_args(qemu.machine_for(qemu.DEFAULT_MACHINE).net_device))
+    agent_devices, agent_karg = agent_args(instance, opts.agent, qemu.machine_for(qemu.DEFAULT_MACHINE))
     spec = qemu.VMSpec(
         kernel=os.fspath(artifacts.kernel),
         initrd=os.fspath(artifacts.initrd),
@@ -216,7 +237,10 @@ def qemu_argv(instance: Instance, artifacts, disks: tuple[qemu.Disk, ...], accel
         name=f"kindling-{instance.id}",
         # -S: the VMM is created with the guest stopped (state Created) until QMP `cont`;
         # -pidfile: QEMU holds a lock on it while it runs (host_shim/vmm.py).
-        extra_args=("-pidfile", os.fspath(instance.pidfile), "-S", *net_args),
+        extra_args=("-pidfile", os.fspath(instance.pidfile), "-S", *net_args, *agent_devices),
+        # the kernel hands init the first of two equal keys: a test hook's value must win
+        cmdline_extra=tuple(a for a in (agent_karg,) if not any(
+            k.startswith("kindling_agent=") for k in opts.kernel_args)) + tuple(opts.kernel_args),
     )
     argv = qemu.build_argv(spec, binary)
     return network.exec_prefix() + argv if network else argv

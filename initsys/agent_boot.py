@@ -31,6 +31,10 @@ def main(argv):
     if not go:
         return 0  # not wanted
     order = json.loads(go)
+    if os.environ.get("KINDLING_AGENT_FAULT") == "exit-before-ready":
+        # fault injection for the gate's tests (kernel argument kindling_agent_fault=...)
+        sys.stderr.write("kindling-agent: exiting before readiness (fault injection)\n")
+        return 3
     ready_fd = agent.main._ready_fd_from_env()
     ready_file = os.environ.pop("KINDLING_READY_FILE", None) or None
     return agent.main.serve(order["transport"], ready_fd, ready_file=ready_file,

@@ -42,6 +42,8 @@ class AgentProcess:
             if os.path.exists("/dev/console") else None
         env = {"KINDLING_READY_FD": str(ready_w), "KINDLING_READY_FILE": READY_FILE,
                "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+        if os.environ.get("kindling_agent_fault"):  # test hook, from the kernel command line
+            env["KINDLING_AGENT_FAULT"] = os.environ["kindling_agent_fault"]
         try:
             self.popen = subprocess.Popen(
                 helpers.helper_argv("agent_boot", str(go_r)), env=env, pass_fds=(go_r, ready_w),
