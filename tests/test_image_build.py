@@ -28,7 +28,13 @@ from image_build.kmod import WANTED_MODULES
 from image_build.run import run
 
 IS_ROOT = os.geteuid() == 0
-needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root (chroot, file owners)")
+@pytest.fixture
+def _root():
+    """Fail loudly (never skip): these tests chroot and keep file owners; CI runs as root."""
+    assert IS_ROOT, "this test needs root (chroot, file owners): run the suite as root"
+
+
+needs_root = pytest.mark.usefixtures("_root")
 
 
 # --------------------------------------------------------------------------
