@@ -85,7 +85,7 @@ def main(argv=None):
     print(f"{'measure':34} {'median':>8} {'min':>8} {'max':>8}")
     for name, (med, lo, hi) in rows:
         print(f"{name:34} {med:8.3f} {lo:8.3f} {hi:8.3f}")
-    print(f"\nPID 1 stages (median duration, s):")
+    print("\nPID 1 stages (median duration, s):")
     for name, values in per_stage.items():
         print(f"  {name:16} {statistics.median(values):7.3f}")
     print(f"\ninitrd: {initrd_size / 2**20:.1f} MiB compressed"

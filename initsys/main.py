@@ -23,7 +23,6 @@ event-driven: the thread sleeps in poll() on the uevent socket.
 import gc
 import signal
 import threading
-import time
 
 from initsys import console, kmod, mounts, power, protocol, timeline
 from initsys.timeline import Stage, record

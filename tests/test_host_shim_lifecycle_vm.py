@@ -11,7 +11,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ET
@@ -22,33 +21,12 @@ import pytest
 from host_shim import Kindling, NotRunning, State
 from initsys import protocol
 
+from tests.vm import KINDLING, ROOT, qemu_pids_using, require_qemu
+
 pytestmark = pytest.mark.vm
 
-ROOT = Path(__file__).resolve().parent.parent
-KINDLING = [sys.executable, "-m", "host_shim.cli"]
 BOOT_TIMEOUT = 300          # a single boot is ~5 s; this is for a loaded CI machine
 SLEEPER = ["sh", "-c", "echo started; sleep 1000"]
-
-
-def require_qemu():
-    """Fail loudly (never skip) when QEMU is missing: `make test` installs it."""
-    assert shutil.which("qemu-system-x86_64"), \
-        "qemu-system-x86_64 not found: run `make test` (it installs qemu-system-x86)"
-
-
-def qemu_pids_using(path: Path) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv and argv[0].endswith(b"qemu-system-x86_64") and any(
-                str(path).encode() in a for a in argv):
-            pids.append(int(entry.name))
-    return pids
 
 
 @pytest.fixture

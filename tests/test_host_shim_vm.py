@@ -13,7 +13,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,36 +22,20 @@ import pytest
 from host_shim import cli, runner, vmm
 from initsys import protocol
 
+from tests.vm import KINDLING, ROOT, qemu_pids_using, require_qemu
+
 pytestmark = pytest.mark.vm
 
-KINDLING = [sys.executable, "-m", "host_shim.cli"]
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
 def home():
-    assert shutil.which("qemu-system-x86_64"), \
-        "qemu-system-x86_64 not found: run `make test` (it installs qemu-system-x86)"
+    require_qemu()
     path = Path(tempfile.mkdtemp(prefix="kvm-"))
     yield path
-    for pid in qemu_processes_using(path):
+    for pid in qemu_pids_using(path):
         os.kill(pid, signal.SIGKILL)
     shutil.rmtree(path, ignore_errors=True)
-
-
-def qemu_processes_using(path: Path) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv and argv[0].endswith(b"qemu-system-x86_64") and any(
-                str(path).encode() in a for a in argv):
-            pids.append(int(entry.name))
-    return pids
 
 
 def env_for(home: Path) -> dict:
@@ -60,7 +43,7 @@ def env_for(home: Path) -> dict:
 
 
 def nothing_left(home: Path) -> None:
-    assert qemu_processes_using(home) == []
+    assert qemu_pids_using(home) == []
     assert list((home / "instances").iterdir()) == []
 
 
@@ -68,7 +51,7 @@ def kindling_run(home: Path, *args: str, timeout: float = 300) -> subprocess.Com
     result = subprocess.run([*KINDLING, "run", "--timeout", "120", *args], cwd=ROOT,
                             env=env_for(home), stdin=subprocess.DEVNULL, capture_output=True,
                             text=True, timeout=timeout)
-    assert qemu_processes_using(home) == []
+    assert qemu_pids_using(home) == []
     return result
 
 
@@ -187,7 +170,7 @@ def test_signal_stops_qemu(home, signum):
     try:
         read_until(shim.stderr, "kindling: Running")
         assert shim.stdout.readline() == "running\n"
-        assert len(qemu_processes_using(home)) == 1
+        assert len(qemu_pids_using(home)) == 1
         shim.send_signal(signum)
         out, err = shim.communicate(timeout=60)
     finally:
@@ -231,7 +214,7 @@ def test_qemu_killed_mid_run(home):
     shim = start_run(home, "--", "sh", "-c", "echo up; sleep 1000")
     try:
         read_until(shim.stderr, "kindling: Running")
-        (pid,) = qemu_processes_using(home)
+        (pid,) = qemu_pids_using(home)
         os.kill(pid, signal.SIGKILL)
         out, err = shim.communicate(timeout=60)
     finally:
@@ -278,7 +261,7 @@ def test_frozen_qemu_is_killed(home, monkeypatch, capsys):
         while time.monotonic() < deadline:
             for meta_path in home.glob("instances/*/metadata.json"):
                 if json.loads(meta_path.read_text()).get("state") == "Running":
-                    (pid,) = qemu_processes_using(home)
+                    (pid,) = qemu_pids_using(home)
                     os.kill(pid, signal.SIGSTOP)
                     return
             await trio.sleep(0.1)

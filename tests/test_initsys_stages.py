@@ -4,7 +4,6 @@ real ext4 images, and a private mount namespace.  Checked with tools we did
 not write (`ip -j`, reading the mounted files)."""
 
 import json
-import os
 import subprocess
 import sys
 import textwrap

@@ -1,14 +1,13 @@
 """Network and volumes in real VMs under TCG (issue 3 acceptance)."""
 
 import os
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
 
-from tests.vm import KINDLING, ROOT, kindling_run, qemu_pids_using, require_qemu
+from tests.vm import KINDLING, ROOT, kindling_run, require_qemu
 
 pytestmark = pytest.mark.vm
 

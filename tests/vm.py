@@ -16,8 +16,8 @@ KINDLING = [sys.executable, "-m", "host_shim.cli"]
 
 def require_qemu():
     """Fail loudly (never skip) when QEMU is missing: `make test` installs it."""
-    if shutil.which("qemu-system-x86_64") is None:
-        raise AssertionError("qemu-system-x86_64 not found: run `make test` (it installs qemu-system-x86)")
+    assert shutil.which("qemu-system-x86_64"), \
+        "qemu-system-x86_64 not found: run `make test` (it installs qemu-system-x86)"
 
 
 def qemu_pids_using(path):
