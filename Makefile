@@ -1,6 +1,7 @@
-# Kindling: the two entry points of the README, on a fresh Debian 12 machine as root.
+# Kindling: the entry points of the README, on a fresh Debian 12 machine as root.
 #   make demo   build the default images, boot a VM that runs a command, print its boot timeline
 #   make test   run the whole test suite (host tests and real VMs under TCG)
+#   make bench  the boot and stage benchmarks (bench/boot.py, bench/stages.py; figures, not assertions)
 #
 # On the development machines nested KVM exists but is unusably slow, so the demo and the
 # tests force TCG.  The `kindling` CLI itself defaults to --accel auto (KVM when it works).
@@ -18,6 +19,10 @@ demo: deps
 
 test: deps
 	$(VENV)/bin/python -m pytest -v -rs
+
+bench: deps
+	$(VENV)/bin/python bench/boot.py
+	$(VENV)/bin/python bench/stages.py
 
 deps: apt venv
 
