@@ -1,17 +1,22 @@
 """PID 1's helper processes (the network stage): started from the initrd's own
 Python with the interpreter flags PID 1 has, tracked by the reaper so their
 exit status is never stolen, and bounded by a timeout at the call site.
+
+A helper can be launched from a plain thread (`launch`, as the setup thread
+does as soon as the config is known) and awaited later from trio (`finish`).
 """
 
 import os
 import subprocess
 import sys
+import time
 
 import initsys
 
 LIB = os.path.dirname(os.path.dirname(os.path.abspath(initsys.__file__)))
 _BOOT = ("import sys; sys.path.insert(0, sys.argv[1]); "
          "from initsys import {module} as m; sys.exit(m.main(sys.argv[2:]))")
+MAX_STDERR = 65536
 
 
 def helper_argv(module, *args):
@@ -23,30 +28,54 @@ class HelperFailed(OSError):
     pass
 
 
-async def run_helper(reaper, module, *args, timeout):
-    """Run `initsys.<module>.main(args)` in a child process; raise HelperFailed
-    with its stderr when it fails or outlives `timeout` seconds."""
+class Helper:
+    """A launched helper: its process, and when it was started (guest clock)."""
+
+    def __init__(self, module, popen, started):
+        self.module = module
+        self.popen = popen
+        self.started = started
+
+
+def launch(reaper, module, *args):
+    """Start `initsys.<module>.main(args)` from any thread; the reaper tracks it."""
+    with reaper.spawning_sync():
+        popen = subprocess.Popen(helper_argv(module, *args), stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        reaper.track(popen.pid)
+    return Helper(module, popen, time.monotonic())
+
+
+async def finish(reaper, helper, *, timeout):
+    """Wait (trio, on a pidfd: no polling) for the helper; raise HelperFailed with its
+    last stderr line when it fails or outlives `timeout` seconds from its launch."""
     import trio
 
-    async with reaper.spawning():
-        proc = await trio.lowlevel.open_process(
-            helper_argv(module, *args), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE)
-        reaper.track(proc.pid)
-    err = bytearray()
+    popen = helper.popen
+    pidfd = os.pidfd_open(popen.pid)
     try:
-        with trio.move_on_after(timeout) as scope:
-            while chunk := await proc.stderr.receive_some(4096):
-                if len(err) < 65536:
-                    err += chunk
-            await proc.wait()
-        if scope.cancelled_caught:
-            proc.kill()
-            await proc.wait()
-            raise HelperFailed(f"{module} helper did not finish within {timeout:.0f} s")
+        remaining = helper.started + timeout - time.monotonic()
+        with trio.move_on_after(max(remaining, 0)) as scope:
+            await trio.lowlevel.wait_readable(pidfd)
     finally:
-        reaper.untrack(proc.pid)
-        await proc.stderr.aclose()
-    if proc.returncode != 0:
-        text = err.decode("utf-8", "replace").strip().splitlines()
-        raise HelperFailed(text[-1] if text else f"{module} helper exited with {proc.returncode}")
+        os.close(pidfd)
+    if scope.cancelled_caught:
+        popen.kill()
+    popen.wait()  # exited (or killed just now): reaps it
+    reaper.untrack(popen.pid)
+    err = popen.stderr.read(MAX_STDERR) if popen.stderr else b""
+    if popen.stderr:
+        popen.stderr.close()
+    if scope.cancelled_caught:
+        raise HelperFailed(f"{helper.module} helper did not finish within {timeout:.0f} s")
+    if popen.returncode != 0:
+        lines = err.decode("utf-8", "replace").strip().splitlines()
+        raise HelperFailed(lines[-1] if lines else f"{helper.module} helper exited with {popen.returncode}")
+
+
+async def run_helper(reaper, module, *args, timeout):
+    """launch + finish, from trio (the spawn runs in a worker thread)."""
+    import trio
+
+    helper = await trio.to_thread.run_sync(launch, reaper, module, *args)
+    await finish(reaper, helper, timeout=timeout)

@@ -50,8 +50,10 @@ class SetupFailed(Exception):
 class OrderedSetup(threading.Thread):
     """modules -> disks -> rootfs -> config -> newroot, in order, off the main thread."""
 
-    def __init__(self, wants_serial_port=False):
+    def __init__(self, reaper, wants_serial_port=False):
         super().__init__(name="setup", daemon=True)
+        self.reaper = reaper
+        self.launched_network = None
         self.wants_serial_port = wants_serial_port
         self.error = None
         self.config = None
@@ -65,7 +67,7 @@ class OrderedSetup(threading.Thread):
             self.error = SetupFailed(timeline.current(), e)
 
     def _run(self):
-        from initsys import agent_gate, config, devices, ports, rootfs
+        from initsys import agent_gate, config, devices, ports, rootfs, stages
 
         with Stage("modules"):
             watcher = devices.BlockWatcher()  # listening before the block driver loads
@@ -87,15 +89,16 @@ class OrderedSetup(threading.Thread):
             self.config = config.load(disks["config"])
         with Stage("newroot"):
             mounts.bind_into_newroot()
+        if stages.strategy_of(self.config) == "concurrent":
+            self.launched_network = stages.launch_network_early(self.config, self.reaper, mounts.NEWROOT)
 
 
 async def boot(setup, agent):
     import trio
 
     from initsys import agent_gate, program
-    from initsys.reaper import Reaper
 
-    reaper = Reaper()
+    reaper = setup.reaper
     if agent is not None:
         reaper.track(agent.pid)
     async with trio.open_nursery() as nursery:
@@ -112,7 +115,8 @@ async def boot(setup, agent):
             raise OSError(f"init_mode {cfg.init_mode!r} is not supported by this initrd yet")
 
         from initsys import stages
-        await stages.run(cfg, reaper, mounts.NEWROOT, stages.strategy_of(cfg))
+        launched = {"network": setup.launched_network} if setup.launched_network else {}
+        await stages.run(cfg, reaper, mounts.NEWROOT, stages.strategy_of(cfg), launched)
 
         if agent is not None and cfg.skip_guest_agent:
             agent.cancel()
@@ -161,7 +165,8 @@ def main(t0):
             with Stage("agent-spawn"):
                 from initsys.agent_gate import AgentProcess
                 agent = AgentProcess()  # imports trio + the agent on the other vCPU meanwhile
-        setup = OrderedSetup(wants_serial_port=agent_mode == "serial")
+        from initsys.reaper import Reaper
+        setup = OrderedSetup(Reaper(), wants_serial_port=agent_mode == "serial")
         setup.start()
         with Stage("imports"):
             import trio

@@ -17,8 +17,6 @@ its KINDLING-STAGE line; a failure names its stage in the KINDLING-FATAL line.
 import os
 import time
 
-import trio
-
 from initsys import helpers, volumes
 from initsys.timeline import record
 
@@ -53,7 +51,9 @@ def strategy_of(cfg, environ=os.environ):
     return environ.get("kindling_strategy") or cfg.boot_strategy
 
 
-async def volume_stage(cfg, reaper, newroot):
+async def volume_stage(cfg, reaper, newroot, launched=None):
+    import trio
+
     from initsys.devices import BlockWatcher
 
     watcher = BlockWatcher()
@@ -70,21 +70,38 @@ async def volume_stage(cfg, reaper, newroot):
         bind_into_newroot(newroot)  # a volume over / hides the first bind mounts
 
 
-async def network_stage(cfg, reaper, newroot):
+def launch_network_early(cfg, reaper, newroot):
+    """The network helper can start as soon as the config is read -- from the setup
+    thread, while PID 1 still imports trio -- unless it must wait for the volumes.
+    Its Python start-up and pyroute2 import (~1 s under TCG) then overlap the rest
+    of the boot; the network stage only waits for it.  Returns the Helper or None."""
+    if not cfg.network_enabled or ("network", ("volumes",)) in plan(cfg):
+        return None
+    return helpers.launch(reaper, "network", *network_args(cfg, newroot))
+
+
+def network_args(cfg, newroot):
     import json
 
     from initsys.network import settings_of
-    await helpers.run_helper(reaper, "network", newroot, json.dumps(settings_of(cfg)),
-                             timeout=NETWORK_TIMEOUT)
+    return newroot, json.dumps(settings_of(cfg))
+
+
+async def network_stage(cfg, reaper, newroot, launched=None):
+    if launched is None:
+        await helpers.run_helper(reaper, "network", *network_args(cfg, newroot), timeout=NETWORK_TIMEOUT)
+    else:
+        await helpers.finish(reaper, launched, timeout=NETWORK_TIMEOUT)
 
 
 RUNNERS = {"volumes": volume_stage, "network": network_stage}
 
 
-async def _run_stage(name, cfg, reaper, newroot, timings):
-    start = time.monotonic()
+async def _run_stage(name, cfg, reaper, newroot, timings, launched):
+    helper = launched.get(name)
+    start = helper.started if helper is not None else time.monotonic()
     try:
-        await RUNNERS[name](cfg, reaper, newroot)
+        await RUNNERS[name](cfg, reaper, newroot, helper)
     except Exception as e:
         raise StageFailed(name, e) from None
     end = time.monotonic()
@@ -92,20 +109,26 @@ async def _run_stage(name, cfg, reaper, newroot, timings):
     record(name, start, end)
 
 
-async def run(cfg, reaper, newroot, strategy="concurrent"):
-    """Run the planned stages; returns {stage: (start, end)} on the guest clock."""
+async def run(cfg, reaper, newroot, strategy="concurrent", launched=None):
+    """Run the planned stages; returns {stage: (start, end)} on the guest clock.
+
+    `launched`: {stage: Helper} already started early (launch_network_early).
+    """
+    import trio  # not at the top: the setup thread imports this module while trio loads
+
     timings = {}
+    launched = launched or {}
     stages = plan(cfg)
     if strategy == "sequential":
         for name, _ in stages:
-            await _run_stage(name, cfg, reaper, newroot, timings)
+            await _run_stage(name, cfg, reaper, newroot, timings, launched)
         return timings
     done = {name: trio.Event() for name, _ in stages}
 
     async def one(name, after):
         for dep in after:
             await done[dep].wait()
-        await _run_stage(name, cfg, reaper, newroot, timings)
+        await _run_stage(name, cfg, reaper, newroot, timings, launched)
         done[name].set()
 
     try:
