@@ -239,7 +239,7 @@ def qemu_argv(instance: Instance, artifacts, disks: tuple[qemu.Disk, ...], accel
         # -pidfile: QEMU holds a lock on it while it runs (host_shim/vmm.py).
         extra_args=("-pidfile", os.fspath(instance.pidfile), "-S", *net_args, *agent_devices),
         # the kernel hands init the first of two equal keys: a test hook's value must win
-        cmdline_extra=tuple(a for a in (agent_karg,) if not any(
+        cmdline_extra=(("kindling_net=1",) if opts.net else ()) + tuple(a for a in (agent_karg,) if not any(
             k.startswith("kindling_agent=") for k in opts.kernel_args)) + tuple(opts.kernel_args),
     )
     argv = qemu.build_argv(spec, binary)

@@ -29,21 +29,58 @@ class HelperFailed(OSError):
 
 
 class Helper:
-    """A launched helper: its process, and when it was started (guest clock)."""
+    """A launched helper: its process, and when its work started (guest clock).
 
-    def __init__(self, module, popen, started):
+    A *deferred* helper starts, imports what it needs, then blocks on its `go`
+    pipe until `release(data)` hands it its work (or `cancel()` closes the pipe
+    unwritten and it exits): the imports happen before the work is known.
+    """
+
+    def __init__(self, module, popen, started, go=None):
         self.module = module
         self.popen = popen
         self.started = started
+        self._go = go
+
+    @property
+    def released(self):
+        return self._go is None
+
+    def release(self, data):
+        try:
+            os.write(self._go, data)  # small (a few hundred bytes): fits the pipe
+        except BrokenPipeError:
+            pass  # it died already; finish() reports how
+        finally:
+            os.close(self._go)
+            self._go = None
+        self.started = time.monotonic()
+
+    def cancel(self, reaper):
+        """Not wanted: it exits; nobody needs its status, so the reaper may take it."""
+        if self._go is not None:
+            os.close(self._go)
+            self._go = None
+        reaper.untrack(self.popen.pid)
 
 
-def launch(reaper, module, *args):
-    """Start `initsys.<module>.main(args)` from any thread; the reaper tracks it."""
-    with reaper.spawning_sync():
-        popen = subprocess.Popen(helper_argv(module, *args), stdin=subprocess.DEVNULL,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        reaper.track(popen.pid)
-    return Helper(module, popen, time.monotonic())
+def launch(reaper, module, *args, deferred=False):
+    """Start `initsys.<module>.main(args)` from any thread; the reaper tracks it.
+    Deferred: main gets `--go-fd N` first and reads its work from that fd."""
+    go_r = go_w = None
+    if deferred:
+        go_r, go_w = os.pipe2(os.O_CLOEXEC)
+        args = ("--go-fd", str(go_r), *args)
+    try:
+        with reaper.spawning_sync():
+            popen = subprocess.Popen(helper_argv(module, *args), stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     pass_fds=(go_r,) if deferred else ())
+            reaper.track(popen.pid)
+    finally:
+        if go_r is not None:
+            os.close(go_r)
+    return Helper(module, popen, time.monotonic(), go_w)
 
 
 async def finish(reaper, helper, *, timeout):

@@ -50,9 +50,10 @@ class SetupFailed(Exception):
 class OrderedSetup(threading.Thread):
     """modules -> disks -> rootfs -> config -> newroot, in order, off the main thread."""
 
-    def __init__(self, reaper, wants_serial_port=False):
+    def __init__(self, reaper, wants_serial_port=False, prestarted_network=None):
         super().__init__(name="setup", daemon=True)
         self.reaper = reaper
+        self.prestarted_network = prestarted_network
         self.launched_network = None
         self.wants_serial_port = wants_serial_port
         self.error = None
@@ -90,7 +91,12 @@ class OrderedSetup(threading.Thread):
         with Stage("newroot"):
             mounts.bind_into_newroot()
         if stages.strategy_of(self.config) == "concurrent":
-            self.launched_network = stages.launch_network_early(self.config, self.reaper, mounts.NEWROOT)
+            self.launched_network = stages.launch_network_early(
+                self.config, self.reaper, mounts.NEWROOT, self.prestarted_network)
+        elif self.prestarted_network is not None and not self.config.network_enabled:
+            self.prestarted_network.cancel(self.reaper)
+        else:
+            self.launched_network = self.prestarted_network  # released in stage order
 
 
 async def boot(setup, agent):
@@ -166,7 +172,14 @@ def main(t0):
                 from initsys.agent_gate import AgentProcess
                 agent = AgentProcess()  # imports trio + the agent on the other vCPU meanwhile
         from initsys.reaper import Reaper
-        setup = OrderedSetup(Reaper(), wants_serial_port=agent_mode == "serial")
+        reaper = Reaper()
+        network = None
+        if os.environ.get("kindling_net") == "1":  # the host says config.json enables it
+            with Stage("network-spawn"):
+                from initsys import helpers
+                network = helpers.launch(reaper, "network", deferred=True)
+        setup = OrderedSetup(reaper, wants_serial_port=agent_mode == "serial",
+                             prestarted_network=network)
         setup.start()
         with Stage("imports"):
             import trio

@@ -70,14 +70,30 @@ async def volume_stage(cfg, reaper, newroot, launched=None):
         bind_into_newroot(newroot)  # a volume over / hides the first bind mounts
 
 
-def launch_network_early(cfg, reaper, newroot):
+def launch_network_early(cfg, reaper, newroot, prestarted=None):
     """The network helper can start as soon as the config is read -- from the setup
     thread, while PID 1 still imports trio -- unless it must wait for the volumes.
     Its Python start-up and pyroute2 import (~1 s under TCG) then overlap the rest
-    of the boot; the network stage only waits for it.  Returns the Helper or None."""
-    if not cfg.network_enabled or ("network", ("volumes",)) in plan(cfg):
+    of the boot; the network stage only waits for it.  With `prestarted` (a deferred
+    helper PID 1 started at boot because the host said `kindling_net=1`), the imports
+    are done already and it is only released.  Returns the Helper for the stage, or None."""
+    if not cfg.network_enabled:
+        if prestarted is not None:
+            prestarted.cancel(reaper)
         return None
+    if ("network", ("volumes",)) in plan(cfg):
+        return prestarted  # released by the network stage, after the volumes
+    if prestarted is not None:
+        prestarted.release(_go_data(cfg, newroot))
+        return prestarted
     return helpers.launch(reaper, "network", *network_args(cfg, newroot))
+
+
+def _go_data(cfg, newroot):
+    import json
+
+    root, settings = network_args(cfg, newroot)
+    return json.dumps([root, json.loads(settings)]).encode()
 
 
 def network_args(cfg, newroot):
@@ -90,8 +106,10 @@ def network_args(cfg, newroot):
 async def network_stage(cfg, reaper, newroot, launched=None):
     if launched is None:
         await helpers.run_helper(reaper, "network", *network_args(cfg, newroot), timeout=NETWORK_TIMEOUT)
-    else:
-        await helpers.finish(reaper, launched, timeout=NETWORK_TIMEOUT)
+        return
+    if not launched.released:
+        launched.release(_go_data(cfg, newroot))
+    await helpers.finish(reaper, launched, timeout=NETWORK_TIMEOUT)
 
 
 RUNNERS = {"volumes": volume_stage, "network": network_stage}
@@ -99,9 +117,11 @@ RUNNERS = {"volumes": volume_stage, "network": network_stage}
 
 async def _run_stage(name, cfg, reaper, newroot, timings, launched):
     helper = launched.get(name)
-    start = helper.started if helper is not None else time.monotonic()
+    start = time.monotonic()
     try:
         await RUNNERS[name](cfg, reaper, newroot, helper)
+        if helper is not None:
+            start = min(start, helper.started)  # its work began when it was released
     except Exception as e:
         raise StageFailed(name, e) from None
     end = time.monotonic()
