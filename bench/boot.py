@@ -7,7 +7,7 @@ Prints, as medians over the runs (min..max beside them):
 and the median of every PID 1 stage, plus the initrd size.  The machine is
 shared and noisy: compare medians, and ratios measured in the same run.
 
-    .venv/bin/python bench/boot.py [--runs 5] [--json FILE] [--cpus N] [--machine microvm|pc]
+    .venv/bin/python bench/boot.py [--runs 5] [--json FILE] [--cpus N] [--agent serial|none]
 """
 
 import argparse
@@ -57,8 +57,10 @@ def main(argv=None):
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--json", type=Path)
     ap.add_argument("--cpus", type=int)
+    ap.add_argument("--agent", choices=("serial", "none"), default="serial",
+                    help="none: no agent, so PROGRAM-START waits for no readiness gate")
     args = ap.parse_args(argv)
-    extra = ["--cpus", str(args.cpus)] if args.cpus else []
+    extra = (["--cpus", str(args.cpus)] if args.cpus else []) + ["--agent", args.agent]
 
     from image_build.build import BuildOptions, build_all
     with tempfile.TemporaryDirectory(prefix="kindling-bench-") as tmp:
@@ -81,7 +83,7 @@ def main(argv=None):
     rows = [("kernel start -> PID 1 (guest)", summary(kernel)),
             ("PID 1 -> PROGRAM-START (guest)", summary(pid1)),
             ("host wall create -> exit", summary(walls))]
-    print(f"\nboot benchmark: {args.runs} runs, TCG, `kindling run -- true`")
+    print(f"\nboot benchmark: medians over {args.runs} runs, TCG, `kindling run --agent {args.agent} -- true`")
     print(f"{'measure':34} {'median':>8} {'min':>8} {'max':>8}")
     for name, (med, lo, hi) in rows:
         print(f"{name:34} {med:8.3f} {lo:8.3f} {hi:8.3f}")
