@@ -28,6 +28,8 @@ WANTED_MODULES = [
     "vmw_vsock_virtio_transport",
     "overlay",
     "erofs",
+    "button",  # ACPI power button: the host's graceful stop (initsys/powerbutton.py)
+    "evdev",   # ... read by PID 1 from /dev/input/eventN
 ]
 
 # In the initrd (merged /usr: /lib -> usr/lib).

@@ -13,6 +13,7 @@ GUEST_MODULES = [
     "initsys.agent_gate",
     "initsys.agent_boot",
     "initsys.ports",
+    "initsys.powerbutton",
     "agent.main",
     "initsys.rootfs",
     "trio",

@@ -12,7 +12,7 @@ import time
 
 import trio
 
-from initsys import console, libc, protocol
+from initsys import console, libc, powerbutton, protocol
 from initsys.mounts import NEWROOT
 from initsys.timeline import record
 
@@ -88,6 +88,7 @@ async def run(cfg, reaper):
     record("program-start", started, time.monotonic())
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_forward_signals, proc)
+        nursery.start_soon(powerbutton.forward_presses, proc)
         await proc.wait()
         nursery.cancel_scope.cancel()
     reaper.untrack(proc.pid)

@@ -47,3 +47,14 @@ def test_fs_type_reads_real_superblocks(tmp_path):
     assert fs_type(str(ext4)) == "ext4"
     assert fs_type(str(erofs)) == "erofs"
     assert fs_type(str(junk)) is None
+
+
+def test_power_button_presses_are_counted_from_input_events():
+    from initsys.powerbutton import EV_KEY, EVENT, KEY_POWER, presses
+    press = EVENT.pack(0, 0, EV_KEY, KEY_POWER, 1)
+    release = EVENT.pack(0, 0, EV_KEY, KEY_POWER, 0)
+    sync = EVENT.pack(0, 0, 0, 0, 0)
+    other = EVENT.pack(0, 0, EV_KEY, 30, 1)
+    assert presses(press + sync + release + sync) == 1
+    assert presses(other + release) == 0
+    assert presses(press + press[:10]) == 1   # a torn trailing event is ignored

@@ -92,3 +92,31 @@ def test_fatal_line_is_exactly_one_line_with_stage_and_quoted_error(home, tmp_pa
     fatal = [line for line in log.read_text().splitlines() if "KINDLING-FATAL" in line]
     assert fatal == ["KINDLING-FATAL stage=config error=\"config.json field 'workdir': "
                      "expected an absolute path, got 'relative/dir'\""]
+
+
+def test_stop_is_graceful_through_the_acpi_power_button(home):
+    """`kindling stop` sends an ACPI power-down; PID 1 forwards SIGTERM to the program."""
+    import os
+    import subprocess
+    import time
+
+    from tests.vm import KINDLING, ROOT
+
+    env = dict(os.environ, KINDLING_HOME=str(home), KINDLING_ACCEL="tcg")
+
+    def kindling(*args):
+        return subprocess.run([*KINDLING, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=180, stdin=subprocess.DEVNULL)
+
+    script = 'trap "echo got-term; exit 3" TERM; while true; do sleep 0.2; done'
+    assert kindling("create", "--name", "pb", "--", "sh", "-c", script).returncode == 0
+    try:
+        assert kindling("wait", "pb", "--for", "running", "--timeout", "150").returncode == 0
+        t = time.monotonic()
+        assert kindling("stop", "pb", "-t", "60").returncode == 0
+        assert time.monotonic() - t < 30, "stop waited for its grace period: no graceful path"
+        info = json.loads(kindling("inspect", "pb", "--json").stdout)
+        assert info["exit"]["code"] == 3
+        assert "got-term" in kindling("logs", "pb").stdout
+    finally:
+        kindling("delete", "pb")
