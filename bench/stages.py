@@ -26,20 +26,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from initsys import protocol  # noqa: E402
+from boot import stages_of  # noqa: E402  (bench/boot.py: this script's folder is on sys.path)
 
 STRATEGIES = ("concurrent", "sequential")
 MEASURES = (("pid1", "PID 1 -> PROGRAM-START (guest)"), ("network", "network stage (guest)"),
             ("volumes", "volumes stage (guest)"), ("wall", "host wall create -> exit"))
-
-
-def stages_of(app_log):
-    stages = {}
-    for line in app_log.read_text(errors="replace").splitlines():
-        m = protocol.parse_line(line)
-        if m is not None and m.kind == protocol.STAGE:
-            stages[m.fields["name"]] = (float(m.fields["start"]), float(m.fields["end"]))
-    return stages
 
 
 def kindling(home, *argv, timeout):

@@ -15,17 +15,10 @@ import os
 import sys
 
 
-def read_all(fd):
-    chunks = []
-    while chunk := os.read(fd, 65536):
-        chunks.append(chunk)
-    os.close(fd)
-    return b"".join(chunks)
-
-
 def main(argv):
     """Helper entry: GO_FD.  The ready fd and file come in KINDLING_READY_*."""
     import agent.main  # everything serve() needs, imported before `go`
+    from initsys.helpers import read_all
 
     go = read_all(int(argv[0]))
     if not go:

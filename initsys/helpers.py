@@ -24,6 +24,15 @@ def helper_argv(module, *args):
     return [sys.executable, flags, "-c", _BOOT.format(module=module), LIB, *args]
 
 
+def read_all(fd):
+    """Everything until EOF from a pipe (a `go` message), then close it."""
+    chunks = []
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
+    os.close(fd)
+    return b"".join(chunks)
+
+
 class HelperFailed(OSError):
     pass
 

@@ -92,14 +92,6 @@ def settings_of(cfg):
             "guest_dns": cfg.guest_dns, "hostname": cfg.hostname, "mtu": cfg.mtu, "hosts": cfg.hosts}
 
 
-def _read_go(fd):
-    chunks = []
-    while chunk := os.read(fd, 65536):
-        chunks.append(chunk)
-    os.close(fd)
-    return b"".join(chunks)
-
-
 def main(argv):
     """Helper entry: ROOT SETTINGS_JSON [IFNAME], or `--go-fd N` (deferred: import
     first, then read the JSON [ROOT, SETTINGS] from fd N; nothing there = not wanted)."""
@@ -107,7 +99,8 @@ def main(argv):
         if argv[0] == "--go-fd":
             import_iproute()
             import initsys.devices  # noqa: F401  (pyudev, for the link wait)
-            go = _read_go(int(argv[1]))
+            from initsys.helpers import read_all
+            go = read_all(int(argv[1]))
             if not go:
                 return 0
             root, settings = json.loads(go)
