@@ -60,19 +60,12 @@ def _seconds(text: str) -> float:
     return value
 
 
-_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-
-
 def _size(text: str) -> int:
-    """A byte count: 1048576, 512K, 4M, 1G."""
-    number, unit = text.strip(), ""
-    if number[-1:].lower() in ("k", "m", "g"):
-        number, unit = number[:-1], number[-1].lower()
+    """A byte count for argparse: 1048576, 512K, 4M, 1G (volumes.parse_size)."""
     try:
-        return int(number) * _SIZE_UNITS[unit]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a size like 4M or 65536, got {text!r}") \
-            from None
+        return volumes.parse_size(text)
+    except KindlingError as e:
+        raise argparse.ArgumentTypeError(e.message) from None
 
 
 def _add_common(parser: argparse.ArgumentParser, *, json_output: bool = True) -> None:
@@ -364,7 +357,7 @@ def cmd_stat(args: argparse.Namespace) -> int:
 # --- volumes -----------------------------------------------------------------------
 
 def cmd_volume_create(args: argparse.Namespace) -> int:
-    image = volumes.create(_home(), args.volume_name, volumes.parse_size(args.size))
+    image = volumes.create(_home(), args.volume_name, args.size)
     if args.json:
         _print_json({"name": args.volume_name, "path": str(image), "size": image.stat().st_size})
     else:
@@ -479,7 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Make an empty ext4 volume in $KINDLING_HOME/volumes/NAME.img; attach it "
                     "with `--volume NAME:/path[:ro|rw|overlay]`.")
     vcreate.add_argument("volume_name", metavar="NAME")
-    vcreate.add_argument("--size", required=True, metavar="SIZE", help="e.g. 64M, 1G")
+    vcreate.add_argument("--size", required=True, type=_size, metavar="SIZE", help="e.g. 64M, 1G")
     _add_common(vcreate)
     vcreate.set_defaults(func=cmd_volume_create, error_code=EXIT_ERROR)
     return parser

@@ -60,21 +60,20 @@ def make_config_disk(config: dict | bytes | str, path: Path) -> Path:
     return path
 
 
-def make_overlay_disk(path: Path, size_bytes: int) -> Path:
-    """A sparse, empty ext4 image for the overlay's upper layer."""
+def _empty_ext4(path: Path, size_bytes: int, what: str, label: str) -> Path:
     path = Path(path)
-    size_bytes = _check_size(f"overlay disk {path}", size_bytes)
+    size_bytes = _check_size(f"{what} {path}", size_bytes)
     cache.ensure_dir(path.parent)
-    make_ext4(None, path, size_bytes=size_bytes, key=str(uuid.uuid4()), label="kindling-ovl",
+    make_ext4(None, path, size_bytes=size_bytes, key=str(uuid.uuid4()), label=label,
               journal=True, lazy=True)
     return path
+
+
+def make_overlay_disk(path: Path, size_bytes: int) -> Path:
+    """A sparse, empty ext4 image for the overlay's upper layer."""
+    return _empty_ext4(path, size_bytes, "overlay disk", "kindling-ovl")
 
 
 def make_volume(path: Path, size_bytes: int) -> Path:
     """A sparse, empty ext4 volume."""
-    path = Path(path)
-    size_bytes = _check_size(f"volume {path}", size_bytes)
-    cache.ensure_dir(path.parent)
-    make_ext4(None, path, size_bytes=size_bytes, key=str(uuid.uuid4()), label="kindling-vol",
-              journal=True, lazy=True)
-    return path
+    return _empty_ext4(path, size_bytes, "volume", "kindling-vol")

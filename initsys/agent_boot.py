@@ -16,11 +16,12 @@ import sys
 
 
 def main(argv):
-    """Helper entry: GO_FD.  The ready fd and file come in KINDLING_READY_*."""
+    """Helper entry: --go-fd N (initsys/helpers.launch, deferred).  The ready fd and
+    file come in KINDLING_READY_*."""
     import agent.main  # everything serve() needs, imported before `go`
     from initsys.helpers import read_all
 
-    go = read_all(int(argv[0]))
+    go = read_all(int(argv[1]))
     if not go:
         return 0  # not wanted
     order = json.loads(go)

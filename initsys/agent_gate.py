@@ -10,7 +10,6 @@ program never runs.
 
 import json
 import os
-import subprocess
 
 from initsys import helpers
 
@@ -33,10 +32,10 @@ def transport_from_cmdline(environ=os.environ):
 
 
 class AgentProcess:
-    """The agent child: spawned early (before trio), released or cancelled later."""
+    """The agent child: a deferred helper (initsys/helpers.py) spawned early, before
+    trio, and released or cancelled once the config is known."""
 
-    def __init__(self):
-        go_r, self._go_w = os.pipe2(os.O_CLOEXEC)
+    def __init__(self, reaper):
         self._ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
         console = os.open("/dev/console", os.O_WRONLY | os.O_NOCTTY | os.O_CLOEXEC) \
             if os.path.exists("/dev/console") else None
@@ -45,35 +44,25 @@ class AgentProcess:
         if os.environ.get("kindling_agent_fault"):  # test hook, from the kernel command line
             env["KINDLING_AGENT_FAULT"] = os.environ["kindling_agent_fault"]
         try:
-            self.popen = subprocess.Popen(
-                helpers.helper_argv("agent_boot", str(go_r)), env=env, pass_fds=(go_r, ready_w),
-                stdin=subprocess.DEVNULL, stdout=console, stderr=console, start_new_session=True)
+            self.helper = helpers.launch(reaper, "agent_boot", deferred=True, env=env,
+                                         pass_fds=(ready_w,), stdout=console, stderr=console,
+                                         new_session=True)
         finally:
-            os.close(go_r)
             os.close(ready_w)
             if console is not None:
                 os.close(console)
-        self.pid = self.popen.pid
+        self.pid = self.helper.popen.pid
 
     def cancel(self):
-        """Not wanted: close `go` unwritten; the agent exits."""
-        if self._go_w is not None:
-            os.close(self._go_w)
-            self._go_w = None
+        """Not wanted: the agent exits (supervise() reaps it)."""
+        self.helper.cancel()
         os.close(self._ready_r)
 
     async def release_and_wait(self, root, env, transport, timeout=READY_TIMEOUT):
         """Send `go`, then wait for the readiness byte.  Raises AgentFailed."""
         import trio
 
-        data = json.dumps({"root": root, "env": env, "transport": transport}).encode()
-        try:
-            os.write(self._go_w, data)  # a few hundred bytes: fits the pipe buffer
-        except BrokenPipeError:
-            raise AgentFailed("the agent exited before it was released") from None
-        finally:
-            os.close(self._go_w)
-            self._go_w = None
+        self.helper.release(json.dumps({"root": root, "env": env, "transport": transport}).encode())
         byte = b""
         with trio.move_on_after(timeout):
             await trio.lowlevel.wait_readable(self._ready_r)

@@ -20,10 +20,16 @@ LIBRARIES = {"udev": "libudev.so.1", "libc": "libc.so.6", "c": "libc.so.6"}
 POSITIONAL = {"rootfs": "vda", "overlay": "vdb", "config": "vdc"}
 
 
-def _load_pyudev():
+def load_pyudev():
+    """pyudev, with its library lookup pointed at LIBRARIES (patched once)."""
     from pyudev._ctypeslib import utils
-    original = utils.find_library
-    utils.find_library = lambda name: LIBRARIES.get(name) or original(name)
+    if not getattr(utils.find_library, "kindling", False):
+        original = utils.find_library
+
+        def find_library(name):
+            return LIBRARIES.get(name) or original(name)
+        find_library.kindling = True
+        utils.find_library = find_library
     import pyudev
     return pyudev
 
@@ -60,7 +66,7 @@ class BlockWatcher:
     """Watches block-device uevents; start it before loading the block driver."""
 
     def __init__(self, subsystem="block"):
-        pyudev = _load_pyudev()
+        pyudev = load_pyudev()
         self._context = pyudev.Context()
         self._monitor = pyudev.Monitor.from_netlink(self._context, source="kernel")
         self._monitor.filter_by(subsystem)
@@ -132,7 +138,7 @@ class LinkWatcher:
     """Waits for a network interface, on kernel uevents of the `net` subsystem."""
 
     def __init__(self):
-        pyudev = _load_pyudev()
+        pyudev = load_pyudev()
         self._monitor = pyudev.Monitor.from_netlink(pyudev.Context(), source="kernel")
         self._monitor.filter_by("net")
         self._monitor.start()

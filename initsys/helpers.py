@@ -65,26 +65,30 @@ class Helper:
             self._go = None
         self.started = time.monotonic()
 
-    def cancel(self, reaper):
-        """Not wanted: it exits; nobody needs its status, so the reaper may take it."""
+    def cancel(self, reaper=None):
+        """Not wanted: close `go` unwritten and it exits.  With `reaper`, nobody needs
+        its status any more, so the reaper may take it."""
         if self._go is not None:
             os.close(self._go)
             self._go = None
-        reaper.untrack(self.popen.pid)
+        if reaper is not None:
+            reaper.untrack(self.popen.pid)
 
 
-def launch(reaper, module, *args, deferred=False):
+def launch(reaper, module, *args, deferred=False, env=None, pass_fds=(),
+           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, new_session=False):
     """Start `initsys.<module>.main(args)` from any thread; the reaper tracks it.
     Deferred: main gets `--go-fd N` first and reads its work from that fd."""
     go_r = go_w = None
     if deferred:
         go_r, go_w = os.pipe2(os.O_CLOEXEC)
         args = ("--go-fd", str(go_r), *args)
+        pass_fds = (go_r, *pass_fds)
     try:
         with reaper.spawning_sync():
-            popen = subprocess.Popen(helper_argv(module, *args), stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     pass_fds=(go_r,) if deferred else ())
+            popen = subprocess.Popen(helper_argv(module, *args), env=env, stdin=subprocess.DEVNULL,
+                                     stdout=stdout, stderr=stderr, pass_fds=pass_fds,
+                                     start_new_session=new_session)
             reaper.track(popen.pid)
     finally:
         if go_r is not None:

@@ -50,9 +50,10 @@ class SetupFailed(Exception):
 class OrderedSetup(threading.Thread):
     """modules -> disks -> rootfs -> config -> newroot, in order, off the main thread."""
 
-    def __init__(self, reaper, wants_serial_port=False, prestarted_network=None):
+    def __init__(self, reaper, t0, wants_serial_port=False, prestarted_network=None):
         super().__init__(name="setup", daemon=True)
         self.reaper = reaper
+        self.t0 = t0
         self.prestarted_network = prestarted_network
         self.launched_network = None
         self.wants_serial_port = wants_serial_port
@@ -66,6 +67,10 @@ class OrderedSetup(threading.Thread):
             self._run()
         except BaseException as e:  # handed to the main thread, never lost
             self.error = SetupFailed(timeline.current(), e)
+        try:
+            self._record_boot_start()
+        except OSError:
+            pass  # the timeline only
 
     def _run(self):
         from initsys import agent_gate, config, devices, ports, rootfs, stages
@@ -98,6 +103,17 @@ class OrderedSetup(threading.Thread):
         else:
             self.launched_network = self.prestarted_network  # released in stage order
 
+    def _record_boot_start(self):
+        """The `kernel` and `python` stages, from the kernel log (here, off the critical path)."""
+        from initsys import libc
+
+        started = init_exec_time(libc.kernel_log())
+        if started is not None and started <= self.t0:
+            record("kernel", 0.0, started)
+            record("python", started, self.t0)  # interpreter start-up, up to /init's first line
+        else:
+            record("kernel", 0.0, self.t0)
+
 
 async def boot(setup, agent):
     import trio
@@ -105,8 +121,6 @@ async def boot(setup, agent):
     from initsys import agent_gate, program
 
     reaper = setup.reaper
-    if agent is not None:
-        reaper.track(agent.pid)
     async with trio.open_nursery() as nursery:
         await nursery.start(reaper.run)
         if agent is not None:
@@ -156,29 +170,21 @@ def main(t0):
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # forwarded to the program later
         with Stage("mounts"):
             mounts.mount_basic()
-        from initsys import libc
-
-        started = init_exec_time(libc.kernel_log())
-        if started is not None and started <= t0:
-            record("kernel", 0.0, started)
-            record("python", started, t0)  # interpreter start-up, up to /init's first line
-        else:
-            record("kernel", 0.0, t0)
         import os
         agent_mode = os.environ.get("kindling_agent", "vsock")
+        from initsys.reaper import Reaper
+        reaper = Reaper()
         agent = None
         if agent_mode != "off":
             with Stage("agent-spawn"):
                 from initsys.agent_gate import AgentProcess
-                agent = AgentProcess()  # imports trio + the agent on the other vCPU meanwhile
-        from initsys.reaper import Reaper
-        reaper = Reaper()
+                agent = AgentProcess(reaper)  # imports trio + the agent on the other vCPU meanwhile
         network = None
         if os.environ.get("kindling_net") == "1":  # the host says config.json enables it
             with Stage("network-spawn"):
                 from initsys import helpers
                 network = helpers.launch(reaper, "network", deferred=True)
-        setup = OrderedSetup(reaper, wants_serial_port=agent_mode == "serial",
+        setup = OrderedSetup(reaper, t0, wants_serial_port=agent_mode == "serial",
                              prestarted_network=network)
         setup.start()
         with Stage("imports"):

@@ -41,9 +41,9 @@ def link_ports(ports, dev=DEV_PORTS):
 
 def wait_for_port(name, timeout):
     """Create the /dev/virtio-ports links once `name` exists; its path, or None on timeout."""
-    from initsys.devices import _load_pyudev
+    from initsys.devices import load_pyudev
 
-    pyudev = _load_pyudev()
+    pyudev = load_pyudev()
     monitor = pyudev.Monitor.from_netlink(pyudev.Context(), source="kernel")
     monitor.filter_by("virtio-ports")
     monitor.start()

@@ -14,6 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT = 30.0
 
@@ -93,3 +95,11 @@ def wait_until(predicate, timeout, what):
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not within {timeout} s")
         time.sleep(0.02)
+
+
+@pytest.fixture(scope="module")
+def agent():
+    """A real agent process serving a unix socket, shared by a test module."""
+    a = AgentProcess()
+    yield a
+    a.stop()

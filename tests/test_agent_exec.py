@@ -7,17 +7,10 @@ import time
 import pytest
 import trio
 
-from agentproc import AgentProcess, process_gone, vm_rss_kib
+from agentproc import agent, process_gone, vm_rss_kib  # noqa: F401  (agent: fixture)
 from host_shim.agent_client import RemoteError, open_agent
 
 MiB = 1 << 20
-
-
-@pytest.fixture(scope="module")
-def agent():
-    a = AgentProcess()
-    yield a
-    a.stop()
 
 
 async def test_stdout_100_mib_streams_with_flat_rss(agent):

@@ -11,17 +11,10 @@ import trio
 import trio.testing
 
 from agent import wire
-from agentproc import AgentProcess
+from agentproc import agent  # noqa: F401  (fixture)
 from host_shim.agent_client import AgentProtocolError, RemoteError, open_agent, open_agent_stream
 
 MiB = 1 << 20
-
-
-@pytest.fixture(scope="module")
-def agent():
-    a = AgentProcess()
-    yield a
-    a.stop()
 
 
 def sha256(path):
