@@ -164,7 +164,9 @@ SERVE_AFTER_FORK = textwrap.dedent("""
         ctypes.CDLL(None).prctl(1, 9)    # PR_SET_PDEATHSIG, SIGKILL
         os._exit(agent.main.serve({"transport": "unix", "path": sys.argv[2]}, ready_fd=w))
     os.close(w)
-    print("ready byte", os.read(r, 1), flush=True)
+    line = f"ready byte {os.read(r, 1)!r}\\n"  # one write(): the child prints on this pipe too
+    sys.stdout.write(line)
+    sys.stdout.flush()
     print("exit", os.waitpid(pid, 0)[1] >> 8, flush=True)
 
     async def inside():                  # forking inside trio.run is refused clearly
