@@ -36,6 +36,10 @@ USAGE = ("usage: python3 -m agent.main --transport serial|vsock|unix [--path PAT
          " KINDLING_READY_FILE (file to write the ready timestamp to)\n")
 
 
+# Set for us by systemd and by kindling-agent.service (systemd mode), meaningless to the commands.
+SERVICE_ONLY_ENV = ("KINDLING_AGENT_ARGS", "INVOCATION_ID", "JOURNAL_STREAM", "SYSTEMD_EXEC_PID")
+
+
 class UsageError(Exception):
     pass
 
@@ -166,6 +170,8 @@ def main(argv=None):
         os.write(2, USAGE.encode())
         return 2 if str(e) else 0
     ready_file = os.environ.pop("KINDLING_READY_FILE", None) or None
+    for name in SERVICE_ONLY_ENV:
+        os.environ.pop(name, None)  # the commands get the config's env, not the unit's plumbing
     return serve(opts, ready_fd, ready_file=ready_file, chroot=opts["chroot"])
 
 

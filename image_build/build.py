@@ -60,7 +60,8 @@ def _py_tree_files(root: Path) -> list[Path]:
     files = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d != "__pycache__" and not d.startswith("."))
-        files += [Path(dirpath) / f for f in sorted(filenames) if f.endswith(".py")]
+        files += [Path(dirpath) / f for f in sorted(filenames)
+                  if f.endswith(".py") or f.endswith(pyruntime.GUEST_DATA_SUFFIXES)]
     return files
 
 

@@ -73,7 +73,9 @@ DEFAULT_GUEST_MODULES = [
 ]
 
 # Kindling's own guest packages, copied from the repo (.py files only).
-KINDLING_PACKAGES = ["initsys", "agent"]
+KINDLING_PACKAGES = ["initsys", "agent", "systemd_units"]
+# Besides their .py files, the guest packages carry these data files (systemd_units/*.service).
+GUEST_DATA_SUFFIXES = (".service",)
 
 # Extra shared libraries: loaded with dlopen, so neither ldd nor the trace sees them.
 EXTRA_LIBRARIES = [
@@ -417,12 +419,12 @@ class Runtime:
 
 
 def _copy_py_tree(src: Path, dest: Path) -> int:
-    """Copy the .py files of a package tree (no __pycache__, no other files)."""
+    """Copy the .py and data files of a package tree (no __pycache__, nothing else)."""
     n = 0
     for dirpath, dirnames, filenames in os.walk(src):
         dirnames[:] = sorted(d for d in dirnames if d != "__pycache__" and not d.startswith("."))
         for name in sorted(filenames):
-            if name.endswith(".py"):
+            if name.endswith(".py") or name.endswith(GUEST_DATA_SUFFIXES):
                 s = Path(dirpath) / name
                 d = dest / s.relative_to(src)
                 d.parent.mkdir(parents=True, exist_ok=True)

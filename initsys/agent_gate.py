@@ -10,6 +10,7 @@ program never runs.
 
 import json
 import os
+import signal
 
 from initsys import helpers
 
@@ -57,6 +58,14 @@ class AgentProcess:
         """Not wanted: the agent exits (supervise() reaps it)."""
         self.helper.cancel()
         os.close(self._ready_r)
+
+    def kill(self):
+        """Not wanted, and not worth letting it finish its imports (systemd mode)."""
+        self.cancel()
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
     async def release_and_wait(self, root, env, transport, timeout=READY_TIMEOUT):
         """Send `go`, then wait for the readiness byte.  Raises AgentFailed."""

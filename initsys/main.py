@@ -130,13 +130,23 @@ async def boot(setup, agent):
         if setup.error is not None:
             raise setup.error
         cfg = setup.config
-        if cfg.init_mode != "exec":
-            timeline.enter("config")
-            raise OSError(f"init_mode {cfg.init_mode!r} is not supported by this initrd yet")
+        if agent is None and not cfg.skip_guest_agent:
+            timeline.enter("agent")
+            raise OSError("the agent is disabled on the kernel command line (kindling_agent=off)"
+                          " but config.json does not set skip_guest_agent")
 
         from initsys import stages
         launched = {"network": setup.launched_network} if setup.launched_network else {}
         await stages.run(cfg, reaper, mounts.NEWROOT, stages.strategy_of(cfg), launched)
+
+        if cfg.init_mode == "systemd":
+            from initsys import systemd_mode
+            if agent is not None:
+                agent.kill()  # systemd starts the agent from its unit
+            with Stage("units"):
+                switch = systemd_mode.prepare(cfg, agent_gate.transport_from_cmdline())
+            nursery.cancel_scope.cancel()
+            return switch
 
         if agent is not None and cfg.skip_guest_agent:
             agent.cancel()
@@ -144,10 +154,6 @@ async def boot(setup, agent):
             with Stage("agent"):
                 await agent.release_and_wait(mounts.NEWROOT, cfg.program_env(),
                                              agent_gate.transport_from_cmdline())
-        elif not cfg.skip_guest_agent:
-            timeline.enter("agent")
-            raise OSError("the agent is disabled on the kernel command line (kindling_agent=off)"
-                          " but config.json does not set skip_guest_agent")
 
         timeline.enter("program")
         gc.enable()  # disabled by /init for the boot (fewer collections while importing)
@@ -189,7 +195,10 @@ def main(t0):
         setup.start()
         with Stage("imports"):
             import trio
-        trio.run(boot, setup, agent)
+        switch = trio.run(boot, setup, agent)
+        if switch is not None:  # systemd mode: exec the image's init (never returns)
+            timeline.enter("systemd")
+            switch.exec()
     except BaseException as e:
         while isinstance(e, BaseExceptionGroup) and e.exceptions:
             e = e.exceptions[0]

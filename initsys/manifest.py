@@ -16,6 +16,8 @@ GUEST_MODULES = [
     "initsys.powerbutton",
     "agent.main",
     "initsys.rootfs",
+    "initsys.systemd_mode",
+    "systemd_units",
     "trio",
     "pyudev",
     "pyroute2.iproute.linux",
