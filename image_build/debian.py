@@ -109,7 +109,7 @@ def mmdebstrap_version() -> str:
     return out[1]
 
 
-def mmdebstrap_argv(tarball: Path) -> list[str]:
+def mmdebstrap_argv(tarball: Path) -> list[str | Path]:
     return ["mmdebstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}",
             f"--hook-dir={HOOK_DIR}", *(f"--dpkgopt={o}" for o in DPKG_OPTIONS),
             SUITE, tarball, *SOURCES]
