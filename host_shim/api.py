@@ -40,6 +40,7 @@ class InstanceInfo:
     boot: int                          # boots so far (create is the first)
     pid: int | None                    # QEMU's pid while it runs
     command: tuple[str, ...]
+    init_mode: str | None              # exec | systemd, from config.json (None: a raw test config)
     agent_skipped: bool
     time_to_running: float | None      # s from create/start to Running, as the host saw it
     markers: dict                      # kind -> {ts, seen_at, fields}: this boot's markers
@@ -64,6 +65,8 @@ class InstanceInfo:
             created_at=meta.created_at / 1e9, boot=meta.boot,
             pid=meta.pid if meta.state not in (State.STOPPED, State.STANDBY) else None,
             command=tuple(meta.command), agent_skipped=meta.agent_skipped,
+            init_mode=(meta.config.get("init_mode", "exec") if isinstance(meta.config, dict)
+                       else None),
             time_to_running=meta.time_to_running,
             markers={kind: {"ts": protocol.format_ts(m.ts) if m.ts is not None else None,
                             "seen_at": protocol.format_ts(m.seen_at), "fields": m.fields}
@@ -78,7 +81,8 @@ class InstanceInfo:
         return {
             "id": self.id, "name": self.name, "state": str(self.state), "error": self.error,
             "created_at": protocol.format_ts(int(self.created_at * 1e9)), "boot": self.boot,
-            "pid": self.pid, "command": list(self.command), "agent_skipped": self.agent_skipped,
+            "pid": self.pid, "command": list(self.command), "init_mode": self.init_mode,
+            "agent_skipped": self.agent_skipped,
             "time_to_running": self.time_to_running, "markers": self.markers,
             "exit": self.exit, "fatal": self.fatal, "vmm_exit": self.vmm_exit,
             "dir": str(self.dir), "timeline": self.timeline.to_json(),
@@ -102,16 +106,19 @@ class Kindling:
                accel: str | None = None, env: dict[str, str] | None = None,
                workdir: str | None = None, memory_mib: int = qemu.DEFAULT_MEMORY_MIB,
                cpus: int = qemu.DEFAULT_CPUS, rootfs: Path | None = None,
+               base: str | None = None, init_mode: str = "auto",
                kernel: Path | None = None, modules: Path | None = None,
                log_max_bytes: int = logfiles.DEFAULT_MAX_BYTES,
                log_keep: int = logfiles.DEFAULT_KEEP) -> InstanceInfo:
         """Create an instance running `command` and boot it.  Returns while the guest
         is still Initializing; `wait(ref, "running")` for more.  `accel`: kvm, tcg or
-        auto (default: $KINDLING_ACCEL, else auto)."""
+        auto (default: $KINDLING_ACCEL, else auto).  `base`: busybox or debian (whose own
+        command /sbin/init runs when `command` is empty); `init_mode`: auto, exec or systemd."""
         opts = prepare.CreateOptions(
             command=tuple(command), name=name, accel=accel or accel_mod.default_accel(),
             env=tuple((env or {}).items()),
-            workdir=workdir, memory_mib=memory_mib, cpus=cpus, rootfs=rootfs, kernel=kernel,
+            workdir=workdir, memory_mib=memory_mib, cpus=cpus, rootfs=rootfs, base=base,
+            init_mode=init_mode, kernel=kernel,
             modules=modules, log_max_bytes=log_max_bytes, log_keep=log_keep)
         return InstanceInfo.of(*trio.run(partial(lifecycle.create, opts, self.home)))
 

@@ -20,7 +20,7 @@ import trio
 
 from initsys import protocol
 
-from . import accel, agent_ops, chart, lifecycle, logfiles, metadata, prepare, qemu, runner, volumes
+from . import accel, agent_ops, chart, initmode, lifecycle, logfiles, metadata, prepare, qemu, runner, volumes
 from .api import InstanceInfo
 from .errors import EXIT_ERROR, EXIT_KINDLING, KindlingError, die
 from .instance import kindling_home
@@ -98,6 +98,8 @@ def add_create_arguments(parser: argparse.ArgumentParser) -> None:
     image = parser.add_argument_group("image")
     image.add_argument("--rootfs", type=Path, metavar="DIR|TARBALL",
                        help="root filesystem for the program (default: the builder's default)")
+    from image_build import cli as builder
+    builder.add_base_argument(image)
     image.add_argument("--kernel", type=Path, metavar="VMLINUZ",
                        help="guest kernel (default: Debian's cloud kernel)")
     image.add_argument("--modules", type=Path, metavar="DIR",
@@ -115,6 +117,11 @@ def add_create_arguments(parser: argparse.ArgumentParser) -> None:
                          help="set an environment variable (repeatable)")
     program.add_argument("--workdir", "-w", metavar="DIR",
                          help="working directory in the guest (default: /)")
+    program.add_argument("--init-mode", choices=initmode.INIT_MODES, default="auto",
+                         help="exec: PID 1 runs CMD as the program; systemd: CMD is an init that "
+                              "PID 1 hands the machine to; auto (default): systemd when CMD -- or "
+                              "without one, the image's own command -- is "
+                              f"{', '.join(initmode.SYSTEMD_INITS)}, else exec")
     vm.add_argument("--agent", default="serial", choices=prepare.AGENT_TRANSPORTS,
                     help="the in-VM agent's transport: serial (virtio-serial, default), vsock "
                          "(needs vhost-vsock), or none (no agent: Running needs only the program)")
@@ -136,7 +143,8 @@ def add_create_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config-json", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--config-disk", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]",
-                        help="the program to run in the VM, and its arguments")
+                        help="the program to run in the VM, and its arguments (optional when "
+                             "the image has its own command, as --base debian has)")
 
 
 def _create_fields(args: argparse.Namespace) -> dict:
@@ -144,7 +152,8 @@ def _create_fields(args: argparse.Namespace) -> dict:
     if command[:1] == ["--"]:
         command = command[1:]
     return dict(
-        command=tuple(command), name=args.name, rootfs=args.rootfs, kernel=args.kernel,
+        command=tuple(command), name=args.name, rootfs=args.rootfs, base=args.base,
+        init_mode=args.init_mode, kernel=args.kernel,
         modules=args.modules, memory_mib=args.memory, cpus=args.cpus,
         env=prepare.parse_env(args.env), workdir=args.workdir,
         accel=accel.parse_accel(args.accel or accel.default_accel()).value,
@@ -245,6 +254,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     lines += [("created", protocol.format_ts(int(info.created_at * 1e9))), ("boot", str(info.boot)),
               ("pid", str(info.pid) if info.pid else "-"),
               ("command", " ".join(info.command) or "-"),
+              ("init mode", info.init_mode or "-"),
               ("time to Running", f"{info.time_to_running:.3f} s"
                if info.time_to_running is not None else "-")]
     for kind, m in info.markers.items():
@@ -401,11 +411,11 @@ def build_parser() -> argparse.ArgumentParser:
                   description="Create a microVM, wait for it, stream the program's output and "
                               "exit with its exit code (create + wait + logs + exit code).  "
                               f"Errors of kindling itself exit with {EXIT_KINDLING}.",
-                  usage=f"{PROG} run [OPTIONS] -- CMD [ARG...]")
+                  usage=f"{PROG} run [OPTIONS] [-- CMD [ARG...]]")
     add_run_arguments(run)
 
     create = command("create", cmd_create, "create and boot an instance (returns while it is "
-                     "still Initializing)", usage=f"{PROG} create [OPTIONS] -- CMD [ARG...]",
+                     "still Initializing)", usage=f"{PROG} create [OPTIONS] [-- CMD [ARG...]]",
                      description="Create an instance running CMD and boot it.  Returns once the "
                                  "guest has been started, usually while it is still "
                                  "Initializing; prints the instance id.")

@@ -179,8 +179,9 @@ async def create(opts: prepare.CreateOptions, home: Path | None = None, *,
                     die(f"the name {name!r} is already in use by instance {other.id}",
                         hint=f"choose another --name, or `kindling delete {name}` first")
         instance = Instance.create(home)
+        command = config["entrypoint"] + config["cmd"] if isinstance(config, dict) else opts.command
         meta = Metadata(id=instance.id, name=name or instance.id, created_at=requested,
-                        command=list(opts.command), config=_config_value(config),
+                        command=list(command), config=_config_value(config),
                         agent_skipped=prepare.agent_skipped(config), argv=[],
                         accel=accel.value, log_max_bytes=opts.log_max_bytes,
                         log_keep=opts.log_keep)

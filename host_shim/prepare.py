@@ -16,7 +16,7 @@ from pathlib import Path
 from initsys import protocol
 
 from . import accel as accel_mod
-from . import logfiles, netns, qemu
+from . import initmode, logfiles, netns, qemu
 from . import volumes as volumes_mod
 from .volumes import VolumeSpec
 from .errors import die
@@ -47,6 +47,8 @@ class CreateOptions:
     command: tuple[str, ...] = ()
     name: str | None = None
     rootfs: Path | None = None
+    base: str | None = None             # a built-in rootfs (busybox | debian); None: busybox
+    init_mode: str = "auto"             # auto | exec | systemd (initmode.py)
     kernel: Path | None = None
     modules: Path | None = None
     memory_mib: int = qemu.DEFAULT_MEMORY_MIB
@@ -75,6 +77,13 @@ def parse_env(items: list[str] | tuple[str, ...]) -> tuple[tuple[str, str], ...]
     return tuple(pairs)
 
 
+def program(opts: CreateOptions) -> tuple[tuple[str, ...], str]:
+    """The command the VM runs -- the user's, else the image's own -- and its init mode."""
+    from image_build.build import image_command
+    return initmode.choose(opts.command, image_command(opts.base or "busybox", opts.rootfs),
+                           opts.init_mode)
+
+
 def check_inputs(opts: CreateOptions) -> None:
     for flag, path in (("--rootfs", opts.rootfs), ("--kernel", opts.kernel),
                        ("--modules", opts.modules), ("--config-json", opts.config_json),
@@ -99,17 +108,29 @@ def check_inputs(opts: CreateOptions) -> None:
         die("--config-json and --config-disk cannot be used together")
     if opts.agent not in AGENT_TRANSPORTS:
         die(f"--agent {opts.agent!r}: expected one of {', '.join(AGENT_TRANSPORTS)}")
-    if hooks and (opts.command or opts.env or opts.workdir):
-        die(f"{hooks[0]} replaces the generated config.json: give no command, --env or --workdir")
-    if not opts.command and not hooks:
-        die("no command given", hint="kindling create [OPTIONS] -- CMD [ARG...]")
+    if opts.init_mode not in initmode.INIT_MODES:
+        die(f"--init-mode {opts.init_mode!r}: expected one of {', '.join(initmode.INIT_MODES)}")
+    from image_build.build import check_base
+    from image_build.errors import BuildError
+    try:
+        check_base(opts.base, opts.rootfs)
+    except BuildError as e:
+        die(str(e))
+    if hooks and (opts.command or opts.env or opts.workdir or opts.init_mode != "auto"):
+        die(f"{hooks[0]} replaces the generated config.json: give no command, --env, --workdir"
+            " or --init-mode")
+    if not hooks and not program(opts)[0]:
+        die("no command given", hint="kindling create [OPTIONS] -- CMD [ARG...]  (or --base "
+                                     "debian, whose image boots its own /sbin/init)")
 
 
 def make_config(opts: CreateOptions) -> dict:
     """config.json (PROTOCOL.md §2) for the command, validated as the guest will."""
+    command, init_mode = program(opts)
     config = {
-        "entrypoint": list(opts.command[:1]),
-        "cmd": list(opts.command[1:]),
+        "entrypoint": list(command[:1]),
+        "cmd": list(command[1:]),
+        "init_mode": init_mode,
         "env": dict(opts.env),
         "workdir": opts.workdir or "/",
         "skip_guest_agent": opts.agent == "none",
@@ -165,7 +186,8 @@ def build_artifacts(opts: CreateOptions, out_dir: Path):
             hint="image_build.build (build_all, BuildOptions) is missing from this installation")
     try:
         return build_all(BuildOptions(out_dir=out_dir, cache_dir=cache_dir(), rootfs=opts.rootfs,
-                                      kernel=opts.kernel, modules=opts.modules))
+                                      kernel=opts.kernel, modules=opts.modules,
+                                      base=opts.base or "busybox"))
     except BuildError as e:
         die(f"building the VM image failed: {e}")
 

@@ -18,7 +18,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from image_build import busybox, cache, debs, initrd, kernel as kernel_mod, kmod, log, pyruntime, rootfs as rootfs_mod
+from image_build import busybox, cache, debian, debs, initrd, kernel as kernel_mod, kmod, log, pyruntime, rootfs as rootfs_mod
 from image_build.errors import BuildError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -28,13 +28,17 @@ KERNEL_NAME = "kernel"
 INITRD_NAME = "initrd.img"
 ROOTFS_NAME = "rootfs.img"
 
-KEEP_CACHED = {"initrd": 8, "rootfs": 6}
+KEEP_CACHED = {"initrd": 8, "rootfs": 6, "debian": 2}
+BASES = ("busybox", "debian")  # the built-in rootfs choices (when no --rootfs is given)
+# Built-in rootfs images are reproducible: every mtime clamped to this (rootfs.make_erofs).
+REPRODUCIBLE_EPOCH = {"busybox": 0, "debian": debian.SOURCE_DATE_EPOCH}
 
 
 @dataclass
 class BuildOptions:
     out_dir: Path
     rootfs: Path | None = None
+    base: str = "busybox"  # the built-in rootfs when `rootfs` is None: one of BASES
     kernel: Path | None = None
     modules: Path | None = None
     rootfs_format: str = "erofs"
@@ -82,11 +86,27 @@ def guest_source_hash(repo_root: Path = REPO_ROOT) -> str:
     return h.hexdigest()
 
 
+def image_command(base: str, rootfs: Path | None) -> list[str] | None:
+    """The image's own command, as a container image has one: /sbin/init for the
+    Debian base; None for busybox and for a --rootfs, which has none."""
+    return list(debian.COMMAND) if rootfs is None and base == "debian" else None
+
+
 # --------------------------------------------------------------------------
 # Helpers
 
 
+def check_base(base: str | None, rootfs: Path | None) -> None:
+    """--base (None: not given) names a built-in rootfs, and excludes --rootfs."""
+    if base is not None and base not in BASES:
+        raise BuildError(f"--base {base!r}: expected one of {', '.join(BASES)}")
+    if base is not None and rootfs is not None:
+        raise BuildError(f"--base {base} and --rootfs {rootfs} cannot be used together:"
+                         " --base picks a built-in rootfs, --rootfs gives your own")
+
+
 def _validate(opts: BuildOptions) -> None:
+    check_base(None if opts.base == "busybox" else opts.base, opts.rootfs)
     if opts.rootfs_format not in rootfs_mod.FORMATS:
         raise BuildError(f"rootfs_format {opts.rootfs_format!r}: expected one of {', '.join(rootfs_mod.FORMATS)}")
     if opts.compression not in initrd.COMPRESSIONS:
@@ -196,8 +216,12 @@ def build_initrd(opts: BuildOptions, cache_dir: Path, kern: kernel_mod.Kernel) -
 
 def build_rootfs(opts: BuildOptions, cache_dir: Path) -> tuple[Path, dict]:
     h = cache.Hasher("rootfs").add("builder", builder_hash()).add("format", opts.rootfs_format)
-    bb_binary = None
-    if opts.rootfs is None:
+    bb_binary = boot = None
+    if opts.rootfs is None and opts.base == "debian":
+        kind, boot = "debian", debian.describe(cache_dir)
+        h.add("debian", boot.key)
+        what = boot.what
+    elif opts.rootfs is None:
         bb_info, bb_binary = busybox.fetch(cache_dir)
         kind = "busybox"
         h.add("busybox", [bb_info.package, bb_info.version])
@@ -224,6 +248,10 @@ def build_rootfs(opts: BuildOptions, cache_dir: Path) -> tuple[Path, dict]:
                 tree.mkdir()
                 n = busybox.stage(tree, bb_binary)
                 log.info(f"busybox with {n} applet links")
+            elif kind == "debian":
+                tree = work / "rootfs"
+                debian.stage(debian.bootstrap(boot, work, force=opts.force), tree)
+                _prune(cache_dir / "debian", KEEP_CACHED["debian"], boot.entry)
             elif kind == "tar":
                 tree = work / "rootfs"
                 with log.step(f"Extracting {opts.rootfs}"):
@@ -232,9 +260,10 @@ def build_rootfs(opts: BuildOptions, cache_dir: Path) -> tuple[Path, dict]:
                 tree = Path(opts.rootfs)
             with cache.publishing_dir(entry) as tmp:
                 rootfs_mod.make_image(tree, tmp / ROOTFS_NAME, opts.rootfs_format, key=key,
-                                      reproducible=(kind == "busybox"))
-                info = {"source": what, "format": opts.rootfs_format,
-                        "size": (tmp / ROOTFS_NAME).stat().st_size}
+                                      epoch=REPRODUCIBLE_EPOCH.get(kind))
+                info = {"source": what, "format": opts.rootfs_format, "key": key,
+                        "size": (tmp / ROOTFS_NAME).stat().st_size,
+                        "tree_size": rootfs_mod.content_size(tree)[0]}
                 cache.write_json(tmp / "inputs.json", info)
         finally:
             shutil.rmtree(work, ignore_errors=True)
@@ -267,5 +296,6 @@ def build_all(opts: BuildOptions) -> Artifacts:
         rootfs=rootfs_out,
         kernel_release=kern.release,
         info={"kernel_origin": kern.origin, "modules_dir": str(kern.modules_dir),
-              "initrd": initrd_info, "rootfs": rootfs_info},
+              "initrd": initrd_info, "rootfs": rootfs_info,
+              "command": image_command(opts.base, opts.rootfs)},
     )

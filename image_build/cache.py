@@ -7,6 +7,7 @@ Layout under the cache dir (default `$KINDLING_CACHE` or ~/.cache/kindling):
     modules/<key>/             a hard-linked copy of a --modules tree, depmod'ed
     site/<key>/                pip --target install of the pinned guest deps
     busybox/<pkg>_<ver>/       dpkg-deb -x of busybox-static
+    debian/<key>/              the Debian base's mmdebstrap tarball + info.json (debian.py)
     initrd/<key>/              a finished initrd + inputs.json
     rootfs/<key>/              a finished rootfs image + inputs.json
 """

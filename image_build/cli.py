@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from image_build import initrd, log, rootfs
-from image_build.build import BuildOptions, build_all
+from image_build.build import BASES, BuildOptions, build_all, check_base
 from image_build.cache import default_cache_dir
 from image_build.errors import BuildError
 
@@ -22,6 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rootfs", type=Path, metavar="DIR|TARBALL",
                         help="root filesystem source: a directory or a tarball such as a `docker export`"
                              " (default: a tiny busybox system)")
+    add_base_argument(parser)
     parser.add_argument("--kernel", type=Path, metavar="VMLINUZ",
                         help="kernel image to boot (default: Debian's cloud kernel, fetched with apt-get)")
     parser.add_argument("--modules", type=Path, metavar="DIR",
@@ -37,10 +38,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="rebuild even if the cache has the artifacts")
 
 
+def add_base_argument(parser) -> None:
+    """--base, for `kindling build` and for `kindling create`/`run`."""
+    parser.add_argument("--base", choices=BASES, default=None,
+                        help="built-in rootfs instead of --rootfs: busybox (the default, a tiny"
+                             " busybox system) or debian (Debian 12 with systemd, bootstrapped with"
+                             " mmdebstrap and cached; its own command is /sbin/init)")
+
+
 def main_from_args(args: argparse.Namespace) -> int:
     opts = BuildOptions(
         out_dir=args.out,
         rootfs=args.rootfs,
+        base=args.base or "busybox",
         kernel=args.kernel,
         modules=args.modules,
         rootfs_format=args.rootfs_format,
@@ -49,6 +59,7 @@ def main_from_args(args: argparse.Namespace) -> int:
         force=getattr(args, "force", False),
     )
     try:
+        check_base(args.base, args.rootfs)
         art = build_all(opts)
     except BuildError as e:
         print(f"kindling build: error: {e}", file=sys.stderr)

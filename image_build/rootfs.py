@@ -1,7 +1,8 @@
 """The root filesystem image: erofs (default) or ext4, never by mounting.
 
 The source is a directory, a tarball (`.tar`, `.tar.gz`, ... -- e.g. a
-`docker export`), or, by default, a tiny busybox system (busybox.py).
+`docker export`), or a built-in base: by default a tiny busybox system
+(busybox.py), or Debian with systemd (debian.py, `--base debian`).
 """
 
 from __future__ import annotations
@@ -132,16 +133,14 @@ def content_size(root: Path) -> tuple[int, int]:
     return total, count
 
 
-def make_erofs(src: Path, dest: Path, *, key: str, reproducible: bool) -> None:
-    """mkfs.erofs.  reproducible=True fixes all timestamps to 0 (-T0) and all
-    owners to root; otherwise per-file mtimes and owners are kept (and the
-    superblock records the build time)."""
+def make_erofs(src: Path, dest: Path, *, key: str, epoch: int | None) -> None:
+    """mkfs.erofs, keeping owners and per-file mtimes.  With an `epoch` the image is
+    reproducible: later mtimes are clamped to it and the superblock records it;
+    without, the superblock records the build time."""
     argv = ["mkfs.erofs", "--quiet", f"-U{uuid.uuid5(UUID_NAMESPACE, key)}"]
-    if reproducible:
-        argv += ["-T0", "--all-root"]
-    else:
-        argv += ["--preserve-mtime"]
-    argv += [dest, src]
+    if epoch is not None:
+        argv += [f"-T{epoch}"]  # before --preserve-mtime, which turns "fixed" into "clamped"
+    argv += ["--preserve-mtime", dest, src]
     run(argv, timeout=MKFS_TIMEOUT)
 
 
@@ -178,9 +177,10 @@ def ext4_size_for(root: Path) -> tuple[int, int]:
     return (size + (1 << 20) - 1) // (1 << 20) * (1 << 20), inodes
 
 
-def make_image(src: Path, dest: Path, fmt: str, *, key: str, reproducible: bool) -> None:
+def make_image(src: Path, dest: Path, fmt: str, *, key: str, epoch: int | None = None) -> None:
+    """An image of `src`; `epoch`: reproducible erofs, mtimes clamped to it (make_erofs)."""
     if fmt == "erofs":
-        make_erofs(src, dest, key=key, reproducible=reproducible)
+        make_erofs(src, dest, key=key, epoch=epoch)
     elif fmt == "ext4":
         size, inodes = ext4_size_for(src)
         log.info(f"ext4 image size {log.human_size(size)}, {inodes} inodes")

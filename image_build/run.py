@@ -37,6 +37,7 @@ APT_HINTS = {
     "ldd": "libc-bin",
     "python3.11": "python3.11-minimal",
     "pip": "python3-pip",
+    "mmdebstrap": "mmdebstrap",
 }
 
 _TAIL_LINES = 25
