@@ -1,5 +1,5 @@
 """The kernel-headers worker (initsys/headers.py), run as a real subprocess against a
-temporary root with small real tarballs made here."""
+temporary root with small real tarballs made here, and once with Debian's real one."""
 
 import io
 import json
@@ -302,6 +302,28 @@ def test_priority_is_lowered_first(root, tmp_path):
     assert proc.returncode == 0
     assert [m.kind for m in sentinels(rest)] == [protocol.HEADERS_READY]
 
+
+# --- Debian's real headers -------------------------------------------------------------------
+
+def test_debians_real_headers_install(root):
+    from image_build import build, cache, debs, headers as image_headers, kernel
+
+    cache_dir = cache.default_cache_dir()
+    debs.use_memo(cache_dir)
+    kern = kernel.resolve(None, None, cache_dir)
+    built = image_headers.build(kern, cache_dir, build.builder_hash())
+    assert_ok(worker(root, built.tarball, kern.release, timeout=300))
+    build = root / "lib" / "modules" / kern.release / "build"
+    assert os.readlink(build) == f"/usr/src/linux-headers-{kern.release}"   # absolute: the guest's /
+    tree = root / "usr" / "src" / f"linux-headers-{kern.release}"
+    assert (tree / "Makefile").is_file() and (tree / ".config").is_file()
+    assert (tree / "scripts" / "basic" / "fixdep").is_file()   # from linux-kbuild
+    assert (tree / "include" / "generated" / "autoconf.h").is_file()
+    files = int(log_lines(root)[-1].split("installed ")[1].split()[0])
+    assert files > 10000
+
+
+# --- PID 1's side ----------------------------------------------------------------------------
 
 def test_tarball_lookup(tmp_path):
     with pytest.raises(headers.Failed, match=f"no kernel headers tarball for {REL}"):
