@@ -137,6 +137,8 @@ async def boot(setup, agent):
         from initsys import stages
         launched = {"network": setup.launched_network} if setup.launched_network else {}
         await stages.run(cfg, reaper, mounts.NEWROOT, stages.strategy_of(cfg), launched)
+        from initsys import headers_launch
+        headers_launch.start(cfg, reaper, mounts.NEWROOT)  # in the background, never awaited
 
         if agent is not None and cfg.skip_guest_agent:
             agent.cancel()

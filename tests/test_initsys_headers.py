@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from initsys import headers, protocol
+from initsys import headers, headers_launch, protocol
 
 ROOT = Path(__file__).resolve().parent.parent
 REL = "6.1.0-99-test-amd64"
@@ -324,6 +324,18 @@ def test_debians_real_headers_install(root):
 
 
 # --- PID 1's side ----------------------------------------------------------------------------
+
+def test_launch_only_when_wanted_and_shipped(tmp_path):
+    cfg = protocol.validate_config({"entrypoint": ["true"]})
+    skip = protocol.validate_config({"entrypoint": ["true"], "skip_kernel_headers": True})
+    shipped = tmp_path / "headers"
+    assert headers_launch.wanted(cfg, shipped) is False            # an initrd built --no-headers
+    shipped.mkdir()
+    assert headers_launch.wanted(cfg, shipped) is False
+    (shipped / headers.tarball_name(REL, "gz")).write_bytes(b"")
+    assert headers_launch.wanted(cfg, shipped) is True
+    assert headers_launch.wanted(skip, shipped) is False
+
 
 def test_tarball_lookup(tmp_path):
     with pytest.raises(headers.Failed, match=f"no kernel headers tarball for {REL}"):
