@@ -28,7 +28,7 @@ KERNEL_NAME = "kernel"
 INITRD_NAME = "initrd.img"
 ROOTFS_NAME = "rootfs.img"
 
-KEEP_CACHED = {"initrd": 8, "rootfs": 6}
+KEEP_CACHED = {"initrd": 8, "rootfs": 6, "headers": 4}
 
 
 @dataclass
@@ -259,6 +259,9 @@ def build_all(opts: BuildOptions) -> Artifacts:
                 log.info(f"kernel {kern.release} ({kern.origin})")
             headers = (headers_mod.build(kern, cache_dir, builder_hash(), force=opts.force)
                        if opts.headers else None)
+            if headers is not None:
+                os.utime(headers.tarball.parent)  # most recently used
+                _prune(cache_dir / headers_mod.CACHE_KIND, KEEP_CACHED["headers"], headers.tarball.parent)
             initrd_src, initrd_info = build_initrd(opts, cache_dir, kern, headers)
             rootfs_src, rootfs_info = build_rootfs(opts, cache_dir)
             kernel_out = out_dir / KERNEL_NAME
