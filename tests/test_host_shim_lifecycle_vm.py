@@ -8,10 +8,7 @@ longer, so waits are generous.  Nothing is faked.
 
 import json
 import os
-import shutil
-import signal
 import subprocess
-import tempfile
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -21,8 +18,8 @@ import pytest
 from host_shim import Kindling, NotRunning, State
 from initsys import protocol
 
-from tests.vm import (KINDLING, ROOT, env_for, eventually, kindling, kindling_json,
-                      qemu_pids_using, require_qemu)
+from tests.vm import (KINDLING, ROOT, env_for, eventually, kindling, kindling_json, private_home,
+                      qemu_pids_using)
 
 pytestmark = pytest.mark.vm
 
@@ -32,12 +29,8 @@ SLEEPER = ["sh", "-c", "echo started; sleep 1000"]
 
 @pytest.fixture
 def home():
-    require_qemu()
-    path = Path(tempfile.mkdtemp(prefix="kl-"))     # short: the QMP socket path must fit
-    yield path
-    for pid in qemu_pids_using(path):                # a failed test must not leak VMs
-        os.kill(pid, signal.SIGKILL)
-    shutil.rmtree(path, ignore_errors=True)
+    with private_home("kl-") as path:
+        yield path
 
 
 def state_history(info: dict) -> list[tuple[str, bool]]:

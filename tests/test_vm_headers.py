@@ -5,10 +5,6 @@ The first extraction of Debian's headers (12,348 files) took 22-33 s of an idle
 The waits are generous for a loaded CI machine.
 """
 
-import os
-import shutil
-import signal
-import tempfile
 import time
 from pathlib import Path
 
@@ -18,7 +14,7 @@ from image_build import cpio
 from image_build.build import BuildOptions, build_all
 from initsys import protocol
 
-from tests.vm import eventually, kindling, kindling_json, qemu_pids_using, require_qemu
+from tests.vm import eventually, kindling, kindling_json, private_home
 
 pytestmark = pytest.mark.vm
 
@@ -41,12 +37,8 @@ echo "zombies=$z workers=$w"
 
 @pytest.fixture(scope="module")
 def home():
-    require_qemu()
-    path = Path(tempfile.mkdtemp(prefix="kh-"))     # short: the QMP socket path must fit
-    yield path
-    for pid in qemu_pids_using(path):                # a failed test must not leak VMs
-        os.kill(pid, signal.SIGKILL)
-    shutil.rmtree(path, ignore_errors=True)
+    with private_home("kh-") as path:
+        yield path
 
 
 @pytest.fixture(scope="module")

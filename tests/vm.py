@@ -4,11 +4,14 @@ Nested KVM on these machines is unusable, so every VM test forces TCG.  The
 images come from the shared build cache (built once, ~0.1 s when warm).
 """
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -34,6 +37,19 @@ def qemu_pids_using(path):
         if argv and argv[0].endswith(b"qemu-system-x86_64") and any(str(path).encode() in a for a in argv):
             pids.append(int(entry.name))
     return pids
+
+
+@contextlib.contextmanager
+def private_home(prefix):
+    """A short KINDLING_HOME (the QMP socket path must fit in sun_path); no VM outlives it."""
+    require_qemu()
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield path
+    finally:
+        for pid in qemu_pids_using(path):                # a failed test must not leak VMs
+            os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def kindling_run(home, *args, timeout=300):
