@@ -71,9 +71,10 @@ def find_tarball(release, directory=HEADERS_DIR):
         found = sorted(n for n in os.listdir(directory) if n.startswith(prefix))
     except FileNotFoundError:
         found = []
-    if len(found) != 1:
-        what = "no" if not found else f"{len(found)} ({', '.join(found)})"
-        raise Failed(f"{what} kernel headers tarball for {release} in {directory}")
+    if not found:
+        raise Failed(f"no kernel headers tarball for {release} in {directory}")
+    if len(found) > 1:
+        raise Failed(f"{len(found)} kernel headers tarballs for {release} in {directory}: {', '.join(found)}")
     return os.path.join(directory, found[0])
 
 
@@ -207,7 +208,8 @@ def extract(tarball, staging):
                     name = name[2:]
                 if name in ("", "."):
                     continue
-                trees.add(_tree_of(name, tarball))
+                tree = _tree_of(name, tarball)
+                trees.add(tree)
                 parent = os.path.dirname(name)
                 probe = parent
                 while probe:
@@ -236,6 +238,8 @@ def extract(tarball, staging):
                         os.utime(fd, (m.mtime, m.mtime))
                     files += 1
                 elif m.issym():
+                    if name == tree:
+                        raise Failed(f"{tarball}: the tree {name!r} is a symlink")
                     _check_symlink(name, m.linkname, tarball)
                     os.symlink(m.linkname, dest)
                     links.add(name)
@@ -376,7 +380,11 @@ def run(opts):
     trees, files = install(root, release, tarball)
     log_line(log, f"installed {files} files for {release} in {time.monotonic() - started:.2f} s"
                   f" from {tarball}")
-    removed = remove_stale(root, release, trees)
+    try:
+        removed = remove_stale(root, release, trees)
+    except OSError as e:  # installed and committed already: not a failure of the install
+        log_line(log, f"could not remove stale headers: {e}")
+        return
     if removed:
         log_line(log, f"removed stale headers: {', '.join(removed)}")
 

@@ -227,6 +227,7 @@ UNSAFE = {
     "hardlink": ([("usr/src/a", "dir", None), ("usr/src/a/f", "file", b"x"),
                   ("usr/src/a/g", "hardlink", "usr/src/a/f")], "neither a file, a directory nor a symlink"),
     "fifo": ([("usr/src/a", "dir", None), ("usr/src/a/p", "fifo", None)], "neither a file"),
+    "tree as a symlink": ([("usr/src/a", "symlink", "linux-headers-6.1.0-99-common")], "is a symlink"),
 }
 
 
@@ -344,5 +345,5 @@ def test_tarball_lookup(tmp_path):
     (tmp_path / headers.tarball_name(OLD, "gz")).write_bytes(b"")
     assert headers.find_tarball(REL, str(tmp_path)) == str(tmp_path / f"linux-headers-{REL}.tar.gz")
     (tmp_path / headers.tarball_name(REL, "xz")).write_bytes(b"")
-    with pytest.raises(headers.Failed, match="2 .*kernel headers tarball"):
+    with pytest.raises(headers.Failed, match=f"2 kernel headers tarballs for {REL} in .*: linux-headers-{REL}.tar.gz, "):
         headers.find_tarball(REL, str(tmp_path))
