@@ -48,6 +48,12 @@ def one_boot(home, extra):
     return wall, stages
 
 
+def boot_measures(stages):
+    """(kernel start -> PID 1, PID 1 -> PROGRAM-START), guest clock, from one boot's stages."""
+    init_start = stages["python"][0] if "python" in stages else stages["kernel"][1]
+    return stages["kernel"][1], stages["program-start"][1] - init_start
+
+
 def summary(values):
     return statistics.median(values), min(values), max(values)
 
@@ -72,9 +78,9 @@ def main(argv=None):
         for i in range(args.runs):
             wall, stages = one_boot(Path(tmp) / f"run{i}", extra)
             walls.append(wall)
-            kernel.append(stages["kernel"][1])
-            init_start = stages.get("python", stages["kernel"])[0 if "python" in stages else 1]
-            pid1.append(stages["program-start"][1] - init_start)
+            k, p = boot_measures(stages)
+            kernel.append(k)
+            pid1.append(p)
             for name, (start, end) in stages.items():
                 per_stage.setdefault(name, []).append(end - start)
             print(f"run {i + 1}/{args.runs}: wall {wall:.2f} s, kernel {kernel[-1]:.3f} s, "

@@ -104,6 +104,13 @@ def add_create_arguments(parser: argparse.ArgumentParser) -> None:
                        help="guest kernel (default: Debian's cloud kernel)")
     image.add_argument("--modules", type=Path, metavar="DIR",
                        help="kernel modules for --kernel (a lib/modules/<release> tree)")
+    image.add_argument("--initrd", type=Path, metavar="FILE",
+                       help="boot this initrd instead of the built one (the kernel and the "
+                            "rootfs still come from the builder)")
+    image.add_argument("--no-headers", dest="headers", action="store_false",
+                       help="no kernel headers: leave them out of the initrd and set "
+                            "skip_kernel_headers (default: the guest installs them in the "
+                            "background, /lib/modules/$(uname -r)/build)")
     vm = parser.add_argument_group("virtual machine")
     vm.add_argument("--memory", type=_positive_int, default=qemu.DEFAULT_MEMORY_MIB,
                     metavar="MiB", help="guest memory (default: %(default)s)")
@@ -160,7 +167,8 @@ def _create_fields(args: argparse.Namespace) -> dict:
         config_json=args.config_json, config_disk=args.config_disk,
         log_max_bytes=args.log_max_size, log_keep=args.log_files,
         net=args.net, volumes=tuple(volumes.parse_spec(_home(), v) for v in args.volume),
-        agent=args.agent, kernel_args=tuple(args.kernel_arg),
+        agent=args.agent, kernel_args=tuple(args.kernel_arg), headers=args.headers,
+        initrd=args.initrd,
     )
 
 

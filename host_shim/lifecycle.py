@@ -192,6 +192,7 @@ async def create(opts: prepare.CreateOptions, home: Path | None = None, *,
             netns.create(instance.id)
         artifacts = prepare.build_artifacts(opts, instance.images_dir)
         images_ready = now_ns()
+        config = prepare.settle_headers(config, artifacts, opts)
         disks = prepare.make_disks(instance, artifacts, config, opts)
         disks_ready = now_ns()
         argv = prepare.qemu_argv(instance, artifacts, disks, accel, opts, binary)
@@ -200,6 +201,7 @@ async def create(opts: prepare.CreateOptions, home: Path | None = None, *,
             verbose(f"running: {run_mod.format_command(argv)}")
         async with metadata.update(instance) as meta:
             meta.argv = argv
+            meta.config = _config_value(config)
         meta = await _boot(instance, requested,
                            ((tl.IMAGES_READY, images_ready), (tl.DISKS_READY, disks_ready)))
     except BaseException:

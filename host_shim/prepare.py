@@ -7,8 +7,10 @@
 3. make the instance's overlay and config disks, in the order of PROTOCOL.md §1.
 """
 
+import dataclasses
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +67,8 @@ class CreateOptions:
     agent: str = "serial"               # serial (virtio-serial port) | vsock | none
     kernel_args: tuple[str, ...] = ()   # test hook: extra kernel command line arguments
     volumes: tuple[VolumeSpec, ...] = ()
+    headers: bool = True                # kernel headers in the initrd, installed by the guest
+    initrd: Path | None = None          # boot this initrd instead of the built one
 
 
 def parse_env(items: list[str] | tuple[str, ...]) -> tuple[tuple[str, str], ...]:
@@ -90,6 +94,8 @@ def check_inputs(opts: CreateOptions) -> None:
                        ("--config-disk", opts.config_disk)):
         if path is not None and not os.path.exists(path):
             die(f"{flag}: {path} does not exist")
+    if opts.initrd is not None:
+        check_readable_file("--initrd", opts.initrd)
     if opts.modules is not None and not os.path.isdir(opts.modules):
         die(f"--modules: {opts.modules} is not a directory")
     if opts.modules is not None and opts.kernel is None:
@@ -134,7 +140,7 @@ def make_config(opts: CreateOptions) -> dict:
         "env": dict(opts.env),
         "workdir": opts.workdir or "/",
         "skip_guest_agent": opts.agent == "none",
-        "skip_kernel_headers": True,   # no headers worker yet
+        "skip_kernel_headers": not opts.headers,   # and see settle_headers()
     }
     if opts.net:
         config.update(netns.Network(netns.namespace_for("-")).config_fields())
@@ -145,6 +151,25 @@ def make_config(opts: CreateOptions) -> dict:
     except protocol.ConfigError as e:
         die(f"invalid run configuration: {e}")
     return config
+
+
+def settle_headers(config: dict | bytes | None, artifacts, opts: CreateOptions) -> dict | bytes | None:
+    """Once the images are built: a generated config skips the kernel headers when the
+    built initrd carries none (a --kernel that is not Debian's).  With --initrd we cannot
+    know, so only --no-headers skips them (the guest reports FAILED if it has none)."""
+    if isinstance(config, dict) and opts.initrd is None and not artifacts.info.get("headers"):
+        config = dict(config, skip_kernel_headers=True)
+    return config
+
+
+def check_readable_file(flag: str, path: Path) -> None:
+    if not os.path.isfile(path):
+        die(f"{flag}: {path} " + ("is not a regular file" if os.path.exists(path) else "does not exist"))
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as e:
+        die(f"{flag}: cannot read {path}: {e.strerror}")
 
 
 def config_for(opts: CreateOptions) -> dict | bytes | None:
@@ -185,11 +210,19 @@ def build_artifacts(opts: CreateOptions, out_dir: Path):
         die(f"the image builder is not available: {e}",
             hint="image_build.build (build_all, BuildOptions) is missing from this installation")
     try:
-        return build_all(BuildOptions(out_dir=out_dir, cache_dir=cache_dir(), rootfs=opts.rootfs,
-                                      kernel=opts.kernel, modules=opts.modules,
-                                      base=opts.base or "busybox"))
+        artifacts = build_all(BuildOptions(out_dir=out_dir, cache_dir=cache_dir(), rootfs=opts.rootfs,
+                                           kernel=opts.kernel, modules=opts.modules,
+                                           base=opts.base or "busybox", headers=opts.headers))
     except BuildError as e:
         die(f"building the VM image failed: {e}")
+    if opts.initrd is None:
+        return artifacts
+    given = out_dir / "initrd-given.img"   # the instance keeps its own copy for `start`
+    try:
+        shutil.copyfile(opts.initrd, given)
+    except OSError as e:
+        die(f"--initrd: cannot copy {opts.initrd} into the instance: {e.strerror}")
+    return dataclasses.replace(artifacts, initrd=given, info=dict(artifacts.info, headers=None))
 
 
 def _make_raw_config_disk(data: bytes, path: Path) -> None:

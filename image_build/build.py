@@ -18,7 +18,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from image_build import busybox, cache, debian, debs, initrd, kernel as kernel_mod, kmod, log, pyruntime, rootfs as rootfs_mod
+from image_build import busybox, cache, debian, debs, headers as headers_mod, initrd, kernel as kernel_mod, kmod, log, pyruntime, rootfs as rootfs_mod
 from image_build.errors import BuildError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -28,7 +28,7 @@ KERNEL_NAME = "kernel"
 INITRD_NAME = "initrd.img"
 ROOTFS_NAME = "rootfs.img"
 
-KEEP_CACHED = {"initrd": 8, "rootfs": 6, "debian": 2}
+KEEP_CACHED = {"initrd": 8, "rootfs": 6, "debian": 2, "headers": 4}
 BASES = ("busybox", "debian")  # the built-in rootfs choices (when no --rootfs is given)
 # Built-in rootfs images are reproducible: every mtime clamped to this (rootfs.make_erofs).
 REPRODUCIBLE_EPOCH = {"busybox": 0, "debian": debian.SOURCE_DATE_EPOCH}
@@ -45,6 +45,7 @@ class BuildOptions:
     compression: str = initrd.DEFAULT_COMPRESSION
     cache_dir: Path | None = None
     force: bool = False  # rebuild even when the cache has the artifact
+    headers: bool = True  # the kernel-headers tarball in the initrd (Debian's kernel only)
 
 
 @dataclass
@@ -53,7 +54,7 @@ class Artifacts:
     initrd: Path
     rootfs: Path
     kernel_release: str
-    info: dict = field(default_factory=dict)  # sizes, cache hits, modules, ...
+    info: dict = field(default_factory=dict)  # sizes, cache hits, modules, headers, ...
 
 
 # --------------------------------------------------------------------------
@@ -161,7 +162,8 @@ def _work_dir(cache_dir: Path) -> Path:
 # The artifacts
 
 
-def build_initrd(opts: BuildOptions, cache_dir: Path, kern: kernel_mod.Kernel) -> tuple[Path, dict]:
+def build_initrd(opts: BuildOptions, cache_dir: Path, kern: kernel_mod.Kernel,
+                 headers: headers_mod.Headers | None = None) -> tuple[Path, dict]:
     key = (
         cache.Hasher("initrd")
         .add("builder", builder_hash())
@@ -172,6 +174,7 @@ def build_initrd(opts: BuildOptions, cache_dir: Path, kern: kernel_mod.Kernel) -
         .add("pins", pyruntime.PINS)
         .add("python", cache.fingerprints(pyruntime.host_inputs()))
         .add("compression", opts.compression)
+        .add("headers", headers.key if headers else None)
         .hexdigest()
     )
     entry = cache_dir / "initrd" / key
@@ -195,13 +198,15 @@ def build_initrd(opts: BuildOptions, cache_dir: Path, kern: kernel_mod.Kernel) -
                 result = initrd.build_initrd(
                     tmp / INITRD_NAME, work=work, compression=opts.compression,
                     repo_root=REPO_ROOT, site=site, kernel_release=kern.release,
-                    ko_paths=ko_paths, module_basedir=basedir,
+                    ko_paths=ko_paths, module_basedir=basedir, headers=headers,
                 )
                 host_files = result.build_info.pop("_host_files")
                 info = {
                     "uncompressed_size": result.uncompressed_size,
                     "compressed_size": result.compressed_size,
                     "compression": opts.compression,
+                    "headers_segment_size": result.headers_segment_size,
+                    "headers": headers.info() if headers else None,
                     **result.build_info,
                 }
                 cache.write_json(tmp / "inputs.json", {
@@ -282,7 +287,12 @@ def build_all(opts: BuildOptions) -> Artifacts:
             with log.step("Resolving the kernel"):
                 kern = kernel_mod.resolve(opts.kernel, opts.modules, cache_dir)
                 log.info(f"kernel {kern.release} ({kern.origin})")
-            initrd_src, initrd_info = build_initrd(opts, cache_dir, kern)
+            headers = (headers_mod.build(kern, cache_dir, builder_hash(), force=opts.force)
+                       if opts.headers else None)
+            if headers is not None:
+                os.utime(headers.tarball.parent)  # most recently used
+                _prune(cache_dir / headers_mod.CACHE_KIND, KEEP_CACHED["headers"], headers.tarball.parent)
+            initrd_src, initrd_info = build_initrd(opts, cache_dir, kern, headers)
             rootfs_src, rootfs_info = build_rootfs(opts, cache_dir)
             kernel_out = out_dir / KERNEL_NAME
             initrd_out = out_dir / INITRD_NAME
@@ -296,6 +306,6 @@ def build_all(opts: BuildOptions) -> Artifacts:
         rootfs=rootfs_out,
         kernel_release=kern.release,
         info={"kernel_origin": kern.origin, "modules_dir": str(kern.modules_dir),
-              "initrd": initrd_info, "rootfs": rootfs_info,
+              "initrd": initrd_info, "rootfs": rootfs_info, "headers": initrd_info.get("headers"),
               "command": image_command(opts.base, opts.rootfs)},
     )

@@ -8,6 +8,8 @@ Layout under the cache dir (default `$KINDLING_CACHE` or ~/.cache/kindling):
     site/<key>/                pip --target install of the pinned guest deps
     busybox/<pkg>_<ver>/       dpkg-deb -x of busybox-static
     debian/<key>/              the Debian base's mmdebstrap tarball + info.json (debian.py)
+    kernel-headers/<pkg>_<ver>/  dpkg-deb -x of the linux-headers/linux-kbuild packages
+    headers/<key>/             the kernel-headers tarball for the initrd + inputs.json
     initrd/<key>/              a finished initrd + inputs.json
     rootfs/<key>/              a finished rootfs image + inputs.json
 """

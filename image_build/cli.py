@@ -36,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", type=Path, metavar="DIR",
                         help=f"build cache (default: $KINDLING_CACHE or {default_cache_dir()})")
     parser.add_argument("--force", action="store_true", help="rebuild even if the cache has the artifacts")
+    parser.add_argument("--no-headers", dest="headers", action="store_false",
+                        help="leave the kernel-headers tarball out of the initrd (the guest then"
+                             " installs no /lib/modules/<release>/build)")
 
 
 def add_base_argument(parser) -> None:
@@ -57,6 +60,7 @@ def main_from_args(args: argparse.Namespace) -> int:
         compression=args.compression,
         cache_dir=args.cache_dir,
         force=getattr(args, "force", False),
+        headers=getattr(args, "headers", True),
     )
     try:
         check_base(args.base, args.rootfs)
@@ -70,6 +74,9 @@ def main_from_args(args: argparse.Namespace) -> int:
     if ii.get("uncompressed_size"):
         extra = f", {log.human_size(ii['uncompressed_size'])} uncompressed, {ii.get('compression')}"
     print(f"initrd  {art.initrd}  ({log.human_size(art.initrd.stat().st_size)}{extra})")
+    hd = art.info.get("headers")
+    print(f"headers {hd['path_in_initrd']}  ({log.human_size(hd['size'])}, {hd['compression']})" if hd
+          else "headers none")
     print(f"rootfs  {art.rootfs}  ({log.human_size(art.rootfs.stat().st_size)}, {opts.rootfs_format})")
     return 0
 

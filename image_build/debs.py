@@ -47,6 +47,11 @@ def _fields(text: str) -> dict[str, str]:
     return out
 
 
+def _stanzas(text: str) -> list[dict[str, str]]:
+    """Every stanza of `apt-cache show` output, in order."""
+    return [_fields(block) for block in text.split("\n\n") if block.strip()]
+
+
 # apt's answers change only when these change (apt-get update, pinning, sources).
 APT_STATE = [
     Path("/var/lib/apt/lists"),
@@ -100,6 +105,42 @@ def _candidate(package: str) -> DebInfo:
     return DebInfo(package, f["Version"], f.get("Architecture", "amd64"))
 
 
+def available(package: str) -> list[dict[str, str]]:
+    """Every version of `package` apt knows, as {Version, Architecture, Depends} (newest first)."""
+    return _memo("available", package, lambda: _available(package))
+
+
+def _available(package: str) -> list[dict[str, str]]:
+    try:
+        proc = run(["apt-cache", "show", package], timeout=APT_TIMEOUT, capture=True)
+    except BuildError as e:
+        raise BuildError(f"apt knows no package {package!r} (run `apt-get update` first?): {e}") from None
+    keep = ("Version", "Architecture", "Depends")
+    return [{k: s[k] for k in keep if k in s} for s in _stanzas(proc.stdout) if "Version" in s]
+
+
+def exact(package: str, version: str, why: str) -> DebInfo:
+    """`package` at exactly `version` (`why` says who needs that version), or BuildError
+    naming the version needed and the versions apt offers."""
+    offered = available(package)
+    for stanza in offered:
+        if stanza["Version"] == version:
+            return DebInfo(package, version, stanza.get("Architecture", "amd64"))
+    versions = ", ".join(s["Version"] for s in offered) or "none"
+    raise BuildError(f"{package} {version} is needed ({why}), but apt offers only: {versions}"
+                     " (run `apt-get update`, or pin the same version of both)")
+
+
+def depends(package: str, version: str) -> list[str]:
+    """The package names `package` (at `version`) depends on: first alternatives, no versions."""
+    for stanza in available(package):
+        if stanza["Version"] == version:
+            deps = stanza.get("Depends", "")
+            return [d.split("|")[0].split("(")[0].split(":")[0].strip()
+                    for d in deps.split(",") if d.strip()]
+    raise BuildError(f"apt-cache show {package} lists no version {version}")
+
+
 def resolve_metapackage(meta: str, prefix: str) -> str:
     """The versioned package a metapackage depends on, e.g.
     linux-image-cloud-amd64 -> linux-image-6.1.0-57-cloud-amd64."""
@@ -120,12 +161,13 @@ def _resolve_metapackage(meta: str, prefix: str) -> str:
     )
 
 
-def fetch_and_extract(package: str, cache_dir: Path, kind: str) -> tuple[DebInfo, Path]:
-    """Download `package` into <cache>/debs and extract it into <cache>/<kind>/<slug>.
+def fetch_and_extract(package: str | DebInfo, cache_dir: Path, kind: str) -> tuple[DebInfo, Path]:
+    """Download `package` (the candidate version, or exactly the given DebInfo) into
+    <cache>/debs and extract it into <cache>/<kind>/<slug>.
 
     Both steps are skipped when their result is already in the cache.
     """
-    info = candidate(package)
+    info = package if isinstance(package, DebInfo) else candidate(package)
     debs = cache.ensure_dir(cache_dir / "debs")
     deb = debs / info.filename
     if not deb.is_file():

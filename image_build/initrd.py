@@ -3,6 +3,17 @@
 Contents: the Python runtime (pyruntime), the kernel-module closure (kmod),
 /init (the repo's initsys/init), a few device nodes and empty directories,
 and /usr/lib/kindling/build.json describing the build.
+
+The kernel-headers tarball (image_build/headers.py), when there is one, goes
+into a separate *uncompressed* newc segment in front of the compressed one:
+it is compressed already, and under TCG the kernel would spend time
+decompressing it a second time for nothing.  The kernel's initramfs unpacker
+takes any sequence of plain and compressed cpio archives
+(Documentation/driver-api/early-userspace/buffer-format.rst); a plain one
+first is the layout of early-microcode initrds.  It goes first, not last,
+because a legacy-format lz4 stream has no end marker: the kernel's unlz4
+reads chunk headers until the input ends (or a zero word), so a segment
+right after it would be taken for lz4 chunks.
 """
 
 from __future__ import annotations
@@ -51,9 +62,10 @@ libc.reboot(0x4321FEDC)  # RB_POWER_OFF
 @dataclass
 class InitrdResult:
     path: Path
-    uncompressed_size: int
-    compressed_size: int
+    uncompressed_size: int   # the main cpio archive
+    compressed_size: int     # the whole file
     build_info: dict
+    headers_segment_size: int = 0
 
 
 def stage_init(stage: Path, repo_root: Path) -> Path | None:
@@ -135,7 +147,29 @@ def compress(src: Path, dest: Path, method: str) -> None:
     os.chmod(dest, 0o644)
 
 
-def build_initrd(out: Path, *, work: Path, compression: str, **stage_args) -> InitrdResult:
+def headers_segment(tarball: Path, path_in_initrd: str) -> list[cpio.Entry]:
+    """The uncompressed segment: the tarball and its parent directories."""
+    name = path_in_initrd.strip("/")
+    parts = name.split("/")
+    dirs = ["/".join(parts[:i]) for i in range(1, len(parts))]
+    return [cpio.directory(d) for d in dirs] + [cpio.file(name, tarball, 0o644)]
+
+
+def assemble(out: Path, main: Path, headers=None) -> int:
+    """`out` = the headers segment (when `headers`, an image_build.headers.Headers) followed
+    by the compressed main archive `main`; returns the segment's size."""
+    segment = 0
+    with open(out, "wb") as f:
+        if headers is not None:
+            segment = cpio.write(headers_segment(headers.tarball, headers.path_in_initrd), f)
+        with open(main, "rb") as m:
+            shutil.copyfileobj(m, f, 1 << 20)
+    os.chmod(out, 0o644)
+    return segment
+
+
+def build_initrd(out: Path, *, work: Path, compression: str, headers=None, **stage_args) -> InitrdResult:
+    """`headers`: an image_build.headers.Headers (or None) for the uncompressed segment."""
     if compression not in COMPRESSIONS:
         raise BuildError(f"unknown compression {compression!r}: expected one of {', '.join(COMPRESSIONS)}")
     stage = work / "stage"
@@ -144,9 +178,12 @@ def build_initrd(out: Path, *, work: Path, compression: str, **stage_args) -> In
     raw = work / "initrd.cpio"
     with log.step("Writing cpio archive"):
         size = write_cpio(stage, raw)
+    main = work / "initrd.main"
     with log.step(f"Compressing initrd ({compression})"):
-        compress(raw, out, compression)
+        compress(raw, main, compression)
+    segment = assemble(out, main, headers)
     csize = out.stat().st_size
-    log.info(f"initrd: {log.human_size(size)} uncompressed, {log.human_size(csize)} {compression}")
-    return InitrdResult(out, size, csize, info)
+    log.info(f"initrd: {log.human_size(size)} uncompressed, {log.human_size(csize)} {compression}"
+             + (f" (with {log.human_size(segment)} of kernel headers, uncompressed)" if segment else ""))
+    return InitrdResult(out, size, csize, info, segment)
 

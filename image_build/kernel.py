@@ -24,6 +24,7 @@ class Kernel:
     modules_dir: Path  # .../lib/modules/<release>
     release: str
     origin: str  # e.g. "linux-image-6.1.0-57-cloud-amd64 6.1.192-3" or "--kernel PATH"
+    package: debs.DebInfo | None = None  # the Debian package it came from (None: --kernel)
 
 
 def resolve(kernel: Path | None, modules: Path | None, cache_dir: Path) -> Kernel:
@@ -76,7 +77,7 @@ def debian_cloud_kernel(cache_dir: Path) -> Kernel:
     vmlinuz = root / "boot" / f"vmlinuz-{release}"
     if not vmlinuz.is_file():
         raise BuildError(f"{package}: {vmlinuz} missing from the extracted package")
-    return Kernel(vmlinuz, mod_root / release, release, f"{info.package} {info.version}")
+    return Kernel(vmlinuz, mod_root / release, release, f"{info.package} {info.version}", info)
 
 
 def bzimage_version(path: Path) -> str | None:

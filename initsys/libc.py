@@ -22,6 +22,9 @@ MNT_DETACH = 2
 
 RB_POWER_OFF = 0x4321FEDC
 SYS_FINIT_MODULE = 313  # x86_64
+SYS_IOPRIO_SET = 251  # x86_64
+IOPRIO_WHO_PROCESS = 1
+IOPRIO_CLASS_SHIFT = 13
 SYSLOG_ACTION_READ_ALL = 3
 
 
@@ -47,6 +50,11 @@ def umount(target, flags=0):
 
 def finit_module(fd, params=b""):
     return _check(_libc.syscall(SYS_FINIT_MODULE, fd, ctypes.c_char_p(params), 0), "finit_module")
+
+
+def ioprio_set(which, who, ioprio):
+    """ioprio_set(2): e.g. (IOPRIO_WHO_PROCESS, 0, 3 << IOPRIO_CLASS_SHIFT) = this process, idle."""
+    return _check(_libc.syscall(SYS_IOPRIO_SET, which, who, ioprio), f"ioprio_set({which}, {who}, {ioprio:#x})")
 
 
 def reboot(cmd):

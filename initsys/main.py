@@ -138,15 +138,17 @@ async def boot(setup, agent):
         from initsys import stages
         launched = {"network": setup.launched_network} if setup.launched_network else {}
         await stages.run(cfg, reaper, mounts.NEWROOT, stages.strategy_of(cfg), launched)
-
-        if cfg.init_mode == "systemd":
+        if cfg.init_mode == "systemd":  # the agent and the headers become systemd units
             from initsys import systemd_mode
             if agent is not None:
-                agent.kill()  # systemd starts the agent from its unit
+                agent.kill()
             with Stage("units"):
                 switch = systemd_mode.prepare(cfg, agent_gate.transport_from_cmdline())
             nursery.cancel_scope.cancel()
             return switch
+
+        from initsys import headers_launch
+        headers_launch.start(cfg, reaper, mounts.NEWROOT)  # in the background, never awaited
 
         if agent is not None and cfg.skip_guest_agent:
             agent.cancel()

@@ -18,6 +18,12 @@ GUEST_MODULES = [
     "initsys.rootfs",
     "initsys.systemd_mode",
     "systemd_units",
+    "initsys.headers_launch",
+    "initsys.headers",
+    "tarfile",       # the headers worker's imports (lazy in its code, so named here);
+    "zlib",          # tarfile's gz stream (shutil, which tarfile imports, brings lzma too)
+    "shutil",
+    "json",
     "trio",
     "pyudev",
     "pyroute2.iproute.linux",

@@ -22,15 +22,12 @@ HYPEMAN-AGENT-READY line (the unit's output goes to the journal and the
 console), not the FD handshake, which only exists in exec mode.
 """
 
-import glob
 import os
 import signal
 
 from initsys import console, libc, mounts, protocol
 
 INITRD_BIND = "/run/kindling/initrd"        # inside the new root
-HEADERS_GLOB = "/usr/lib/kindling/headers/linux-headers-*.tar*"
-HEADERS_STATUS = "/run/kindling/kernel-headers.status"
 MOVED_MOUNTS = ("dev", "proc", "sys")
 
 
@@ -41,14 +38,20 @@ def agent_args(transport):
     return ["--transport", transport["transport"], "--port", str(transport["port"])]
 
 
-def headers_tarball():
-    """The headers tarball of the running kernel in the initrd, or None."""
-    release = os.uname().release
-    found = sorted(glob.glob(HEADERS_GLOB))
-    for path in found:
-        if os.path.basename(path).startswith(f"linux-headers-{release}.tar"):
-            return path
-    return None
+def headers_tarball(cfg, newroot):
+    """The headers tarball for the unit, or None.  When headers are wanted but none
+    matches the running kernel, report it the worker's way (FAILED) and install no unit."""
+    from initsys import headers, headers_launch
+
+    if not headers_launch.wanted(cfg):
+        return None
+    headers.write_atomic(os.path.join(newroot, headers.STATUS_FILE), "pending\n")
+    try:
+        return headers.find_tarball(os.uname().release)
+    except headers.Failed as e:
+        headers.write_atomic(os.path.join(newroot, headers.STATUS_FILE), "failed\n")
+        console.emit(protocol.headers_failed_line(str(e)))
+        return None
 
 
 class Switch:
@@ -87,11 +90,8 @@ def prepare(cfg, transport, newroot=mounts.NEWROOT):
     libc.mount("/", target, None, libc.MS_BIND)
     libc.mount(None, target, None, libc.MS_BIND | libc.MS_REMOUNT | libc.MS_RDONLY)
 
-    tarball = None if cfg.skip_kernel_headers else headers_tarball()
+    tarball = headers_tarball(cfg, newroot)
     if tarball is not None:
-        status = os.path.join(newroot, HEADERS_STATUS.lstrip("/"))
-        with open(status, "w") as f:
-            f.write("pending\n")
         tarball = INITRD_BIND + tarball
     args = None
     env = None

@@ -64,6 +64,8 @@ def test_qemu_not_installed(tmp_path, monkeypatch, capsys):
     (["--name=-bad", "--", "true"], "invalid instance name '-bad'"),
     (["--name", "a b", "--", "true"], "invalid instance name 'a b'"),
     (["--log-max-size", "100", "--", "true"], "--log-max-size 100: at least 4096 bytes"),
+    (["--initrd", "/nonexistent/initrd.img", "--", "true"], "--initrd: /nonexistent/initrd.img does not exist"),
+    (["--initrd", "/", "--", "true"], "--initrd: / is not a regular file"),
 ])
 @pytest.mark.parametrize("command, code", [("run", 125), ("create", 1)])
 def test_create_and_run_usage_errors(command, code, args, message, capsys, home):

@@ -8,10 +8,7 @@ longer, so waits are generous.  Nothing is faked.
 
 import json
 import os
-import shutil
-import signal
 import subprocess
-import tempfile
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -21,7 +18,8 @@ import pytest
 from host_shim import Kindling, NotRunning, State
 from initsys import protocol
 
-from tests.vm import KINDLING, ROOT, qemu_pids_using, require_qemu
+from tests.vm import (KINDLING, ROOT, env_for, eventually, kindling, kindling_json, private_home,
+                      qemu_pids_using)
 
 pytestmark = pytest.mark.vm
 
@@ -31,37 +29,8 @@ SLEEPER = ["sh", "-c", "echo started; sleep 1000"]
 
 @pytest.fixture
 def home():
-    require_qemu()
-    path = Path(tempfile.mkdtemp(prefix="kl-"))     # short: the QMP socket path must fit
-    yield path
-    for pid in qemu_pids_using(path):                # a failed test must not leak VMs
-        os.kill(pid, signal.SIGKILL)
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def env_for(home: Path) -> dict:
-    return dict(os.environ, KINDLING_HOME=str(home), KINDLING_ACCEL="tcg")
-
-
-def kindling(home: Path, *args, timeout: float = BOOT_TIMEOUT, check: bool = True):
-    result = subprocess.run([*KINDLING, *args], cwd=ROOT, env=env_for(home),
-                            stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                            timeout=timeout)
-    if check:
-        assert result.returncode == 0, f"kindling {' '.join(args)}:\n{result.stderr}"
-    return result
-
-
-def kindling_json(home: Path, command: str, *args, **kw):
-    return json.loads(kindling(home, command, "--json", *args, **kw).stdout)
-
-
-def eventually(check, what: str, timeout: float = 60):
-    """Program output follows PROGRAM-START by a moment: poll for it."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
+    with private_home("kl-") as path:
+        yield path
 
 
 def state_history(info: dict) -> list[tuple[str, bool]]:

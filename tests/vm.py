@@ -4,10 +4,15 @@ Nested KVM on these machines is unusable, so every VM test forces TCG.  The
 images come from the shared build cache (built once, ~0.1 s when warm).
 """
 
+import contextlib
+import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,6 +39,19 @@ def qemu_pids_using(path):
     return pids
 
 
+@contextlib.contextmanager
+def private_home(prefix):
+    """A short KINDLING_HOME (the QMP socket path must fit in sun_path); no VM outlives it."""
+    require_qemu()
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield path
+    finally:
+        for pid in qemu_pids_using(path):                # a failed test must not leak VMs
+            os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def kindling_run(home, *args, timeout=300):
     """`kindling run --accel tcg ARGS`; asserts no QEMU and no instance dir is left behind."""
     require_qemu()
@@ -42,3 +60,29 @@ def kindling_run(home, *args, timeout=300):
                             stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
     assert qemu_pids_using(home) == []
     return result
+
+
+def env_for(home: Path) -> dict:
+    return dict(os.environ, KINDLING_HOME=str(home), KINDLING_ACCEL="tcg")
+
+
+def kindling(home: Path, *args, timeout: float = 300, check: bool = True):
+    """One `kindling` command (text output); with `check`, it must succeed."""
+    result = subprocess.run([*KINDLING, *args], cwd=ROOT, env=env_for(home),
+                            stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                            timeout=timeout)
+    if check:
+        assert result.returncode == 0, f"kindling {' '.join(args)}:\n{result.stderr}"
+    return result
+
+
+def kindling_json(home: Path, command: str, *args, **kw):
+    return json.loads(kindling(home, command, "--json", *args, **kw).stdout)
+
+
+def eventually(check, what: str, timeout: float = 60):
+    """Poll `check` (program output follows PROGRAM-START by a moment, and so on)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
