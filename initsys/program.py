@@ -12,7 +12,7 @@ import time
 
 import trio
 
-from initsys import console, libc, powerbutton, protocol
+from initsys import libc, powerbutton, protocol
 from initsys.mounts import NEWROOT
 from initsys.timeline import record
 
@@ -23,11 +23,28 @@ class ProgramError(Exception):
     """The program could not be set up (not an exit status of the program)."""
 
 
-def _enter_root(newroot, workdir):
+def _runnable(argv0, env):
+    """Whether exec will find argv0 (the PATH search execvp does), in the current root."""
+    dirs = [""] if "/" in argv0 else os.get_exec_path(env)
+    return any(os.path.isfile(p) and os.access(p, os.X_OK)
+               for p in (os.path.join(d, argv0) for d in dirs))
+
+
+def _enter_root(newroot, workdir, argv0, env):
+    """The child's last steps before exec: chroot, workdir, and HYPEMAN-PROGRAM-START.
+
+    The child prints PROGRAM-START itself, on its own console descriptor, right
+    before exec: so the line always precedes the program's first output on the
+    console (printed by PID 1 after the spawn, a fast program's output could come
+    first under load and the host would take it for boot noise).  It is skipped
+    when exec cannot find the command (127: the program never started).
+    """
     def preexec():
         os.chroot(newroot)
         os.makedirs(workdir, exist_ok=True)  # like docker, a missing workdir is created
         os.chdir(workdir)
+        if _runnable(argv0, env):
+            os.write(1, (protocol.program_start_line("exec") + "\n").encode())
     return preexec
 
 
@@ -48,7 +65,7 @@ async def spawn(argv, env, workdir, reaper, *, newroot=NEWROOT, pass_fds=()):
             try:
                 proc = await trio.lowlevel.open_process(
                     argv, env=env, stdin=stdin, stdout=out, stderr=out,
-                    preexec_fn=_enter_root(newroot, workdir), start_new_session=True,
+                    preexec_fn=_enter_root(newroot, workdir, argv[0], env), start_new_session=True,
                     pass_fds=pass_fds)
             except subprocess.SubprocessError:
                 raise ProgramError(f"workdir {workdir!r}: cannot create or enter it in the new root") from None
@@ -84,8 +101,7 @@ async def run(cfg, reaper):
             code = protocol.EXIT_NOT_EXECUTABLE
             return code, protocol.exit_message(code)
         raise
-    console.emit(protocol.program_start_line("exec"))
-    record("program-start", started, time.monotonic())
+    record("program-start", started, time.monotonic())  # PROGRAM-START: printed by the child
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_forward_signals, proc)
         nursery.start_soon(powerbutton.forward_presses, proc)
