@@ -202,6 +202,8 @@ def main(t0):
                              prestarted_network=network)
         setup.start()
         with Stage("imports"):
+            from initsys import deferred
+            deferred.defer()  # ssl, hmac: imported by trio, never used by PID 1
             import trio
         switch = trio.run(boot, setup, agent)
         if switch is not None:  # systemd mode: exec the image's init (never returns)
