@@ -10,21 +10,13 @@ import json
 
 import pytest
 
+from host_shim.timeline import Timeline
 from initsys import protocol
 
 from tests.test_vm_headers import HEADERS_TIMEOUT, STATUS, markers, ts
 from tests.vm import kindling, private_home
 
 pytestmark = pytest.mark.vm
-
-
-def stages_of(text):
-    stages = {}
-    for line in text.splitlines():
-        m = protocol.parse_line(line)
-        if m is not None and m.kind == protocol.STAGE:
-            stages[m.fields["name"]] = (float(m.fields["start"]), float(m.fields["end"]))
-    return stages
 
 
 def test_baseline_boot_installs_headers_before_the_program_and_runs_stages_in_turn():
@@ -45,7 +37,7 @@ def test_baseline_boot_installs_headers_before_the_program_and_runs_stages_in_tu
             assert status == "ready\n"
             info = json.loads(kindling(home, "inspect", "--json", "bl").stdout)
             with open(f"{info['dir']}/logs/app.log", errors="replace") as f:
-                s = stages_of(f.read())
+                s = {st.name: (st.start, st.end) for st in Timeline.from_console(f).stages}
             assert s["network"][1] <= s["volumes"][0], s           # network first, in turn
             assert s["headers-spawn"][0] <= s["headers-wait"][0]
             assert s["headers-wait"][1] <= s["agent"][0] <= s["program-start"][0], s
