@@ -151,7 +151,7 @@ def measure(runs, floor):
                       f"time_to_running {r['time_to_running_s']:6.2f} s", file=sys.stderr)
     finally:
         cleanup(home)
-    return results
+    return results, home
 
 
 def stage_table(stages):
@@ -201,14 +201,14 @@ def main(argv=None):
         ap.error("--runs must be at least 1")
     floor = floor_initrd()
     try:
-        results = measure(args.runs, floor)
+        results, home = measure(args.runs, floor)
     except BenchError as e:
         raise SystemExit(f"create_running: {e}") from None
     shown = [os.path.relpath(sys.executable, ROOT), "bench/create_running.py", "--runs", str(args.runs)]
     text, summary_numbers = report(results, args.runs, shown)
     print(text)
     if args.json:
-        args.json.write_text(json.dumps({"runs": args.runs, "variants": {
+        args.json.write_text(json.dumps({"runs": args.runs, "kindling_home": str(home), "variants": {
             v: {"create_argv": create_argv(v, "NAME", floor), "per_run": results[v]} for v in VARIANTS},
             **summary_numbers}, indent=2))
 

@@ -2,6 +2,7 @@
 CI smoke run of the benchmark with one run per variant (figures, never asserted)."""
 
 import json
+import os
 import stat
 import subprocess
 import sys
@@ -42,4 +43,5 @@ def test_create_running_benchmark_smoke_run(tmp_path):
     assert set(data["variants"]) == {"baseline", "default", "floor"}
     assert all(len(v["per_run"]) == 1 for v in data["variants"].values())
     assert "headers-wait" in data["variants"]["baseline"]["per_run"][0]["stages"]
-    assert qemu_pids_using("/tmp/kcr-") == []
+    home = data["kindling_home"]    # removed, and no VM of this run left behind
+    assert not os.path.exists(home) and qemu_pids_using(home) == []
