@@ -6,6 +6,10 @@ on the read end (trio wait_readable: event-driven, no polling) with a 10 s
 limit.  A byte counts even when the agent exits right after writing it; EOF
 without a byte means the agent died first.  Either failure is fatal: the
 program never runs.
+
+The `baseline` boot strategy (the benchmarks' "before", initsys/stages.py)
+deliberately detects readiness the naive way instead: it polls the ready file
+every 100 ms (`release_and_poll`), with the same 10 s limit, and ignores the byte.
 """
 
 import json
@@ -15,6 +19,7 @@ import signal
 from initsys import helpers
 
 READY_TIMEOUT = 10.0
+BASELINE_POLL_INTERVAL = 0.1  # baseline only: a naive implementation's poll interval
 READY_FILE = "/run/kindling/agent.ready"  # inside the new root (its /run is a tmpfs)
 SERIAL_NAME = "org.kindling.agent.0"
 VSOCK_PORT = 2222
@@ -71,7 +76,7 @@ class AgentProcess:
         """Send `go`, then wait for the readiness byte.  Raises AgentFailed."""
         import trio
 
-        self.helper.release(json.dumps({"root": root, "env": env, "transport": transport}).encode())
+        self._release(root, env, transport)
         byte = b""
         with trio.move_on_after(timeout):
             await trio.lowlevel.wait_readable(self._ready_r)
@@ -81,6 +86,27 @@ class AgentProcess:
                 raise AgentFailed("the agent exited before it was ready (no readiness byte)")
             return
         raise AgentFailed(f"the agent was not ready within {timeout:.0f} s")
+
+    async def release_and_poll(self, root, env, transport, timeout=READY_TIMEOUT,
+                               interval=BASELINE_POLL_INTERVAL):
+        """The baseline strategy's DELIBERATELY NAIVE gate, kept only as the benchmarks'
+        "before": send `go`, then poll for the ready file in the new root every
+        `interval` seconds (the byte is never read).  Raises AgentFailed on timeout."""
+        import trio
+
+        self._release(root, env, transport)
+        path = os.path.join(root, READY_FILE.lstrip("/"))
+        with trio.move_on_after(timeout):
+            while not os.path.exists(path):
+                await trio.sleep(interval)
+            # closed only now: the agent writes its byte before the file, and an early
+            # close would make that write fail with EPIPE
+            os.close(self._ready_r)
+            return
+        raise AgentFailed(f"the agent's ready file {READY_FILE} did not appear within {timeout:.0f} s")
+
+    def _release(self, root, env, transport):
+        self.helper.release(json.dumps({"root": root, "env": env, "transport": transport}).encode())
 
     async def supervise(self, reaper):
         """Reap the agent when it exits (it is tracked, so nobody else will)."""

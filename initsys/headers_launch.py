@@ -7,15 +7,21 @@ right after the launch and the reaper's orphan sweep reaps it whenever it ends;
 its Popen is kept referenced here, so CPython never polls (and reaps) that pid
 itself.  A worker still running when the program ends dies with the power-off;
 its install is redone on the next boot (the `build` link is its commit point).
+
+The `baseline` boot strategy (the benchmarks' "before", initsys/stages.py)
+instead keeps the worker tracked and waits for it to exit before the agent and
+the program; a worker that fails (it printed FAILED) or outlives the limit
+does not stop the boot.
 """
 
 import os
 
-from initsys import helpers
+from initsys import console, helpers
 from initsys.headers import HEADERS_DIR, STATUS_FILE, write_atomic
 from initsys.timeline import Stage
 
 _launched = []
+BASELINE_TIMEOUT = 900.0  # the first install takes 20-35 s under TCG on an idle host
 
 
 def wanted(cfg, directory=HEADERS_DIR):
@@ -29,8 +35,9 @@ def wanted(cfg, directory=HEADERS_DIR):
         return False  # an initrd built --no-headers
 
 
-def start(cfg, reaper, root):
-    """Write `pending` and launch the worker on `root`; returns its Helper, or None."""
+def start(cfg, reaper, root, background=True):
+    """Write `pending` and launch the worker on `root`; returns its Helper, or None.
+    Not `background`: it stays tracked, for `wait()`."""
     if not wanted(cfg):
         return None
     with Stage("headers-spawn"):
@@ -41,7 +48,17 @@ def start(cfg, reaper, root):
                                     stderr=console, new_session=True)
         finally:
             os.close(console)
-        reaper.untrack(helper.popen.pid)
-        reaper.sweep()  # in case it ended while still tracked
-        _launched.append(helper)
+        if background:
+            reaper.untrack(helper.popen.pid)
+            reaper.sweep()  # in case it ended while still tracked
+            _launched.append(helper)
     return helper
+
+
+async def wait(reaper, helper, timeout=BASELINE_TIMEOUT):
+    """The baseline strategy: wait for the worker to exit.  Its failure is its own to
+    report (it printed HEADERS-FAILED); ours is only a console line (before PROGRAM-START, so no program output)."""
+    try:
+        await helpers.finish(reaper, helper, timeout=timeout)
+    except helpers.HelperFailed as e:
+        console.emit(f"kindling: kernel-headers worker: {e}")

@@ -59,6 +59,7 @@ class OrderedSetup(threading.Thread):
         self.wants_serial_port = wants_serial_port
         self.error = None
         self.config = None
+        self.strategy = None
         self.disks = None
         self.skipped_modules = []
 
@@ -93,9 +94,10 @@ class OrderedSetup(threading.Thread):
             rootfs.assemble(disks["rootfs"], disks["overlay"])
         with Stage("config"):
             self.config = config.load(disks["config"])
+            self.strategy = stages.strategy_of(self.config)
         with Stage("newroot"):
             mounts.bind_into_newroot()
-        if stages.strategy_of(self.config) == "concurrent":
+        if self.strategy == "concurrent":
             self.launched_network = stages.launch_network_early(
                 self.config, self.reaper, mounts.NEWROOT, self.prestarted_network)
         elif self.prestarted_network is not None and not self.config.network_enabled:
@@ -137,7 +139,7 @@ async def boot(setup, agent):
 
         from initsys import stages
         launched = {"network": setup.launched_network} if setup.launched_network else {}
-        await stages.run(cfg, reaper, mounts.NEWROOT, stages.strategy_of(cfg), launched)
+        await stages.run(cfg, reaper, mounts.NEWROOT, setup.strategy, launched)
         if cfg.init_mode == "systemd":  # the agent and the headers become systemd units
             from initsys import systemd_mode
             if agent is not None:
@@ -148,14 +150,18 @@ async def boot(setup, agent):
             return switch
 
         from initsys import headers_launch
-        headers_launch.start(cfg, reaper, mounts.NEWROOT)  # in the background, never awaited
+        baseline = setup.strategy == "baseline"
+        worker = headers_launch.start(cfg, reaper, mounts.NEWROOT, background=not baseline)
+        if worker is not None and baseline:  # the benchmarks' "before": headers first
+            with Stage("headers-wait"):
+                await headers_launch.wait(reaper, worker)
 
         if agent is not None and cfg.skip_guest_agent:
             agent.cancel()
         elif agent is not None:
+            wait_ready = agent.release_and_poll if baseline else agent.release_and_wait
             with Stage("agent"):
-                await agent.release_and_wait(mounts.NEWROOT, cfg.program_env(),
-                                             agent_gate.transport_from_cmdline())
+                await wait_ready(mounts.NEWROOT, cfg.program_env(), agent_gate.transport_from_cmdline())
 
         timeline.enter("program")
         gc.enable()  # disabled by /init for the boot (fewer collections while importing)
@@ -196,6 +202,8 @@ def main(t0):
                              prestarted_network=network)
         setup.start()
         with Stage("imports"):
+            from initsys import deferred
+            deferred.defer()  # ssl, hmac: imported by trio, never used by PID 1
             import trio
         switch = trio.run(boot, setup, agent)
         if switch is not None:  # systemd mode: exec the image's init (never returns)

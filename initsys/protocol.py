@@ -334,7 +334,7 @@ def _type_name(value):
 
 INIT_MODES = ("exec", "systemd")
 VOLUME_MODES = ("ro", "rw", "overlay")
-STRATEGIES = ("concurrent", "sequential")
+STRATEGIES = ("concurrent", "sequential", "baseline")
 
 
 class Volume:
@@ -484,9 +484,10 @@ def validate_config(obj):
         if not isinstance(addr, str):
             raise ConfigError(f"hosts.{name}", "an IPv4 address string", addr)
     c.hosts = dict(hosts)
-    c.boot_strategy = _get(obj, "boot_strategy", str, "one of concurrent, sequential", "concurrent")
+    strategies = f"one of {', '.join(STRATEGIES)}"
+    c.boot_strategy = _get(obj, "boot_strategy", str, strategies, "concurrent")
     if c.boot_strategy not in STRATEGIES:
-        raise ConfigError("boot_strategy", f"one of concurrent, sequential, got {c.boot_strategy!r}")
+        raise ConfigError("boot_strategy", f"{strategies}, got {c.boot_strategy!r}")
     if c.init_mode == "exec" and not c.argv:
         raise ConfigError("entrypoint", "a non-empty program argv (entrypoint + cmd) in exec mode")
     return c

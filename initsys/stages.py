@@ -6,12 +6,20 @@ The order lives here, in `plan()`:
     network   after: nothing -- or after `volumes` when a volume is mounted at
               /, /etc or below /etc (resolv.conf would race with the mount)
 
-Strategy `concurrent` (default) runs every stage as soon as its dependencies
-are done, in one trio nursery; `sequential` runs the same stages one after
-another in plan order (for debugging ordering problems, and as the benchmark
-baseline).  Choose it with config.json `boot_strategy` or, overriding that,
-`kindling_strategy=sequential` on the kernel command line.  Every stage prints
-its KINDLING-STAGE line; a failure names its stage in the KINDLING-FATAL line.
+Strategies (config.json `boot_strategy`; `kindling_strategy=` on the kernel
+command line overrides it):
+
+    concurrent  (default) every stage starts as soon as its dependencies are
+                done, in one trio nursery
+    sequential  the same stages one after another in plan order (volumes
+                first), for debugging ordering problems
+    baseline    the benchmarks' "before" (bench/create_running.py): network,
+                then volumes, one after another -- the order of the seed
+                implementation; PID 1 also waits for the headers worker and
+                polls the agent's ready file (initsys/main.py, agent_gate.py)
+
+Every stage prints its KINDLING-STAGE line; a failure names its stage in the
+KINDLING-FATAL line.
 """
 
 import os
@@ -36,19 +44,40 @@ def shadows_etc(path):
     return path in ("/", "/etc") or path.startswith("/etc/")
 
 
+def volumes_first(cfg):
+    return any(shadows_etc(v.path) for v in cfg.volume_mounts)
+
+
 def plan(cfg):
     """[(stage, dependencies)] in a valid sequential order."""
     stages = []
     if cfg.volume_mounts:
         stages.append(("volumes", ()))
     if cfg.network_enabled:
-        etc_first = any(shadows_etc(v.path) for v in cfg.volume_mounts)
-        stages.append(("network", ("volumes",) if etc_first else ()))
+        stages.append(("network", ("volumes",) if volumes_first(cfg) else ()))
     return stages
 
 
+def sequence(cfg, strategy):
+    """The stage names in the order a one-at-a-time strategy runs them."""
+    names = [name for name, _ in plan(cfg)]
+    # baseline: network first, as the seed did -- but the /etc rule still wins: with a
+    # volume at /, /etc or below /etc the volumes must be mounted before the network
+    # stage writes resolv.conf and hosts, or the mount would hide (or race with) them
+    if strategy == "baseline" and not volumes_first(cfg):
+        names.sort(key=("network", "volumes").index)
+    return names
+
+
 def strategy_of(cfg, environ=os.environ):
-    return environ.get("kindling_strategy") or cfg.boot_strategy
+    """The kernel argument `kindling_strategy=` if given, else config.json's `boot_strategy`."""
+    from initsys.protocol import STRATEGIES
+
+    strategy = environ.get("kindling_strategy") or cfg.boot_strategy
+    if strategy not in STRATEGIES:
+        raise ValueError(f"kernel argument kindling_strategy={strategy}: expected one of "
+                         f"{', '.join(STRATEGIES)}")
+    return strategy
 
 
 async def volume_stage(cfg, reaper, newroot, launched=None):
@@ -138,11 +167,11 @@ async def run(cfg, reaper, newroot, strategy="concurrent", launched=None):
 
     timings = {}
     launched = launched or {}
-    stages = plan(cfg)
-    if strategy == "sequential":
-        for name, _ in stages:
+    if strategy != "concurrent":
+        for name in sequence(cfg, strategy):
             await _run_stage(name, cfg, reaper, newroot, timings, launched)
         return timings
+    stages = plan(cfg)
     done = {name: trio.Event() for name, _ in stages}
 
     async def one(name, after):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from initsys import protocol
-from initsys.stages import plan, shadows_etc
+from initsys.stages import plan, sequence, shadows_etc, strategy_of
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,6 +43,26 @@ def test_plan_runs_independent_stages_together_and_orders_the_etc_rule():
     assert plan(cfg(**NET, volume_mounts=[etc])) == [("volumes", ()), ("network", ("volumes",))]
     assert plan(cfg(**NET)) == [("network", ())]
     assert plan(cfg()) == []
+
+
+def test_sequence_per_strategy_keeps_the_etc_rule():
+    data = cfg(**NET, volume_mounts=[{"device": "/dev/vdd", "path": "/data", "mode": "rw"}])
+    assert sequence(data, "sequential") == ["volumes", "network"]
+    assert sequence(data, "baseline") == ["network", "volumes"]    # the seed's order
+    for path in ("/", "/etc", "/etc/app"):
+        etc = cfg(**NET, volume_mounts=[{"device": "/dev/vdd", "path": path, "mode": "rw"}])
+        assert sequence(etc, "baseline") == ["volumes", "network"], path
+    assert sequence(cfg(**NET), "baseline") == ["network"]
+    assert sequence(cfg(volume_mounts=[{"device": "/dev/vdd", "path": "/d"}]), "baseline") == ["volumes"]
+
+
+def test_strategy_of_kernel_argument_overrides_the_config():
+    assert strategy_of(cfg(), {}) == "concurrent"
+    assert strategy_of(cfg(boot_strategy="baseline"), {}) == "baseline"
+    assert strategy_of(cfg(boot_strategy="baseline"), {"kindling_strategy": "sequential"}) == "sequential"
+    assert strategy_of(cfg(), {"kindling_strategy": "baseline"}) == "baseline"
+    with pytest.raises(ValueError, match="kindling_strategy=fast: expected one of concurrent, sequential, baseline"):
+        strategy_of(cfg(), {"kindling_strategy": "fast"})
 
 
 def sh(*argv, timeout=60, check=True):
@@ -237,4 +257,14 @@ def test_etc_rule_orders_volumes_before_network(netns, tmp_path, loops):
 
 def test_sequential_strategy_runs_one_after_another(netns, tmp_path, loops):
     t = _both(netns, tmp_path, loops, "/data", strategy="sequential")
+    assert t["volumes"][1] <= t["network"][0], t
+
+
+def test_baseline_strategy_runs_network_then_volumes(netns, tmp_path, loops):
+    t = _both(netns, tmp_path, loops, "/data", strategy="baseline")
+    assert t["network"][1] <= t["volumes"][0], t
+
+
+def test_baseline_strategy_keeps_volumes_first_for_etc(netns, tmp_path, loops):
+    t = _both(netns, tmp_path, loops, "/etc/app", strategy="baseline")
     assert t["volumes"][1] <= t["network"][0], t

@@ -1,0 +1,217 @@
+"""create -> Running (issue 7, benchmarks 1 and 5): baseline vs default vs the floor.
+
+Three variants with the same kernel, machine, images and config -- `--net`,
+two 64M volumes mounted rw at /data1 and /data2, the default initrd (kernel
+headers shipped), the agent on virtio-serial, program `sleep 3600`:
+
+  baseline  `--kernel-arg kindling_strategy=baseline`: network then volumes one
+            after the other, agent readiness by polling its ready file (100 ms),
+            the kernel headers installed before the program starts
+  default   concurrent stages, the FD handshake, headers in the background
+  floor     `--initrd FLOOR --agent none --no-headers`: bench/floor.py's busybox
+            /init that only prints PROGRAM-START and execs the program (the
+            same QEMU devices are attached; nothing in the guest uses them)
+
+Runs are interleaved (b, d, f, b, d, f, ...) so that the noise of a shared
+machine hits all three alike; every run is a fresh instance in one private
+KINDLING_HOME (a short /tmp path: the QMP socket path must fit in sun_path).
+One default and one floor boot first warm the build cache and the page cache
+(not counted).
+
+The measure: host wall time from just before `kindling create` until
+`kindling wait VM --for running` returns.  `wait` follows the serial log
+itself (~50 ms resolution) in one process, where polling `inspect --json`
+would pay a CLI start per poll; both include the CLI's own start-up, which is
+the same for every variant.  Beside it, the host shim's own `time_to_running`
+(create request -> Running, from `inspect --json`).  Then `delete` (which also
+removes the instance's network namespace).
+
+Prints median/min/max per variant, the ratios baseline/default (target >= 3.4)
+and default/floor (target <= 1.5), the PID 1 stage breakdown of one default
+run (KINDLING-STAGE lines, bench/boot.py's parser) and where the headers
+install ran in one baseline run.
+
+    .venv/bin/python bench/create_running.py [--runs 5] [--json FILE]
+
+`--runs 1` is the CI smoke run.
+"""
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from boot import stages_of, summary  # noqa: E402  (bench/boot.py, this script's folder)
+from floor import floor_initrd  # noqa: E402
+
+from tests.vm import qemu_pids_using  # noqa: E402
+
+VARIANTS = ("baseline", "default", "floor")
+VOLUMES = (("v1", "/data1"), ("v2", "/data2"))
+VOLUME_SIZE = "64M"
+PROGRAM = ("sleep", "3600")
+BOOT_TIMEOUT = 600          # one boot; the baseline's headers install is 20-35 s on an idle host
+CLI_TIMEOUT = 120
+TARGET_SPEEDUP = 3.4        # baseline / default
+TARGET_FLOOR = 1.5          # default / floor
+
+
+class BenchError(Exception):
+    pass
+
+
+def kindling(home, *argv, timeout=CLI_TIMEOUT, check=True):
+    env = dict(os.environ, KINDLING_HOME=str(home), KINDLING_ACCEL="tcg")
+    r = subprocess.run([sys.executable, "-m", "host_shim.cli", *argv], cwd=ROOT, env=env,
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+    if check and r.returncode != 0:
+        raise BenchError(f"kindling {shlex.join(argv)} failed ({r.returncode}):\n{r.stderr[-2000:]}")
+    return r
+
+
+def create_argv(variant, name, floor):
+    argv = ["create", "--accel", "tcg", "--name", name, "--net"]
+    for image, path in VOLUMES:
+        argv += ["--volume", f"{image}:{path}"]
+    if variant == "floor":
+        argv += ["--initrd", str(floor), "--agent", "none", "--no-headers"]
+    else:
+        argv += ["--agent", "serial"]
+    if variant == "baseline":
+        argv += ["--kernel-arg", "kindling_strategy=baseline"]
+    return [*argv, "--", *PROGRAM]
+
+
+def guest_stages(app_log, want, deadline):
+    """The KINDLING-STAGE lines; `program-start`'s line follows PROGRAM-START by a moment."""
+    while True:
+        stages = stages_of(app_log)
+        if want in stages or time.monotonic() > deadline:
+            return stages
+        time.sleep(0.1)
+
+
+def one_run(home, variant, name, floor):
+    t0 = time.monotonic()
+    kindling(home, *create_argv(variant, name, floor), timeout=BOOT_TIMEOUT)
+    try:
+        kindling(home, "wait", name, "--for", "running", "--timeout", str(BOOT_TIMEOUT),
+                 timeout=BOOT_TIMEOUT + 30)
+        wall = time.monotonic() - t0
+        info = json.loads(kindling(home, "inspect", "--json", name).stdout)
+        stages = {}
+        if variant != "floor":
+            stages = guest_stages(Path(info["dir"]) / "logs" / "app.log", "program-start",
+                                  time.monotonic() + 10)
+    finally:
+        kindling(home, "delete", name, check=False)
+    return {"wall_s": wall, "time_to_running_s": info.get("time_to_running"), "stages": stages}
+
+
+def cleanup(home):
+    """Leave no VM, namespace or file behind, whatever happened."""
+    instances = home / "instances"
+    for meta in instances.glob("*/metadata.json") if instances.is_dir() else ():
+        try:
+            kindling(home, "delete", meta.parent.name, check=False)
+        except subprocess.TimeoutExpired:
+            pass
+        for pid in qemu_pids_using(meta.parent):    # only the VMs this benchmark started
+            os.kill(pid, signal.SIGKILL)
+        if os.path.exists(f"/run/netns/kindling-{meta.parent.name}"):
+            subprocess.run(["ip", "netns", "del", f"kindling-{meta.parent.name}"],
+                           capture_output=True, timeout=30)
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def measure(runs, floor):
+    results = {v: [] for v in VARIANTS}
+    home = Path(tempfile.mkdtemp(prefix="kcr-", dir="/tmp"))
+    try:
+        for image, _ in VOLUMES:
+            kindling(home, "volume", "create", image, "--size", VOLUME_SIZE)
+        for variant in ("default", "floor"):   # builds/caches images, warms the page cache
+            one_run(home, variant, f"warm-{variant}", floor)
+        for i in range(runs):
+            for variant in VARIANTS:
+                r = one_run(home, variant, f"{variant[0]}{i}", floor)
+                results[variant].append(r)
+                print(f"run {i + 1}/{runs} {variant:8}: wall {r['wall_s']:6.2f} s, "
+                      f"time_to_running {r['time_to_running_s']:6.2f} s", file=sys.stderr)
+    finally:
+        cleanup(home)
+    return results, home
+
+
+def stage_table(stages):
+    rows = sorted(stages.items(), key=lambda kv: kv[1][0])
+    return [f"  {name:16} {start:8.3f} {end - start:9.3f}" for name, (start, end) in rows]
+
+
+def report(results, runs, argv_shown):
+    walls = {v: [r["wall_s"] for r in results[v]] for v in VARIANTS}
+    hosts = {v: [r["time_to_running_s"] for r in results[v]] for v in VARIANTS}
+    med = {v: statistics.median(walls[v]) for v in VARIANTS}
+    host_med = {v: statistics.median(hosts[v]) for v in VARIANTS}
+    lines = [f"create -> Running: {runs} run(s) per variant, interleaved, TCG, --net + 2 volumes (rw), "
+             f"agent serial (floor: none)",
+             f"{'variant':10} {'median':>8} {'min':>8} {'max':>8}   {'host time_to_running median':>28}"]
+    for v in VARIANTS:
+        m, lo, hi = summary(walls[v])
+        lines.append(f"{v:10} {m:8.2f} {lo:8.2f} {hi:8.2f}   {host_med[v]:28.2f}")
+    speedup, floor_ratio = med["baseline"] / med["default"], med["default"] / med["floor"]
+    lines += ["",
+              f"baseline / default = {speedup:.2f}x   (target >= {TARGET_SPEEDUP}x: "
+              f"{'met' if speedup >= TARGET_SPEEDUP else 'MISSED'})",
+              f"default / floor    = {floor_ratio:.2f}x   (target <= {TARGET_FLOOR}x: "
+              f"{'met' if floor_ratio <= TARGET_FLOOR else 'MISSED'})"]
+    default_run = results["default"][len(results["default"]) // 2]
+    lines += ["", "PID 1 stages of one default run (guest clock, s):",
+              f"  {'stage':16} {'start':>8} {'duration':>9}", *stage_table(default_run["stages"])]
+    base = results["baseline"][0]["stages"]
+    if "headers-wait" in base and "program-start" in base:
+        spawn, wait = base.get("headers-spawn", base["headers-wait"]), base["headers-wait"]
+        lines += ["", f"baseline headers install (run 1, guest clock): {spawn[0]:.3f} -> {wait[1]:.3f} s "
+                      f"({wait[1] - spawn[0]:.2f} s), after the network ({base['network'][1]:.3f}) and "
+                      f"volumes ({base['volumes'][1]:.3f}), before the agent gate "
+                      f"({base['agent'][0]:.3f}) and PROGRAM-START ({base['program-start'][1]:.3f})"]
+    lines += ["", f"reproduce: {shlex.join(argv_shown)}"]
+    return "\n".join(lines), {"median_wall_s": med, "median_time_to_running_s": host_med,
+                              "ratio_baseline_over_default": speedup,
+                              "ratio_default_over_floor": floor_ratio}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=5, help="runs per variant (default: %(default)s)")
+    ap.add_argument("--json", type=Path, help="write every raw number to FILE")
+    args = ap.parse_args(argv)
+    if args.runs < 1:
+        ap.error("--runs must be at least 1")
+    floor = floor_initrd()
+    try:
+        results, home = measure(args.runs, floor)
+    except BenchError as e:
+        raise SystemExit(f"create_running: {e}") from None
+    shown = [os.path.relpath(sys.executable, ROOT), "bench/create_running.py", "--runs", str(args.runs)]
+    text, summary_numbers = report(results, args.runs, shown)
+    print(text)
+    if args.json:
+        args.json.write_text(json.dumps({"runs": args.runs, "kindling_home": str(home), "variants": {
+            v: {"create_argv": create_argv(v, "NAME", floor), "per_run": results[v]} for v in VARIANTS},
+            **summary_numbers}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
