@@ -134,7 +134,8 @@ def add_create_arguments(parser: argparse.ArgumentParser) -> None:
                          "(needs vhost-vsock), or none (no agent: Running needs only the program)")
     vm.add_argument("--qga", action="store_true",
                     help="also a virtio-serial port for QEMU's guest agent (org.qemu.guest_agent.0, "
-                         "host end qga.sock in the instance directory); the guest starts qemu-ga")
+                         "host end qga.sock in the instance directory); udev starts qemu-ga in a "
+                         "systemd-mode Debian guest, in exec mode start it yourself")
     parser.add_argument("--kernel-arg", action="append", default=[], help=argparse.SUPPRESS)
     devices = parser.add_argument_group("network and volumes")
     devices.add_argument("--net", action="store_true",
