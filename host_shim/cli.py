@@ -132,6 +132,10 @@ def add_create_arguments(parser: argparse.ArgumentParser) -> None:
     vm.add_argument("--agent", default="serial", choices=prepare.AGENT_TRANSPORTS,
                     help="the in-VM agent's transport: serial (virtio-serial, default), vsock "
                          "(needs vhost-vsock), or none (no agent: Running needs only the program)")
+    vm.add_argument("--qga", action="store_true",
+                    help="also a virtio-serial port for QEMU's guest agent (org.qemu.guest_agent.0, "
+                         "host end qga.sock in the instance directory); udev starts qemu-ga in a "
+                         "systemd-mode Debian guest, in exec mode start it yourself")
     parser.add_argument("--kernel-arg", action="append", default=[], help=argparse.SUPPRESS)
     devices = parser.add_argument_group("network and volumes")
     devices.add_argument("--net", action="store_true",
@@ -167,7 +171,7 @@ def _create_fields(args: argparse.Namespace) -> dict:
         config_json=args.config_json, config_disk=args.config_disk,
         log_max_bytes=args.log_max_size, log_keep=args.log_files,
         net=args.net, volumes=tuple(volumes.parse_spec(_home(), v) for v in args.volume),
-        agent=args.agent, kernel_args=tuple(args.kernel_arg), headers=args.headers,
+        agent=args.agent, qga=args.qga, kernel_args=tuple(args.kernel_arg), headers=args.headers,
         initrd=args.initrd,
     )
 

@@ -10,6 +10,8 @@
             logs/app.log    the serial console, appended to by QEMU; app.log.1, ... rotated
             logs/vmm.log    QEMU's own stderr, appended to across boots
             qmp.sock        QMP control socket
+            agent.sock      the agent's virtio-serial port (host end)
+            qga.sock        qemu-guest-agent's virtio-serial port (with --qga)
             qemu.pid        QEMU's pidfile (QEMU holds a lock on it while it runs)
             config.img      config disk (/dev/vdc)
             overlay.img     writable overlay disk (/dev/vdb), kept across restarts
@@ -75,6 +77,11 @@ class Instance:
     def agent_socket(self) -> Path:
         """The host end of the agent's virtio-serial port (a unix socket QEMU listens on)."""
         return self.dir / "agent.sock"
+
+    @property
+    def qga_socket(self) -> Path:
+        """The host end of qemu-guest-agent's virtio-serial port (`create --qga`)."""
+        return self.dir / "qga.sock"
 
     @property
     def pidfile(self) -> Path:

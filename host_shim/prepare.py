@@ -27,20 +27,38 @@ from .instance import Instance, cache_dir
 DEFAULT_OVERLAY_SIZE = 256 << 20
 AGENT_TRANSPORTS = ("serial", "vsock", "none")
 AGENT_PORT_NAME = "org.kindling.agent.0"
+QGA_PORT_NAME = "org.qemu.guest_agent.0"   # the name Debian's qemu-guest-agent looks for
 VSOCK_FIRST_CID = 3
 
 
-def agent_args(instance: Instance, agent: str, machine: qemu.Machine) -> tuple[list[str], str]:
+def serial_port_args(chardev: str, socket: Path, name: str) -> list[str]:
+    """A virtserialport named `name` whose host end is a unix socket QEMU listens on."""
+    return ["-chardev", f"socket,id={chardev},path={qemu.opt_value(socket)},server=on,wait=off",
+            "-device", f"virtserialport,chardev={chardev},name={name}"]
+
+
+def agent_args(instance: Instance, agent: str, machine: qemu.Machine,
+               qga: bool = False) -> tuple[list[str], str]:
     """QEMU devices for the agent's transport, and the kernel argument telling PID 1 which
-    one to wait for (`kindling_agent=`, read by initsys/agent_gate.py)."""
+    one to wait for (`kindling_agent=`, read by initsys/agent_gate.py).
+
+    `qga` adds a second port on the same virtio-serial bus for QEMU's own guest agent
+    (`org.qemu.guest_agent.0`, host end `qga.sock`).  Kindling does not start qemu-ga:
+    udev does on a systemd-mode Debian guest; in exec mode whoever wants it starts it on
+    the port's /dev/vportNpM (bench/agent_vs_qga.py does)."""
+    devices, karg = [], "kindling_agent=off"
+    if agent == "serial" or qga:
+        devices += ["-device", machine.serial_device]
     if agent == "serial":
-        return ["-device", machine.serial_device,
-                "-chardev", f"socket,id=agent0,path={instance.agent_socket},server=on,wait=off",
-                "-device", f"virtserialport,chardev=agent0,name={AGENT_PORT_NAME}"], "kindling_agent=serial"
-    if agent == "vsock":
+        devices += serial_port_args("agent0", instance.agent_socket, AGENT_PORT_NAME)
+        karg = "kindling_agent=serial"
+    elif agent == "vsock":
         cid = VSOCK_FIRST_CID + int(instance.id[:7], 16)
-        return ["-device", f"{machine.vsock_device},guest-cid={cid}"], "kindling_agent=vsock"
-    return [], "kindling_agent=off"
+        devices += ["-device", f"{machine.vsock_device},guest-cid={cid}"]
+        karg = "kindling_agent=vsock"
+    if qga:
+        devices += serial_port_args("qga0", instance.qga_socket, QGA_PORT_NAME)
+    return devices, karg
 
 
 @dataclass(frozen=True)
@@ -65,6 +83,7 @@ class CreateOptions:
     log_keep: int = logfiles.DEFAULT_KEEP
     net: bool = False                   # a private network namespace with a tap (netns.py)
     agent: str = "serial"               # serial (virtio-serial port) | vsock | none
+    qga: bool = False                   # a port for qemu-guest-agent too (qga.sock)
     kernel_args: tuple[str, ...] = ()   # test hook: extra kernel command line arguments
     volumes: tuple[VolumeSpec, ...] = ()
     headers: bool = True                # kernel headers in the initrd, installed by the guest
@@ -279,7 +298,8 @@ def qemu_argv(instance: Instance, artifacts, disks: tuple[qemu.Disk, ...], accel
     if opts.net:  # QEMU runs inside the instance's namespace, where its tap is
         network = netns.Network(netns.namespace_for(instance.id))
         net_args = tuple(network.netdev_args(qemu.machine_for(qemu.DEFAULT_MACHINE).net_device))
-    agent_devices, agent_karg = agent_args(instance, opts.agent, qemu.machine_for(qemu.DEFAULT_MACHINE))
+    agent_devices, agent_karg = agent_args(instance, opts.agent, qemu.machine_for(qemu.DEFAULT_MACHINE),
+                                          opts.qga)
     spec = qemu.VMSpec(
         kernel=os.fspath(artifacts.kernel),
         initrd=os.fspath(artifacts.initrd),

@@ -145,7 +145,7 @@ class VMSpec:
             raise ValueError(f"accel must be resolved to kvm or tcg, got {self.accel!r}")
 
 
-def _opt(value: str | os.PathLike) -> str:
+def opt_value(value: str | os.PathLike) -> str:
     """Escape a value inside a QEMU `key=value,...` option: commas are doubled."""
     return os.fspath(value).replace(",", ",,")
 
@@ -159,7 +159,7 @@ def kernel_cmdline(spec: VMSpec) -> str:
 
 def disk_args(machine: Machine, index: int, disk: Disk) -> list[str]:
     drive_id = f"disk{index}"
-    drive = [f"file={_opt(disk.path)}", "if=none", f"id={drive_id}", "format=raw"]
+    drive = [f"file={opt_value(disk.path)}", "if=none", f"id={drive_id}", "format=raw"]
     if disk.readonly:
         drive.append("readonly=on")
     elif disk.scratch:
@@ -183,16 +183,16 @@ def build_argv(spec: VMSpec, binary: str) -> list[str]:
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
     ]
     if spec.name:
-        argv += ["-name", _opt(spec.name)]
+        argv += ["-name", opt_value(spec.name)]
     argv += [
         "-kernel", spec.kernel,
         "-initrd", spec.initrd,
         "-append", kernel_cmdline(spec),
-        "-chardev", f"file,id=con,path={_opt(spec.console_log)},append=on",
+        "-chardev", f"file,id=con,path={opt_value(spec.console_log)},append=on",
         "-serial", "chardev:con",
         # Same as `-qmp unix:PATH,server=on,wait=off`, but the -chardev form
         # lets a path contain a comma (escaped as `,,`).
-        "-chardev", f"socket,id=qmp,path={_opt(spec.qmp_socket)},server=on,wait=off",
+        "-chardev", f"socket,id=qmp,path={opt_value(spec.qmp_socket)},server=on,wait=off",
         "-mon", "chardev=qmp,mode=control",
     ]
     for index, disk in enumerate(spec.disks):

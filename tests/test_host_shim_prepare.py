@@ -1,12 +1,15 @@
-"""host_shim/prepare.py without a VM: the kernel-headers switch of config.json and --initrd."""
+"""host_shim/prepare.py without a VM: the kernel-headers switch of config.json, --initrd, and
+the virtio-serial ports of the agent and of qemu-guest-agent (--qga)."""
 
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from host_shim import cli, prepare
+from host_shim import cli, prepare, qemu
+from host_shim.accel import Accel
 from host_shim.errors import KindlingError
+from host_shim.instance import Instance
 
 WITH_HEADERS = SimpleNamespace(info={"headers": {"path_in_initrd": "/usr/lib/kindling/headers/x.tar.gz"}})
 WITHOUT = SimpleNamespace(info={"headers": None})
@@ -66,3 +69,51 @@ def test_cli_options_reach_create_options(tmp_path):
 def test_initrd_is_checked(path, message):
     with pytest.raises(KindlingError, match=message):
         prepare.check_inputs(opts(initrd=Path(path)))
+
+
+# --- the agent's port and qemu-guest-agent's (--qga) ----------------------------------
+
+INSTANCE = Instance("0123abcd4567", Path("/i/0123abcd4567"))
+
+
+def option(argv, flag):
+    return [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == flag]
+
+
+@pytest.mark.parametrize("agent, qga, devices, chardevs, karg", [
+    ("serial", False,
+     ["virtio-serial-device", "virtserialport,chardev=agent0,name=org.kindling.agent.0"],
+     ["socket,id=agent0,path=/i/0123abcd4567/agent.sock,server=on,wait=off"], "kindling_agent=serial"),
+    ("serial", True,
+     ["virtio-serial-device", "virtserialport,chardev=agent0,name=org.kindling.agent.0",
+      "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0"],
+     ["socket,id=agent0,path=/i/0123abcd4567/agent.sock,server=on,wait=off",
+      "socket,id=qga0,path=/i/0123abcd4567/qga.sock,server=on,wait=off"], "kindling_agent=serial"),
+    ("vsock", True,
+     ["virtio-serial-device", f"vhost-vsock-device,guest-cid={3 + 0x0123abc}",
+      "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0"],
+     ["socket,id=qga0,path=/i/0123abcd4567/qga.sock,server=on,wait=off"], "kindling_agent=vsock"),
+    ("none", False, [], [], "kindling_agent=off"),
+    ("none", True,
+     ["virtio-serial-device", "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0"],
+     ["socket,id=qga0,path=/i/0123abcd4567/qga.sock,server=on,wait=off"], "kindling_agent=off"),
+])
+def test_agent_and_qga_ports(agent, qga, devices, chardevs, karg):
+    """One virtio-serial bus holds both ports; qemu-ga's is named as Debian's package expects."""
+    argv, kernel_arg = prepare.agent_args(INSTANCE, agent, qemu.machine_for("microvm"), qga)
+    assert option(argv, "-device") == devices
+    assert option(argv, "-chardev") == chardevs
+    assert kernel_arg == karg
+
+
+def test_qga_reaches_the_qemu_command_line(tmp_path):
+    args = cli.build_parser().parse_args(["create", "--qga", "--", "sleep", "1"])
+    o = prepare.CreateOptions(**cli._create_fields(args))
+    assert o.qga is True
+    assert cli._create_fields(cli.build_parser().parse_args(["run", "--", "true"]))["qga"] is False
+    instance = Instance("0123abcd4567", tmp_path)
+    artifacts = SimpleNamespace(kernel=tmp_path / "k", initrd=tmp_path / "i")
+    argv = prepare.qemu_argv(instance, artifacts, (), Accel.TCG, o, "qemu")
+    assert f"socket,id=qga0,path={tmp_path}/qga.sock,server=on,wait=off" in option(argv, "-chardev")
+    assert "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0" in option(argv, "-device")
+    assert option(argv, "-device").count("virtio-serial-device") == 1
