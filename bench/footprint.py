@@ -164,7 +164,7 @@ def memory(runs):
             print(f"memory run {i + 1}/{runs}: PSS PID 1 {s['pid1']['Pss'] / MiB:.2f} MiB,"
                   f" agent {s['agent']['Pss'] / MiB:.2f} MiB", file=sys.stderr)
     med = lambda who, key: statistics.median(s[who][key] for s in samples)  # noqa: E731
-    result = {who: {k: med(who, k) for k in ("Pss", "Rss", "Pss_Anon", "Pss_File")} for who in ("pid1", "agent")}
+    result = {who: {k: med(who, k) for k in ("Pss", "Rss", "Pss_Anon", "Pss_Shmem")} for who in ("pid1", "agent")}
     result["sum"] = {k: result["pid1"][k] + result["agent"][k] for k in ("Pss", "Rss")}
     result["by_mapping_last_run"] = {who: samples[-1][who]["by_mapping"] for who in ("pid1", "agent")}
     result["samples"] = [{who: {k: v for k, v in s[who].items() if k != "by_mapping"} for who in s} for s in samples]
@@ -173,10 +173,10 @@ def memory(runs):
 
 def print_memory(mem, runs):
     print(f"\nmemory of a Running default guest (agent on serial, `sleep`), median over {runs} boots, MiB")
-    print(f"  {'process':10} {'PSS':>7} {'RSS':>7} {'PSS anon':>9} {'PSS file':>9}")
+    print(f"  {'process':10} {'PSS':>7} {'RSS':>7} {'PSS anon':>9} {"PSS shmem":>9}")
     for who in ("pid1", "agent"):
         m = mem[who]
-        print(f"  {who:10} {m['Pss'] / MiB:7.2f} {m['Rss'] / MiB:7.2f} {m['Pss_Anon'] / MiB:9.2f} {m['Pss_File'] / MiB:9.2f}")
+        print(f"  {who:10} {m['Pss'] / MiB:7.2f} {m['Rss'] / MiB:7.2f} {m['Pss_Anon'] / MiB:9.2f} {m["Pss_Shmem"] / MiB:9.2f}")
     print(f"  {'sum':10} {mem['sum']['Pss'] / MiB:7.2f} {mem['sum']['Rss'] / MiB:7.2f}   (target: PSS <= 25 MiB)")
     for who, maps in mem["by_mapping_last_run"].items():
         top = ", ".join(f"{k} {v / MiB:.2f}" for k, v in list(maps.items())[:8])

@@ -82,7 +82,7 @@ class Shim:
         return self.collect(self.popen(*args), timeout)
 
     def json(self, *args, timeout=COMMAND_TIMEOUT):
-        return json.loads(self.run(*args, "--json", timeout=timeout))
+        return json.loads(self.run(args[0], "--json", *args[1:], timeout=timeout))
 
     def inspect(self, name):
         info = self.json("inspect", name)
