@@ -173,10 +173,10 @@ def memory(runs):
 
 def print_memory(mem, runs):
     print(f"\nmemory of a Running default guest (agent on serial, `sleep`), median over {runs} boots, MiB")
-    print(f"  {'process':10} {'PSS':>7} {'RSS':>7} {'PSS anon':>9} {"PSS shmem":>9}")
+    print(f"  {'process':10} {'PSS':>7} {'RSS':>7} {'PSS anon':>9} {'PSS shmem':>9}")
     for who in ("pid1", "agent"):
         m = mem[who]
-        print(f"  {who:10} {m['Pss'] / MiB:7.2f} {m['Rss'] / MiB:7.2f} {m['Pss_Anon'] / MiB:9.2f} {m["Pss_Shmem"] / MiB:9.2f}")
+        print(f"  {who:10} {m['Pss'] / MiB:7.2f} {m['Rss'] / MiB:7.2f} {m['Pss_Anon'] / MiB:9.2f} {m['Pss_Shmem'] / MiB:9.2f}")
     print(f"  {'sum':10} {mem['sum']['Pss'] / MiB:7.2f} {mem['sum']['Rss'] / MiB:7.2f}   (target: PSS <= 25 MiB)")
     for who, maps in mem["by_mapping_last_run"].items():
         top = ", ".join(f"{k} {v / MiB:.2f}" for k, v in list(maps.items())[:8])
