@@ -10,7 +10,7 @@ PYTHON     ?= /usr/bin/python3
 VENV       := .venv
 ACCEL      ?= tcg
 APT_PACKAGES := python3 python3-venv python3.11 libudev1 qemu-system-x86 erofs-utils \
-                e2fsprogs kmod iproute2 lz4 zstd systemd mmdebstrap
+                e2fsprogs kmod iproute2 lz4 zstd systemd mmdebstrap binutils
 
 .PHONY: demo test bench deps apt venv clean
 

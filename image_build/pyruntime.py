@@ -93,6 +93,7 @@ PIP_TIMEOUT = 900
 TRACE_TIMEOUT = 300
 COMPILE_TIMEOUT = 900
 LDD_TIMEOUT = 60
+STRIP_TIMEOUT = 120
 
 
 # --------------------------------------------------------------------------
@@ -303,10 +304,13 @@ sys.path[:] = [kdir, stdlib, dynload]
 errors = {}
 for name in modules:
     try:
-        importlib.import_module(name)
+        mod_name, _, func = name.partition(":")
+        mod = importlib.import_module(mod_name)
+        if func:
+            getattr(mod, func)()
     except BaseException as e:
         missing = isinstance(e, ModuleNotFoundError) and e.name is not None and (
-            name == e.name or name.startswith(e.name + "."))
+            mod_name == e.name or mod_name.startswith(e.name + "."))
         errors[name] = {
             "type": type(e).__name__,
             "message": str(e),
@@ -450,6 +454,21 @@ def _copy_site(site: Path, dest: Path) -> None:
             shutil.copy2(entry, dest / entry.name)
 
 
+def strip_extensions(tree: Path) -> int:
+    """Strip the symbol tables of the ELF files under `tree` (the wheels' extension
+    modules, staged copies: msgpack's _cmsgpack ships unstripped, 1.55 MiB -> 0.19 MiB).
+    Debian's own binaries and libraries come stripped already.  Returns the bytes saved."""
+    strip = shutil.which("strip")
+    if strip is None:
+        raise BuildError("strip not found: it trims the guest's extension modules; apt-get install binutils")
+    saved = 0
+    for f in sorted(p for p in tree.rglob("*.so") if p.is_file() and not p.is_symlink() and _is_elf(p)):
+        before = f.stat().st_size
+        run([strip, "--strip-unneeded", f], timeout=STRIP_TIMEOUT)
+        saved += before - f.stat().st_size
+    return saved
+
+
 def stage_runtime(stage_root: Path, site: Path, repo_root: Path, work: Path,
                   init_script: Path | None) -> Runtime:
     check_guest_python()
@@ -461,6 +480,9 @@ def stage_runtime(stage_root: Path, site: Path, repo_root: Path, work: Path,
     kdir = stage_root / INITRD_KINDLING
     kdir.mkdir(parents=True, exist_ok=True)
     _copy_site(site, kdir)
+    saved = strip_extensions(kdir)
+    if saved:
+        log.info(f"stripped the packages' extension modules: {log.human_size(saved)} less")
     for pkg in KINDLING_PACKAGES:
         src = repo_root / pkg
         if not (src / "__init__.py").is_file():

@@ -1,4 +1,5 @@
-"""What the guest imports: image_build traces these to pick the stdlib the initrd needs."""
+"""What the guest imports: image_build traces these to pick the stdlib the initrd needs.
+An entry `module:function` imports the module and calls the function (imports done lazily)."""
 
 GUEST_MODULES = [
     "initsys.main",
@@ -26,7 +27,9 @@ GUEST_MODULES = [
     "json",
     "trio",
     "pyudev",
-    "pyroute2.iproute.linux",
+    "initsys.network:import_iproute",  # `module:function`: the trace calls it too -- pyroute2.iproute.linux
+                                       # under a stub parent, as the network helper imports it (without
+                                       # pyroute2/__init__'s ndb, sqlite3 and libsqlite3)
     "msgpack",
     "agent.main",   # the in-VM agent: importing it loads all it will ever need (tests/test_agent_main.py)
 ]
