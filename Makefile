@@ -1,7 +1,8 @@
 # Kindling: the entry points of the README, on a fresh Debian 12 machine as root.
 #   make demo   build the default images, boot a VM that runs a command, print its boot timeline
 #   make test   run the whole test suite (host tests and real VMs under TCG)
-#   make bench  the boot and stage benchmarks (bench/boot.py, bench/stages.py; figures, not assertions)
+#   make bench  the issue-7 benchmarks (figures, not assertions; JSON in build/bench/)
+#   make bench-smoke  each benchmark once with one iteration (CI: they must not fail)
 #
 # On the development machines nested KVM exists but is unusably slow, so the demo and the
 # tests force TCG.  The `kindling` CLI itself defaults to --accel auto (KVM when it works).
@@ -12,7 +13,7 @@ ACCEL      ?= tcg
 APT_PACKAGES := python3 python3-venv python3.11 libudev1 qemu-system-x86 erofs-utils \
                 e2fsprogs kmod iproute2 lz4 zstd systemd mmdebstrap binutils
 
-.PHONY: demo test bench deps apt venv clean
+.PHONY: demo test bench bench-smoke deps apt venv clean
 
 demo: deps
 	$(VENV)/bin/kindling run --accel $(ACCEL) -- sh -c 'echo "hello from $$(uname -sr) in a Kindling VM"'
@@ -20,9 +21,21 @@ demo: deps
 test: deps
 	$(VENV)/bin/python -m pytest -v -rs
 
+BENCH_OUT := build/bench
+
 bench: deps
-	$(VENV)/bin/python bench/boot.py
-	$(VENV)/bin/python bench/stages.py
+	mkdir -p $(BENCH_OUT)
+	$(VENV)/bin/python bench/create_running.py --runs 5 --json $(BENCH_OUT)/create_running.json
+	$(VENV)/bin/python bench/agent_vs_qga.py --json $(BENCH_OUT)/agent_vs_qga.json
+	$(VENV)/bin/python bench/footprint.py --runs 3 --json $(BENCH_OUT)/footprint.json
+	$(VENV)/bin/python bench/scale.py --vms 8 --json $(BENCH_OUT)/scale.json
+
+# create_running.py and agent_vs_qga.py get their one-iteration smoke runs inside `make test`
+# (tests/test_bench_*.py also check that every figure is reported); the other two run here.
+bench-smoke: deps
+	mkdir -p $(BENCH_OUT)
+	$(VENV)/bin/python bench/footprint.py --runs 1 --json $(BENCH_OUT)/smoke-footprint.json
+	$(VENV)/bin/python bench/scale.py --vms 2 --runs 1 --json $(BENCH_OUT)/smoke-scale.json
 
 deps: apt venv
 
