@@ -143,7 +143,10 @@ def test_build_uses_the_image_builder(tmp_path, capsys):
     out = capsys.readouterr().out
     for name in ("kernel", "initrd", "rootfs"):
         assert any(line.startswith(name) for line in out.splitlines()), out
-        assert (tmp_path / "out").iterdir()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "initrd.img", "kernel", "rootfs.img"]
+    assert all((tmp_path / "out" / name).stat().st_size > 0
+               for name in ("initrd.img", "kernel", "rootfs.img"))
 
 
 def test_console_script_error_has_no_traceback():
