@@ -164,7 +164,7 @@ async def test_flow_control_bounds_what_a_slow_reader_buffers():
             nursery.start_soon(sender.run)
             nursery.start_soon(receiver.run)
             nursery.start_soon(produce)
-            await trio.sleep(0.5)
+            await trio.testing.wait_all_tasks_blocked()   # the producer waits for credit
             assert not sent.is_set()
             buffered = rx._in["out"].used
             assert 0 < buffered <= window
