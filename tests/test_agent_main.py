@@ -13,6 +13,7 @@ import time
 
 import pytest
 import trio
+import trio.testing
 
 from agent import transports, wire
 from agent.server import Agent
@@ -222,7 +223,16 @@ def _plug_in_host(dev_fd):
     return trio.SocketStream(trio.socket.from_stdlib_socket(host))
 
 
-async def test_serial_transport_survives_the_host_leaving_and_coming_back():
+@pytest.fixture
+def sigio_ignored():
+    """A SIGIO that arrives after the transport stopped listening must not kill pytest
+    (its default action ends the process, which hides a failing test's report)."""
+    old = signal.signal(signal.SIGIO, signal.SIG_IGN)
+    yield
+    signal.signal(signal.SIGIO, old)
+
+
+async def test_serial_transport_survives_the_host_leaving_and_coming_back(sigio_ignored):
     """virtio-serial semantics on a fake port: one fd for the agent's life; when the
     host leaves, reads return 0 and poll says POLLHUP; when it comes back, SIGIO.
     (A socketpair behaves that way; dup2 swaps in the next "host" on the same fd.)"""
@@ -233,10 +243,16 @@ async def test_serial_transport_survives_the_host_leaving_and_coming_back():
     transport = transports.SerialTransport("/fake/port")
     transport.fd = dev_fd
     agent = Agent()
+    ended_tx, ended = trio.open_memory_channel(10)
+
+    async def serve(stream):
+        await agent.serve_stream(stream)
+        await ended_tx.send("connection ended")
+
     try:
         with trio.fail_after(30):
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(transport.run, agent.serve_stream)
+                nursery.start_soon(transport.run, serve)
                 # host 1 runs a command and leaves in the middle of it
                 stream = trio.SocketStream(trio.socket.from_stdlib_socket(host))
                 async with open_agent_stream(stream, timeout=5) as a:
@@ -244,6 +260,7 @@ async def test_serial_transport_survives_the_host_leaving_and_coming_back():
                     async with a.open_exec(["sh", "-c", "echo $$; sleep 300"]) as proc:
                         pid = int((await proc.receive()).strip())
                         await stream.aclose()
+                assert await ended.receive() == "connection ended"
                 while not process_gone(pid):
                     await trio.sleep(0.01)
                 # nobody connected: the agent waits for SIGIO, it does not spin
@@ -256,7 +273,7 @@ async def test_serial_transport_survives_the_host_leaving_and_coming_back():
                 assert await s2.receive_some(65536)
                 await s2.send_all(wire.encode(["open", 1, {"op": "stat", "path": "/"}])[:7])
                 await s2.aclose()
-                await trio.sleep(0.1)
+                assert await ended.receive() == "connection ended"   # it read the half frame
                 # host 3 gets a clean connection on the same fd
                 s3 = _plug_in_host(dev_fd)
                 async with open_agent_stream(s3, timeout=5) as a:
@@ -279,7 +296,7 @@ async def test_serial_send_to_a_departed_host_fails_instead_of_spinning():
                     await stream.send_all(b"x" * (4 << 20))    # blocks: nobody reads
 
             nursery.start_soon(fill)
-            await trio.sleep(0.2)
+            await trio.testing.wait_all_tasks_blocked()        # fill() waits for room
             host.close()                                        # the host goes away
     assert await stream.receive_some(100) == b""
     guest.close()
