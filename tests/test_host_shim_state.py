@@ -186,4 +186,4 @@ def test_guard_other_states(state, advice):
 
 
 def test_guard_lets_running_through():
-    require_running("vm1", S.RUNNING, "stat")
+    assert require_running("vm1", S.RUNNING, "stat") is None      # no NotRunning raised
