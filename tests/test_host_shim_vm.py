@@ -250,37 +250,71 @@ def test_guest_that_does_not_power_off_is_stopped(home, monkeypatch, capsys):
     nothing_left(home)
 
 
+def proc_state(pid: int) -> str:
+    """The one-letter state in /proc/PID/stat ('T': stopped by a signal)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def freeze_qemu_when_running(home: Path, frozen: list):
+    """A task that SIGSTOPs the instance's QEMU once metadata says Running and records
+    (pid, state) once /proc shows it stopped."""
+    import trio
+
+    async def freeze():
+        with trio.fail_after(240):
+            while not any(json.loads(p.read_text()).get("state") == "Running"
+                          for p in home.glob("instances/*/metadata.json")):
+                await trio.sleep(0.1)       # polls for Running (there is no event to wait on)
+            (pid,) = qemu_pids_using(home)
+            os.kill(pid, signal.SIGSTOP)
+            while proc_state(pid) != "T":
+                await trio.sleep(0.01)
+            frozen.append((pid, proc_state(pid)))
+    return freeze
+
+
+def record_stops_and_signals(monkeypatch) -> tuple[list, list]:
+    """How each vmm.stop ended, and every signal it sent through a pidfd."""
+    stops, sent = [], []
+    real_stop, real_send = vmm.stop, signal.pidfd_send_signal
+
+    async def stop(instance, *, graceful):
+        stops.append(await real_stop(instance, graceful=graceful))
+        return stops[-1]
+
+    def send(pidfd, signum, *args):
+        sent.append(signal.Signals(signum))
+        return real_send(pidfd, signum, *args)
+    monkeypatch.setattr(vmm, "stop", stop)
+    monkeypatch.setattr(signal, "pidfd_send_signal", send)
+    return stops, sent
+
+
 def test_frozen_qemu_is_killed(home, monkeypatch, capsys):
     """QEMU frozen by SIGSTOP answers neither QMP quit nor SIGTERM: at the timeout
     kindling escalates to SIGKILL and leaves nothing behind."""
+    import trio
     monkeypatch.setattr(vmm, "QMP_TIMEOUT", 1.0)
     monkeypatch.setattr(vmm, "TERM_GRACE", 0.5)
-    import trio
-
-    async def freeze_when_running():
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            for meta_path in home.glob("instances/*/metadata.json"):
-                if json.loads(meta_path.read_text()).get("state") == "Running":
-                    (pid,) = qemu_pids_using(home)
-                    os.kill(pid, signal.SIGSTOP)
-                    return
-            await trio.sleep(0.1)
-
+    frozen = []
+    stops, sent = record_stops_and_signals(monkeypatch)
     real_run = runner.run_async
 
     async def run_and_freeze(opts, home_=None):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(freeze_when_running)
+            nursery.start_soon(freeze_qemu_when_running(home, frozen))
             result = await real_run(opts, home_)
             nursery.cancel_scope.cancel()
         return result
 
     monkeypatch.setattr(runner, "run", lambda opts, home_=None: trio.run(run_and_freeze, opts,
                                                                           home_))
-    code = _in_process_run(monkeypatch, home, "--timeout", "20", "--", "sh", "-c",
+    code = _in_process_run(monkeypatch, home, "--timeout", "60", "--", "sh", "-c",
                            "echo up; sleep 1000")
     err = capsys.readouterr().err
     assert code == 125, err
-    assert "kindling: error: timed out after 20 s" in err
+    assert "kindling: error: timed out after 60 s" in err
+    assert [state for _, state in frozen] == ["T"]          # the freeze really happened
+    assert sent == [signal.SIGTERM, signal.SIGKILL]         # SIGTERM stayed pending: escalated
+    assert stops[0] == "killed", stops
     nothing_left(home)
