@@ -86,3 +86,30 @@ def eventually(check, what: str, timeout: float = 60):
     while not check():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.2)
+
+
+NEVER_READY_INIT = b"#!/bin/sh\nexec /bin/sleep 3600\n"
+
+
+def never_ready_initrd(directory: Path) -> Path:
+    """bench/floor.py's initrd with an /init that never prints a marker: booted with
+    `create --initrd ... --agent none --no-headers`, the guest stays Initializing for as
+    long as it runs, however fast the machine is (KVM or TCG).  For tests of what
+    happens during Initializing, which a real guest may already have left."""
+    from image_build import busybox, cpio
+    from image_build.cache import default_cache_dir
+    sys.path.insert(0, str(ROOT / "bench"))
+    import floor    # noqa: E402  (bench/floor.py: one definition of the tiny archive)
+
+    _, binary = busybox.fetch(default_cache_dir())
+    entries = [cpio.data("init", NEVER_READY_INIT, 0o755) if e.name == "init" else e
+               for e in floor.entries(binary)]
+    path = directory / "initrd-never-ready.img"
+    with open(path, "wb") as f:
+        cpio.write(entries, f)
+    return path
+
+
+def never_ready_args(directory: Path) -> list[str]:
+    """`kindling create` options for a guest that stays Initializing (never_ready_initrd)."""
+    return ["--initrd", str(never_ready_initrd(directory)), "--agent", "none", "--no-headers"]
