@@ -98,12 +98,15 @@ def never_ready_initrd(directory: Path) -> Path:
     happens during Initializing, which a real guest may already have left."""
     from image_build import busybox, cpio
     from image_build.cache import default_cache_dir
-    sys.path.insert(0, str(ROOT / "bench"))
+    if str(ROOT / "bench") not in sys.path:
+        sys.path.insert(0, str(ROOT / "bench"))
     import floor    # noqa: E402  (bench/floor.py: one definition of the tiny archive)
 
     _, binary = busybox.fetch(default_cache_dir())
+    entries = floor.entries(binary)
+    assert [e.name for e in entries].count("init") == 1, "bench/floor.py has no single /init"
     entries = [cpio.data("init", NEVER_READY_INIT, 0o755) if e.name == "init" else e
-               for e in floor.entries(binary)]
+               for e in entries]
     path = directory / "initrd-never-ready.img"
     with open(path, "wb") as f:
         cpio.write(entries, f)
