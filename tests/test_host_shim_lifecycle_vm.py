@@ -77,7 +77,7 @@ def test_create_wait_stop_start_delete(home, tmp_path):
 
     # the name is taken
     dup = kindling(home, "create", "--name", "web", "--", "true", check=False)
-    assert dup.returncode == 1
+    assert dup.returncode == 125
     assert f"the name 'web' is already in use by instance {info['id']}" in dup.stderr
 
     # analyze: text and an SVG chart
@@ -150,7 +150,7 @@ def test_delete_during_initializing_removes_everything(home):
     assert deleted["name"] == "gone"
     assert not directory.exists()
     assert qemu_pids_using(home) == []
-    assert kindling(home, "inspect", "gone", check=False).returncode == 1
+    assert kindling(home, "inspect", "gone", check=False).returncode == 125
 
 
 def test_eight_instances_at_once(home):
@@ -265,12 +265,12 @@ def test_rotation_under_a_writing_guest_loses_nothing(home):
 
 
 def test_wait_outcomes(home, tmp_path):
-    # a guest that fails: `wait --for running` says why, exit 1
+    # a guest that fails: `wait --for running` says why, exit 125
     bad = tmp_path / "config.json"
     bad.write_text('{"entrypoint": 42}')
     failing = kindling_json(home, "create", "--config-json", str(bad))
     r = kindling(home, "wait", failing["id"], "--for", "running", check=False)
-    assert r.returncode == 1
+    assert r.returncode == 125
     assert (f"kindling: error: instance {failing['name']} stopped before it was Running: "
             "guest failed in stage config: config.json field 'entrypoint'") in r.stderr
     # a program that exits 7: `wait --for stopped` prints its exit code, like docker wait
@@ -286,7 +286,7 @@ def test_wait_outcomes(home, tmp_path):
     sleeper = kindling_json(home, "create", "--", *SLEEPER)
     r = kindling(home, "wait", sleeper["id"], "--for", "stopped", "--timeout", "0.5",
                  check=False)
-    assert r.returncode == 1
+    assert r.returncode == 125
     assert "timed out after 0.5 s waiting for instance" in r.stderr
     for ref in (failing["id"], exiting["id"], sleeper["id"]):
         kindling(home, "delete", ref)

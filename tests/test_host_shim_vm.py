@@ -269,15 +269,15 @@ def test_frozen_qemu_is_killed(home, monkeypatch, capsys):
 
     real_run = runner.run_async
 
-    async def run_and_freeze(opts, home_=None):
+    async def run_and_freeze(opts, home_=None, emit=None):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(freeze_when_running)
-            result = await real_run(opts, home_)
+            result = await real_run(opts, home_, emit)
             nursery.cancel_scope.cancel()
         return result
 
-    monkeypatch.setattr(runner, "run", lambda opts, home_=None: trio.run(run_and_freeze, opts,
-                                                                          home_))
+    monkeypatch.setattr(runner, "run", lambda opts, home_=None, emit=None: trio.run(
+        run_and_freeze, opts, home_, emit))
     code = _in_process_run(monkeypatch, home, "--timeout", "20", "--", "sh", "-c",
                            "echo up; sleep 1000")
     err = capsys.readouterr().err
