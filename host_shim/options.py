@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from image_build.cli import BASE_HELP
+
 from . import accel as accel_mod
 from . import initmode, logfiles, qemu, sizes
 from . import volumes as volumes_mod
@@ -180,99 +182,94 @@ def _strings(value, opt: Option, home) -> tuple[str, ...]:
 
 # --- the table ---------------------------------------------------------------------------
 
-def _table() -> tuple[Option, ...]:
-    from image_build.cli import BASE_HELP
-    return (
-        Option("command", tuple[str, ...], (), "the program to run in the VM, and its arguments "
-               "(optional when the image has its own command, as --base debian has)",
-               metavar="-- CMD [ARG...]", action="command", convert=_command, goes_to=("config",)),
-        Option("name", str | None, None, "a name for the instance (default: its id)",
-               ("--name",), "NAME", convert=_text, goes_to=("metadata",)),
-        Option("rootfs", Path | None, None, "root filesystem for the program: a directory or a "
-               "tarball (default: the builder's busybox system)", ("--rootfs",), "DIR|TARBALL",
-               "image", convert=_path, goes_to=("build",)),
-        Option("base", str | None, None, BASE_HELP, ("--base",), "busybox|debian", "image",
-               convert=_base, goes_to=("build", "config")),
-        Option("kernel", Path | None, None, "guest kernel (default: Debian's cloud kernel)",
-               ("--kernel",), "VMLINUZ", "image", convert=_path, goes_to=("build",)),
-        Option("modules", Path | None, None, "kernel modules for --kernel (a lib/modules/<release> "
-               "tree)", ("--modules",), "DIR", "image", convert=_path, goes_to=("build",)),
-        Option("initrd", Path | None, None, "boot this initrd instead of the built one (the kernel "
-               "and the rootfs still come from the builder)", ("--initrd",), "FILE", "image",
-               convert=_path, goes_to=("build", "qemu")),
-        Option("headers", bool, True, "no kernel headers: leave them out of the initrd and set "
-               "skip_kernel_headers (default: the guest installs them in the background, "
-               "/lib/modules/$(uname -r)/build)", ("--no-headers",), group="image",
-               action="false", convert=_bool, goes_to=("build", "config")),
-        Option("memory", int, qemu.DEFAULT_MEMORY_MIB, "guest memory: 512M, 1G; a bare number is "
-               f"MiB, as QEMU's -m (default: {qemu.DEFAULT_MEMORY_MIB}M, at least "
-               f"{MIN_MEMORY_MIB}M)", ("--memory", "-m"), "SIZE", "virtual machine",
-               convert=_memory, goes_to=("qemu",)),
-        Option("cpus", int, qemu.DEFAULT_CPUS, f"guest CPUs (default: {qemu.DEFAULT_CPUS})",
-               ("--cpus",), "N", "virtual machine", convert=_count, goes_to=("qemu",)),
-        Option("accel", str | None, None, f"accelerator (default: "
-               f"${accel_mod.ENV_VAR} or auto: KVM if usable, else TCG)", ("--accel",),
-               "kvm|tcg|auto", "virtual machine", convert=_accel, goes_to=("qemu", "metadata")),
-        Option("agent", str, "serial", "the in-VM agent's transport: serial (virtio-serial, "
-               "default), vsock (needs vhost-vsock), or none (no agent: Running needs only the "
-               "program)", ("--agent",), "serial|vsock|none", "virtual machine",
-               convert=_choice(*AGENT_TRANSPORTS), goes_to=("qemu", "config")),
-        Option("qga", bool, False, "also a virtio-serial port for QEMU's guest agent "
-               "(org.qemu.guest_agent.0, host end qga.sock in the instance directory); udev "
-               "starts qemu-ga in a systemd-mode Debian guest, in exec mode start it yourself",
-               ("--qga",), group="virtual machine", action="true", convert=_bool,
-               goes_to=("qemu",)),
-        Option("env", tuple[tuple[str, str], ...], (), "set an environment variable "
-               "(repeatable)", ("--env", "-e"), "NAME=VALUE", "program", "append",
-               convert=_env, goes_to=("config",)),
-        Option("workdir", str | None, None, "working directory in the guest (default: /)",
-               ("--workdir", "-w"), "DIR", "program", convert=_text, goes_to=("config",)),
-        Option("init_mode", str, "auto", "exec: PID 1 runs CMD as the program; systemd: CMD is an "
-               "init that PID 1 hands the machine to; auto (default): systemd when CMD -- or "
-               "without one, the image's own command -- is "
-               f"{', '.join(initmode.SYSTEMD_INITS)}, else exec", ("--init-mode",),
-               "auto|exec|systemd", "program", convert=_choice(*initmode.INIT_MODES),
-               goes_to=("config",)),
-        Option("net", bool, False, "give the guest eth0 in a private network namespace "
-               "(kindling-<id>; guest 10.200.0.2/24, gateway 10.200.0.1)", ("--net",),
-               group="network and volumes", action="true", convert=_bool,
-               goes_to=("qemu", "config")),
-        Option("volumes", tuple[VolumeSpec, ...], (), "attach an ext4 volume (a name from "
-               "`kindling volume create` or an image path) at /path; repeatable",
-               ("--volume",), "IMAGE:/path[:ro|rw|overlay]", "network and volumes", "append",
-               convert=_volumes, goes_to=("qemu", "config")),
-        Option("log_max_size", int, logfiles.DEFAULT_MAX_BYTES, "rotate logs/app.log at this "
-               "size: 512K, 4M; a bare number is bytes (default: "
-               f"{sizes.human(logfiles.DEFAULT_MAX_BYTES)})", ("--log-max-size",), "SIZE",
-               "serial log", convert=_bytes(logfiles.MIN_MAX_BYTES), goes_to=("metadata",)),
-        Option("log_files", int, logfiles.DEFAULT_KEEP, "rotated copies to keep (default: "
-               f"{logfiles.DEFAULT_KEEP})", ("--log-files",), "N", "serial log",
-               convert=_count, goes_to=("metadata",)),
-        # Test hooks: extra kernel arguments, a raw (unvalidated) config.json, a ready-made
-        # config disk, the overlay disk's size.
-        Option("kernel_args", tuple[str, ...], (), "extra kernel command line arguments",
-               ("--kernel-arg",), action="append", convert=_strings, goes_to=("qemu",),
-               hidden=True),
-        Option("config_json", Path | None, None, "a raw config.json, not validated",
-               ("--config-json",), convert=_path, goes_to=("config",), hidden=True),
-        Option("config_disk", Path | None, None, "a ready-made config disk image",
-               ("--config-disk",), convert=_path, goes_to=("qemu",), hidden=True),
-        Option("overlay_size", int, DEFAULT_OVERLAY_SIZE, "the overlay disk's size",
-               ("--overlay-size",), "SIZE", convert=_bytes(sizes.MIB), goes_to=("qemu",),
-               hidden=True),
-        Option("timeout", float, DEFAULT_RUN_TIMEOUT, "stop the VM after S seconds "
-               f"(default: {DEFAULT_RUN_TIMEOUT:g})", ("--timeout",), "S", "run",
-               convert=_seconds, goes_to=("run",), run_only=True),
-        Option("keep", bool, False, "keep the instance (logs, disks) after the run",
-               ("--keep",), group="run", action="true", convert=_bool, goes_to=("run",),
-               run_only=True),
-        Option("verbose", bool, False, "show the kernel and boot messages on stderr",
-               ("--verbose", "-v"), group="run", action="true", convert=_bool,
-               goes_to=("run",), run_only=True),
-    )
-
-
-OPTIONS: tuple[Option, ...] = _table()
+OPTIONS: tuple[Option, ...] = (
+    Option("command", tuple[str, ...], (), "the program to run in the VM, and its arguments "
+           "(optional when the image has its own command, as --base debian has)",
+           metavar="-- CMD [ARG...]", action="command", convert=_command, goes_to=("config",)),
+    Option("name", str | None, None, "a name for the instance (default: its id)",
+           ("--name",), "NAME", convert=_text, goes_to=("metadata",)),
+    Option("rootfs", Path | None, None, "root filesystem for the program: a directory or a "
+           "tarball (default: the builder's busybox system)", ("--rootfs",), "DIR|TARBALL",
+           "image", convert=_path, goes_to=("build",)),
+    Option("base", str | None, None, BASE_HELP, ("--base",), "busybox|debian", "image",
+           convert=_base, goes_to=("build", "config")),
+    Option("kernel", Path | None, None, "guest kernel (default: Debian's cloud kernel)",
+           ("--kernel",), "VMLINUZ", "image", convert=_path, goes_to=("build",)),
+    Option("modules", Path | None, None, "kernel modules for --kernel (a lib/modules/<release> "
+           "tree)", ("--modules",), "DIR", "image", convert=_path, goes_to=("build",)),
+    Option("initrd", Path | None, None, "boot this initrd instead of the built one (the kernel "
+           "and the rootfs still come from the builder)", ("--initrd",), "FILE", "image",
+           convert=_path, goes_to=("build", "qemu")),
+    Option("headers", bool, True, "no kernel headers: leave them out of the initrd and set "
+           "skip_kernel_headers (default: the guest installs them in the background, "
+           "/lib/modules/$(uname -r)/build)", ("--no-headers",), group="image",
+           action="false", convert=_bool, goes_to=("build", "config")),
+    Option("memory", int, qemu.DEFAULT_MEMORY_MIB, "guest memory: 512M, 1G; a bare number is "
+           f"MiB, as QEMU's -m (default: {qemu.DEFAULT_MEMORY_MIB}M, at least "
+           f"{MIN_MEMORY_MIB}M)", ("--memory", "-m"), "SIZE", "virtual machine",
+           convert=_memory, goes_to=("qemu",)),
+    Option("cpus", int, qemu.DEFAULT_CPUS, f"guest CPUs (default: {qemu.DEFAULT_CPUS})",
+           ("--cpus",), "N", "virtual machine", convert=_count, goes_to=("qemu",)),
+    Option("accel", str | None, None, f"accelerator (default: "
+           f"${accel_mod.ENV_VAR} or auto: KVM if usable, else TCG)", ("--accel",),
+           "kvm|tcg|auto", "virtual machine", convert=_accel, goes_to=("qemu", "metadata")),
+    Option("agent", str, "serial", "the in-VM agent's transport: serial (virtio-serial, "
+           "default), vsock (needs vhost-vsock), or none (no agent: Running needs only the "
+           "program)", ("--agent",), "serial|vsock|none", "virtual machine",
+           convert=_choice(*AGENT_TRANSPORTS), goes_to=("qemu", "config")),
+    Option("qga", bool, False, "also a virtio-serial port for QEMU's guest agent "
+           "(org.qemu.guest_agent.0, host end qga.sock in the instance directory); udev "
+           "starts qemu-ga in a systemd-mode Debian guest, in exec mode start it yourself",
+           ("--qga",), group="virtual machine", action="true", convert=_bool,
+           goes_to=("qemu",)),
+    Option("env", tuple[tuple[str, str], ...], (), "set an environment variable "
+           "(repeatable)", ("--env", "-e"), "NAME=VALUE", "program", "append",
+           convert=_env, goes_to=("config",)),
+    Option("workdir", str | None, None, "working directory in the guest (default: /)",
+           ("--workdir", "-w"), "DIR", "program", convert=_text, goes_to=("config",)),
+    Option("init_mode", str, "auto", "exec: PID 1 runs CMD as the program; systemd: CMD is an "
+           "init that PID 1 hands the machine to; auto (default): systemd when CMD -- or "
+           "without one, the image's own command -- is "
+           f"{', '.join(initmode.SYSTEMD_INITS)}, else exec", ("--init-mode",),
+           "auto|exec|systemd", "program", convert=_choice(*initmode.INIT_MODES),
+           goes_to=("config",)),
+    Option("net", bool, False, "give the guest eth0 in a private network namespace "
+           "(kindling-<id>; guest 10.200.0.2/24, gateway 10.200.0.1)", ("--net",),
+           group="network and volumes", action="true", convert=_bool,
+           goes_to=("qemu", "config")),
+    Option("volumes", tuple[VolumeSpec, ...], (), "attach an ext4 volume (a name from "
+           "`kindling volume create` or an image path) at /path; repeatable",
+           ("--volume",), "IMAGE:/path[:ro|rw|overlay]", "network and volumes", "append",
+           convert=_volumes, goes_to=("qemu", "config")),
+    Option("log_max_size", int, logfiles.DEFAULT_MAX_BYTES, "rotate logs/app.log at this "
+           "size: 512K, 4M; a bare number is bytes (default: "
+           f"{sizes.human(logfiles.DEFAULT_MAX_BYTES)})", ("--log-max-size",), "SIZE",
+           "serial log", convert=_bytes(logfiles.MIN_MAX_BYTES), goes_to=("metadata",)),
+    Option("log_files", int, logfiles.DEFAULT_KEEP, "rotated copies to keep (default: "
+           f"{logfiles.DEFAULT_KEEP})", ("--log-files",), "N", "serial log",
+           convert=_count, goes_to=("metadata",)),
+    # Test hooks: extra kernel arguments, a raw (unvalidated) config.json, a ready-made
+    # config disk, the overlay disk's size.
+    Option("kernel_args", tuple[str, ...], (), "extra kernel command line arguments",
+           ("--kernel-arg",), action="append", convert=_strings, goes_to=("qemu",),
+           hidden=True),
+    Option("config_json", Path | None, None, "a raw config.json, not validated",
+           ("--config-json",), convert=_path, goes_to=("config",), hidden=True),
+    Option("config_disk", Path | None, None, "a ready-made config disk image",
+           ("--config-disk",), convert=_path, goes_to=("qemu",), hidden=True),
+    Option("overlay_size", int, DEFAULT_OVERLAY_SIZE, "the overlay disk's size",
+           ("--overlay-size",), "SIZE", convert=_bytes(sizes.MIB), goes_to=("qemu",),
+           hidden=True),
+    Option("timeout", float, DEFAULT_RUN_TIMEOUT, "stop the VM after S seconds "
+           f"(default: {DEFAULT_RUN_TIMEOUT:g})", ("--timeout",), "S", "run",
+           convert=_seconds, goes_to=("run",), run_only=True),
+    Option("keep", bool, False, "keep the instance (logs, disks) after the run",
+           ("--keep",), group="run", action="true", convert=_bool, goes_to=("run",),
+           run_only=True),
+    Option("verbose", bool, False, "show the kernel and boot messages on stderr",
+           ("--verbose", "-v"), group="run", action="true", convert=_bool,
+           goes_to=("run",), run_only=True),
+)
 BY_NAME = {o.name: o for o in OPTIONS}
 
 

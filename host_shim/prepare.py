@@ -21,7 +21,7 @@ from . import initmode, netns, qemu
 from . import volumes as volumes_mod
 from .errors import build_errors, die
 from .instance import Instance, cache_dir
-from .options import AGENT_TRANSPORTS, CreateOptions  # noqa: F401  (re-exported)
+from .options import CreateOptions
 
 AGENT_PORT_NAME = "org.kindling.agent.0"
 QGA_PORT_NAME = "org.qemu.guest_agent.0"   # the name Debian's qemu-guest-agent looks for
