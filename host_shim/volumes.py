@@ -57,7 +57,7 @@ def parse_spec(home: Path, text: str) -> VolumeSpec:
         die(f"--volume {text!r}: volume image {image} not found",
             hint=f"create one with `kindling volume create {parts[0]} --size 64M`" if named
             else "give an existing ext4 image, or a volume name (`kindling volume list`)")
-    return VolumeSpec(image, path, mode)
+    return VolumeSpec(image.absolute(), path, mode)
 
 
 def create(home: Path, name: str, size: str | int) -> "VolumeInfo":
@@ -98,12 +98,15 @@ class VolumeInfo:
 
 
 def users(home: Path, image: Path) -> tuple[str, ...]:
-    """The instances (names) whose options attach `image` (any state but deleted)."""
+    """The instances (names) that attach `image`, in any state but deleted: by the volumes
+    in their options, or (instances made before options were kept) their QEMU argv."""
     from . import metadata
+    from .qemu import opt_value
     target = os.path.realpath(image)
     return tuple(meta.name for _, meta in metadata.load_all(home)
                  if any(os.path.realpath(v.get("image", "")) == target
-                        for v in meta.options.get("volumes") or ()))
+                        for v in meta.options.get("volumes") or ())
+                 or any(f"file={opt_value(image.absolute())}," in arg for arg in meta.argv))
 
 
 def info(home: Path, name: str) -> VolumeInfo:

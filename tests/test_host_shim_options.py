@@ -228,6 +228,26 @@ def test_volume_rm_refuses_a_volume_in_use(home, capsys):
     assert volumes.remove(home, "data").name == "data" and not image.exists()
 
 
+def test_an_instance_made_before_options_were_kept_counts_by_its_argv(home):
+    image = volumes.create(home, "old", "1M").path
+    instance = Instance.create(home)
+    meta = Metadata(id=instance.id, name="old-vm", created_at=0, command=["true"], config={},
+                    agent_skipped=True, argv=["qemu", "-drive", f"file={image},if=none,id=disk3"],
+                    accel="tcg", log_max_bytes=1 << 20, log_keep=3)
+    metadata.save(instance, meta)
+    assert volumes.info(home, "old").used_by == ("old-vm",)
+    with pytest.raises(KindlingError, match="volume old is in use by instance old-vm"):
+        volumes.remove(home, "old")
+
+
+def test_a_relative_volume_path_is_kept_absolute(home, monkeypatch, tmp_path):
+    image = volumes.create(home, "rel", "1M").path
+    monkeypatch.chdir(image.parent)
+    opts = options.make(options.CreateOptions, {"command": ["true"],
+                                                "volumes": ["./rel.img:/d"]}, home)
+    assert options.to_json(opts)["volumes"][0]["image"] == str(image)
+
+
 def test_volume_specs_reach_the_metadata(home):
     image = volumes.create(home, "data", "1M").path
     opts = options.make(options.CreateOptions, {"command": ["true"],
