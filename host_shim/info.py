@@ -33,6 +33,7 @@ class InstanceInfo:
     fatal: dict | None                 # {"stage", "error"} from KINDLING-FATAL
     vmm_exit: str | None               # how QEMU ended, when known
     dir: Path
+    options: dict = field(default_factory=dict)  # create's options (host_shim/options.py)
     timeline: Timeline = field(repr=False, default_factory=Timeline)
     history: tuple[dict, ...] = field(repr=False, default=())
 
@@ -58,7 +59,8 @@ class InstanceInfo:
                      for kind, m in sorted(meta.markers.markers.items())},
             exit=exit_info,
             fatal=dict(fatal.fields) if fatal is not None else None,
-            vmm_exit=meta.vmm_exit, dir=instance.dir, timeline=meta.timeline(),
+            vmm_exit=meta.vmm_exit, dir=instance.dir, options=dict(meta.options),
+            timeline=meta.timeline(),
             history=tuple(meta.history),
         )
 
@@ -70,6 +72,6 @@ class InstanceInfo:
             "agent_skipped": self.agent_skipped,
             "time_to_running": self.time_to_running, "markers": self.markers,
             "exit": self.exit, "fatal": self.fatal, "vmm_exit": self.vmm_exit,
-            "dir": str(self.dir), "timeline": self.timeline.to_json(),
+            "dir": str(self.dir), "options": self.options, "timeline": self.timeline.to_json(),
             "history": [dict(h, at=protocol.format_ts(h["at"])) for h in self.history],
         }

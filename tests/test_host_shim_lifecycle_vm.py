@@ -39,9 +39,10 @@ def state_history(info: dict) -> list[tuple[str, bool]]:
 
 def test_create_wait_stop_start_delete(home, tmp_path):
     started = time.monotonic()
-    created = kindling_json(home, "create", "--name", "web", "--", *SLEEPER)
+    created = kindling_json(home, "create", "--name", "web", "--memory", "384M", "--", *SLEEPER)
     create_took = time.monotonic() - started
     assert created["name"] == "web" and len(created["id"]) == 12
+    assert created["options"]["memory"] == 384 and created["options"]["name"] == "web"
     # create returns while the guest is still booting: no PROGRAM-START yet
     assert created["state"] == "Initializing", created
     assert created["markers"] == {} and created["time_to_running"] is None
