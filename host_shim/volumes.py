@@ -1,4 +1,7 @@
-"""Volumes: named ext4 images (`kindling volume create`) and `--volume` specs.
+"""Volumes: named ext4 images (`kindling volume create/list/rm`) and `--volume` specs.
+
+create/list_volumes/remove/info are what the CLI and the Python API both call;
+`remove` refuses a volume an instance (any state but deleted) attaches.
 
 A volume image lives in $KINDLING_HOME/volumes/<name>.img (or is any path).
 `--volume IMAGE:/path[:ro|rw|overlay]` attaches it after the three boot disks,
