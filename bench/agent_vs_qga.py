@@ -337,7 +337,7 @@ async def run(args) -> dict:
     try:
         # No kernel headers: their first install (20-35 s of guest CPU) would compete with both agents.
         opts = prepare.CreateOptions(command=("sleep", "100000"), base="debian", init_mode="exec",
-                                     qga=True, headers=False, accel=args.accel, memory_mib=args.memory)
+                                     qga=True, headers=False, accel=args.accel, memory=args.memory)
         t = time.monotonic()
         instance, _ = await lifecycle.create(opts, home)
         await lifecycle.wait(instance, State.RUNNING, timeout=BOOT_TIMEOUT)

@@ -7,7 +7,8 @@
 See README.md ("Python API") and host_shim/api.py.
 """
 
-from .api import InstanceInfo, Kindling
+from .api import Kindling
+from .info import InstanceInfo
 from .errors import KindlingError, NoSuchInstance
 from .lifecycle import WaitTimeout
 from .state import NotRunning, State

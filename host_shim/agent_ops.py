@@ -18,9 +18,11 @@ from .state import State, require_running
 CONNECT_TIMEOUT = 15.0
 
 
-async def _running(ref: str, operation: str, home=None):
+async def _running(ref: str, operation: str, home=None, started=None):
     instance = metadata.resolve(home or kindling_home(), ref)[0]
     meta = await lifecycle.observe(instance)
+    if started is not None:
+        started(instance, meta)
     require_running(ref, meta.state, operation)
     if meta.agent_skipped:
         die(f"instance {ref} runs without an agent (--agent none)", hint=f"{operation} needs the agent")
@@ -38,10 +40,13 @@ async def _write(fd: int, data: bytes) -> None:  # blocking is fine for a CLI's 
 
 
 async def exec_command(ref: str, argv: list[str], *, env=None, cwd=None, user=None, tty=False,
-                       interactive=False, timeout=None, home=None) -> int:
-    """Run argv in the guest, streaming its output to ours; returns its exit code
-    (124 when the timeout killed it, 128+N when a signal did)."""
-    instance = await _running(ref, "exec", home)
+                       interactive=False, timeout=None, home=None, started=None,
+                       stdout=None, stderr=None) -> int:
+    """Run argv in the guest, streaming its output to ours (or to the async callables
+    `stdout`/`stderr`, given bytes); returns its exit code (124 when the timeout killed
+    it, 128+N when a signal did).  `started(instance, meta)` is told the instance once
+    it has been looked at (`exec --json` prints its state event)."""
+    instance = await _running(ref, "exec", home, started)
     rows, cols = 24, 80
     if tty:
         try:
@@ -59,7 +64,8 @@ async def exec_command(ref: str, argv: list[str], *, env=None, cwd=None, user=No
         result = await client.exec(
             argv, env=env, cwd=cwd, user=user, tty=tty, rows=rows, cols=cols, timeout=timeout,
             stdin=stdin_chunks() if interactive else None,
-            stdout=lambda data: _write(1, data), stderr=lambda data: _write(2, data))
+            stdout=stdout or (lambda data: _write(1, data)),
+            stderr=stderr or (lambda data: _write(2, data)))
     if result.error:  # could not start: code is 127 or 126
         print(f"kindling: exec {argv[0]}: {result.error}", file=sys.stderr, flush=True)
     return result.code  # the agent reports 124 for a timeout, 128+N for signal N
@@ -76,26 +82,26 @@ def split_remote(text: str) -> tuple[str | None, str]:
 async def copy(src: str, dst: str, home=None) -> str:
     (svm, spath), (dvm, dpath) = split_remote(src), split_remote(dst)
     if (svm is None) == (dvm is None):
-        die("kindling cp: exactly one of SRC and DST must be VM:/path")
+        die("cp: exactly one of SRC and DST must be VM:/path", hint="kindling cp ./local VM:/path, or kindling cp VM:/path ./local")
     ref = svm or dvm
     instance = await _running(ref, "cp", home)
     async with open_agent(instance.agent_socket, timeout=CONNECT_TIMEOUT) as client:
         try:
             if dvm is not None:
                 if not os.path.lexists(spath):
-                    die(f"kindling cp: {spath}: no such file or directory")
+                    die(f"cp: {spath}: no such file or directory")
                 result = await client.copy_to(spath, dpath)
             else:
                 result = await client.copy_from(spath, dpath)
         except AgentError as e:
-            die(f"kindling cp {src} {dst}: {e}")
+            die(f"cp {src} {dst}: {e}")
     return result
 
 
 async def stat(target: str, home=None):
     ref, path = split_remote(target)
     if ref is None:
-        die(f"kindling stat: expected VM:/path, got {target!r}")
+        die(f"stat: expected VM:/path, got {target!r}", hint="kindling stat VM:/path")
     instance = await _running(ref, "stat", home)
     async with open_agent(instance.agent_socket, timeout=CONNECT_TIMEOUT) as client:
         return await client.stat(path)

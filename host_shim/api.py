@@ -13,81 +13,18 @@ Errors are KindlingError subclasses with a message a user can act on.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import inspect
 from functools import partial
 from pathlib import Path
 
 import trio
 
-from initsys import protocol
-
-from . import accel as accel_mod
-from . import lifecycle, logfiles, metadata, prepare, qemu
+from . import lifecycle, metadata, options
+from .info import InstanceInfo
 from .instance import Instance, kindling_home
-from .metadata import Metadata
 from .state import State, require_running
-from .timeline import Timeline
 
-
-@dataclass(frozen=True)
-class InstanceInfo:
-    """One instance as the host sees it (what `kindling inspect --json` prints)."""
-    id: str
-    name: str
-    state: State
-    error: str | None
-    created_at: float                  # seconds since the epoch
-    boot: int                          # boots so far (create is the first)
-    pid: int | None                    # QEMU's pid while it runs
-    command: tuple[str, ...]
-    init_mode: str | None              # exec | systemd, from config.json (None: a raw test config)
-    agent_skipped: bool
-    time_to_running: float | None      # s from create/start to Running, as the host saw it
-    markers: dict                      # kind -> {ts, seen_at, fields}: this boot's markers
-    exit: dict | None                  # {"code", "message"} from HYPEMAN-EXIT
-    fatal: dict | None                 # {"stage", "error"} from KINDLING-FATAL
-    vmm_exit: str | None               # how QEMU ended, when known
-    dir: Path
-    timeline: Timeline = field(repr=False, default_factory=Timeline)
-    history: tuple[dict, ...] = field(repr=False, default=())
-
-    @classmethod
-    def of(cls, instance: Instance, meta: Metadata) -> "InstanceInfo":
-        exit_marker = meta.markers.get(protocol.EXIT)
-        exit_info = None
-        if exit_marker is not None:
-            code = exit_marker.fields.get("code")
-            exit_info = {"code": int(code) if code and code.lstrip("-").isdigit() else code,
-                         "message": exit_marker.fields.get("message")}
-        fatal = meta.markers.get(protocol.FATAL)
-        return cls(
-            id=meta.id, name=meta.name, state=meta.state, error=meta.error,
-            created_at=meta.created_at / 1e9, boot=meta.boot,
-            pid=meta.pid if meta.state not in (State.STOPPED, State.STANDBY) else None,
-            command=tuple(meta.command), agent_skipped=meta.agent_skipped,
-            init_mode=(meta.config.get("init_mode", "exec") if isinstance(meta.config, dict)
-                       else None),
-            time_to_running=meta.time_to_running,
-            markers={kind: {"ts": protocol.format_ts(m.ts) if m.ts is not None else None,
-                            "seen_at": protocol.format_ts(m.seen_at), "fields": m.fields}
-                     for kind, m in sorted(meta.markers.markers.items())},
-            exit=exit_info,
-            fatal=dict(fatal.fields) if fatal is not None else None,
-            vmm_exit=meta.vmm_exit, dir=instance.dir, timeline=meta.timeline(),
-            history=tuple(meta.history),
-        )
-
-    def to_json(self) -> dict:
-        return {
-            "id": self.id, "name": self.name, "state": str(self.state), "error": self.error,
-            "created_at": protocol.format_ts(int(self.created_at * 1e9)), "boot": self.boot,
-            "pid": self.pid, "command": list(self.command), "init_mode": self.init_mode,
-            "agent_skipped": self.agent_skipped,
-            "time_to_running": self.time_to_running, "markers": self.markers,
-            "exit": self.exit, "fatal": self.fatal, "vmm_exit": self.vmm_exit,
-            "dir": str(self.dir), "timeline": self.timeline.to_json(),
-            "history": [dict(h, at=protocol.format_ts(h["at"])) for h in self.history],
-        }
+__all__ = ["InstanceInfo", "Kindling"]
 
 
 class Kindling:
@@ -102,25 +39,18 @@ class Kindling:
     def _resolve(self, ref: str) -> Instance:
         return metadata.resolve(self.home, ref)[0]
 
-    def create(self, command: list[str] | tuple[str, ...], *, name: str | None = None,
-               accel: str | None = None, env: dict[str, str] | None = None,
-               workdir: str | None = None, memory_mib: int = qemu.DEFAULT_MEMORY_MIB,
-               cpus: int = qemu.DEFAULT_CPUS, rootfs: Path | None = None,
-               base: str | None = None, init_mode: str = "auto",
-               kernel: Path | None = None, modules: Path | None = None,
-               log_max_bytes: int = logfiles.DEFAULT_MAX_BYTES,
-               log_keep: int = logfiles.DEFAULT_KEEP) -> InstanceInfo:
+    def create(self, command=(), **opts) -> InstanceInfo:
         """Create an instance running `command` and boot it.  Returns while the guest
-        is still Initializing; `wait(ref, "running")` for more.  `accel`: kvm, tcg or
-        auto (default: $KINDLING_ACCEL, else auto).  `base`: busybox or debian (whose own
-        command /sbin/init runs when `command` is empty); `init_mode`: auto, exec or systemd."""
-        opts = prepare.CreateOptions(
-            command=tuple(command), name=name, accel=accel or accel_mod.default_accel(),
-            env=tuple((env or {}).items()),
-            workdir=workdir, memory_mib=memory_mib, cpus=cpus, rootfs=rootfs, base=base,
-            init_mode=init_mode, kernel=kernel,
-            modules=modules, log_max_bytes=log_max_bytes, log_keep=log_keep)
-        return InstanceInfo.of(*trio.run(partial(lifecycle.create, opts, self.home)))
+        is still Initializing; `wait(ref, "running")` for more.  The keywords are
+        create's options (host_shim/options.py; sizes as 512M/1G or a number):
+
+"""
+        values = options.make(options.CreateOptions, dict(opts, command=command), self.home)
+        return InstanceInfo.of(*trio.run(partial(lifecycle.create, values, self.home)))
+
+    create.__signature__ = options.signature(
+        "create", first=(inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY),))
+    create.__doc__ += options.api_doc("create")
 
     def start(self, ref: str) -> InstanceInfo:
         instance = self._resolve(ref)

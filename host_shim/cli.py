@@ -1,10 +1,13 @@
 """The `kindling` command: argument parsing, output, and the one error boundary.
 
 A thin layer over host_shim/lifecycle.py (and runner.py for `run`).  Every
-user-facing failure is a KindlingError raised somewhere below; `main` is the
-only place that catches it, prints `kindling: error: ...` (plus a hint) and
-exits non-zero: 125 for `run` and `build` (like `docker run`, so the program's
-own codes stay apart), 1 for the other commands.  Tracebacks only with --debug.
+user-facing failure is a KindlingError raised somewhere below (the image builder's
+BuildError is converted to one); `main` is the only place that catches it, prints
+`kindling: error: ...` (plus a hint) and exits 125 -- for every command, usage errors
+included -- so the exit codes of a program (`run`, `exec`) stay apart, as docker's do.
+Tracebacks only with --debug.  create's and run's options come from host_shim/options.py;
+every command takes --json, which prints an InstanceInfo (host_shim/info.py) for an
+instance, JSON lines of events for run and exec (host_shim/events.py).
 """
 
 import argparse
@@ -20,9 +23,9 @@ import trio
 
 from initsys import protocol
 
-from . import accel, agent_ops, chart, initmode, lifecycle, logfiles, metadata, prepare, qemu, runner, volumes
-from .api import InstanceInfo
-from .errors import EXIT_ERROR, EXIT_KINDLING, KindlingError, die
+from . import agent_ops, chart, events, lifecycle, metadata, options, runner, sizes, volumes
+from .errors import EXIT_KINDLING, KindlingError, build_errors, die, from_build_error
+from .info import InstanceInfo
 from .instance import kindling_home
 from .state import State
 from .timeline import format_timeline
@@ -30,14 +33,12 @@ from .timeline import format_timeline
 PROG = "kindling"
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a usage error exits 125 like every other error of Kindling."""
+
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_KINDLING, f"{PROG}: error: {message}\n")
 
 
 def _positive_float(text: str) -> float:
@@ -60,19 +61,10 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _size(text: str) -> int:
-    """A byte count for argparse: 1048576, 512K, 4M, 1G (volumes.parse_size)."""
-    try:
-        return volumes.parse_size(text)
-    except KindlingError as e:
-        raise argparse.ArgumentTypeError(e.message) from None
-
-
-def _add_common(parser: argparse.ArgumentParser, *, json_output: bool = True) -> None:
+def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="show tracebacks for errors")
-    if json_output:
-        parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument("--json", action="store_true", help="print JSON")
 
 
 def _home() -> Path:
@@ -87,118 +79,27 @@ def _print_json(obj) -> None:
     print(json.dumps(obj, indent=2, sort_keys=True), flush=True)
 
 
-def _summary(info: InstanceInfo) -> dict:
-    return {"id": info.id, "name": info.name, "state": str(info.state)}
-
-
-# --- create / run options ----------------------------------------------------------
-
-def add_create_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--name", metavar="NAME", help="a name for the instance (default: its id)")
-    image = parser.add_argument_group("image")
-    image.add_argument("--rootfs", type=Path, metavar="DIR|TARBALL",
-                       help="root filesystem for the program (default: the builder's default)")
-    from image_build import cli as builder
-    builder.add_base_argument(image)
-    image.add_argument("--kernel", type=Path, metavar="VMLINUZ",
-                       help="guest kernel (default: Debian's cloud kernel)")
-    image.add_argument("--modules", type=Path, metavar="DIR",
-                       help="kernel modules for --kernel (a lib/modules/<release> tree)")
-    image.add_argument("--initrd", type=Path, metavar="FILE",
-                       help="boot this initrd instead of the built one (the kernel and the "
-                            "rootfs still come from the builder)")
-    image.add_argument("--no-headers", dest="headers", action="store_false",
-                       help="no kernel headers: leave them out of the initrd and set "
-                            "skip_kernel_headers (default: the guest installs them in the "
-                            "background, /lib/modules/$(uname -r)/build)")
-    vm = parser.add_argument_group("virtual machine")
-    vm.add_argument("--memory", type=_positive_int, default=qemu.DEFAULT_MEMORY_MIB,
-                    metavar="MiB", help="guest memory (default: %(default)s)")
-    vm.add_argument("--cpus", type=_positive_int, default=qemu.DEFAULT_CPUS, metavar="N",
-                    help="guest CPUs (default: %(default)s)")
-    vm.add_argument("--accel", default=None, metavar="kvm|tcg|auto",
-                    help=f"accelerator (default: ${accel.ENV_VAR} or auto: KVM if usable, "
-                         "else TCG)")
-    program = parser.add_argument_group("program")
-    program.add_argument("--env", "-e", action="append", default=[], metavar="NAME=VALUE",
-                         help="set an environment variable (repeatable)")
-    program.add_argument("--workdir", "-w", metavar="DIR",
-                         help="working directory in the guest (default: /)")
-    program.add_argument("--init-mode", choices=initmode.INIT_MODES, default="auto",
-                         help="exec: PID 1 runs CMD as the program; systemd: CMD is an init that "
-                              "PID 1 hands the machine to; auto (default): systemd when CMD -- or "
-                              "without one, the image's own command -- is "
-                              f"{', '.join(initmode.SYSTEMD_INITS)}, else exec")
-    vm.add_argument("--agent", default="serial", choices=prepare.AGENT_TRANSPORTS,
-                    help="the in-VM agent's transport: serial (virtio-serial, default), vsock "
-                         "(needs vhost-vsock), or none (no agent: Running needs only the program)")
-    vm.add_argument("--qga", action="store_true",
-                    help="also a virtio-serial port for QEMU's guest agent (org.qemu.guest_agent.0, "
-                         "host end qga.sock in the instance directory); udev starts qemu-ga in a "
-                         "systemd-mode Debian guest, in exec mode start it yourself")
-    parser.add_argument("--kernel-arg", action="append", default=[], help=argparse.SUPPRESS)
-    devices = parser.add_argument_group("network and volumes")
-    devices.add_argument("--net", action="store_true",
-                         help="give the guest eth0 in a private network namespace "
-                              "(kindling-<id>; guest 10.200.0.2/24, gateway 10.200.0.1)")
-    devices.add_argument("--volume", action="append", default=[], metavar="IMAGE:/path[:ro|rw|overlay]",
-                         help="attach an ext4 volume (a name from `kindling volume create` or "
-                              "an image path) at /path; repeatable")
-    logs = parser.add_argument_group("serial log")
-    logs.add_argument("--log-max-size", type=_size, default=logfiles.DEFAULT_MAX_BYTES,
-                      metavar="SIZE", help="rotate logs/app.log at this size, e.g. 512K, 4M "
-                                           "(default: 4M)")
-    logs.add_argument("--log-files", type=_positive_int, default=logfiles.DEFAULT_KEEP,
-                      metavar="N", help="rotated copies to keep (default: %(default)s)")
-    # Test hooks: feed the guest a raw (unvalidated) config.json, or a ready-made config disk.
-    parser.add_argument("--config-json", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--config-disk", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]",
-                        help="the program to run in the VM, and its arguments (optional when "
-                             "the image has its own command, as --base debian has)")
-
-
-def _create_fields(args: argparse.Namespace) -> dict:
-    command = list(args.command)
-    if command[:1] == ["--"]:
-        command = command[1:]
-    return dict(
-        command=tuple(command), name=args.name, rootfs=args.rootfs, base=args.base,
-        init_mode=args.init_mode, kernel=args.kernel,
-        modules=args.modules, memory_mib=args.memory, cpus=args.cpus,
-        env=prepare.parse_env(args.env), workdir=args.workdir,
-        accel=accel.parse_accel(args.accel or accel.default_accel()).value,
-        config_json=args.config_json, config_disk=args.config_disk,
-        log_max_bytes=args.log_max_size, log_keep=args.log_files,
-        net=args.net, volumes=tuple(volumes.parse_spec(_home(), v) for v in args.volume),
-        agent=args.agent, qga=args.qga, kernel_args=tuple(args.kernel_arg), headers=args.headers,
-        initrd=args.initrd,
-    )
+def _about(ref: str) -> dict:
+    """id, name and state of the instance `ref` (as last recorded), for cp/stat/exec --json."""
+    instance, meta = metadata.resolve(_home(), ref)
+    return {"id": meta.id, "name": meta.name, "state": str(meta.state)}
 
 
 # --- run -----------------------------------------------------------------------------
 
-def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    add_create_arguments(parser)
-    run = parser.add_argument_group("run")
-    run.add_argument("--timeout", type=_positive_float, default=runner.DEFAULT_TIMEOUT,
-                     metavar="S", help="stop the VM after S seconds (default: %(default)g)")
-    run.add_argument("--keep", action="store_true",
-                     help="keep the instance (logs, disks) after the run")
-    run.add_argument("--verbose", "-v", action="store_true",
-                     help="show the kernel and boot messages on stderr")
-
-
 def cmd_run(args: argparse.Namespace) -> int:
-    opts = runner.RunOptions(**_create_fields(args), timeout=args.timeout, keep=args.keep,
-                             verbose=args.verbose)
-    return runner.run(opts)
+    opts = options.from_args(options.RunOptions, args, _home())
+    if not args.json:
+        return runner.run(opts)
+    code = runner.run(opts, emit=events.emit)
+    events.exit_event(code)
+    return code
 
 
 # --- instances -------------------------------------------------------------------------
 
 def cmd_create(args: argparse.Namespace) -> int:
-    opts = prepare.CreateOptions(**_create_fields(args))
+    opts = options.from_args(options.CreateOptions, args, _home())
     instance, meta = trio.run(partial(lifecycle.create, opts, _home()))
     info = InstanceInfo.of(instance, meta)
     if args.json:
@@ -215,7 +116,7 @@ def _simple(operation):
         meta = trio.run(operation(args), instance)
         info = InstanceInfo.of(instance, meta)
         if args.json:
-            _print_json(_summary(info) | {"vmm_exit": info.vmm_exit})
+            _print_json(info.to_json())
         else:
             print(args.vm)
         return 0
@@ -237,10 +138,7 @@ def _ago(seconds: float) -> str:
 def cmd_list(args: argparse.Namespace) -> int:
     infos = [InstanceInfo.of(i, m) for i, m in trio.run(lifecycle.list_instances, _home())]
     if args.json:
-        _print_json([_summary(i) | {"created_at": protocol.format_ts(int(i.created_at * 1e9)),
-                                    "time_to_running": i.time_to_running,
-                                    "command": list(i.command), "error": i.error}
-                     for i in infos])
+        _print_json([i.to_json() for i in infos])
         return 0
     rows = [("ID", "NAME", "STATE", "TO RUNNING", "CREATED", "COMMAND")]
     now = time.time()
@@ -248,10 +146,14 @@ def cmd_list(args: argparse.Namespace) -> int:
         ttr = f"{i.time_to_running:.2f}s" if i.time_to_running is not None else "-"
         rows.append((i.id, i.name, str(i.state), ttr, _ago(now - i.created_at),
                      " ".join(i.command)[:40] or "-"))
+    _print_table(rows)
+    return 0
+
+
+def _print_table(rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
     for r in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
-    return 0
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -282,10 +184,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    instance = _resolve(args.vm)
+    instance, meta = metadata.resolve(_home(), args.vm)
     if args.json:
+        about = {"id": meta.id, "name": meta.name, "state": str(meta.state), "source": args.source}
+
         def write(line: str) -> None:
-            print(json.dumps({"source": args.source, "line": line}), flush=args.follow)
+            print(json.dumps(about | {"line": line}), flush=args.follow)
     else:
         def write(line: str) -> None:
             print(line, flush=args.follow)
@@ -299,8 +203,7 @@ def cmd_wait(args: argparse.Namespace) -> int:
     meta = trio.run(partial(lifecycle.wait, instance, target, timeout=args.timeout))
     info = InstanceInfo.of(instance, meta)
     if args.json:
-        _print_json(_summary(info) | {"time_to_running": info.time_to_running,
-                                      "exit": info.exit})
+        _print_json(info.to_json())
         return 0
     if target is State.RUNNING and info.state is not State.RUNNING:
         print(f"{PROG}: note: {info.name} was Running, and is now {info.state}", file=sys.stderr)
@@ -321,9 +224,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         except OSError as e:
             die(f"cannot write {args.svg}: {e.strerror}")
     if args.json:
-        _print_json(_summary(info) | {"time_to_running": info.time_to_running,
-                                      "timeline": info.timeline.to_json(), "svg": (
-                                          str(args.svg) if args.svg else None)})
+        _print_json(info.to_json() | {"svg": str(args.svg) if args.svg else None})
         return 0
     print(f"instance {info.name} ({info.id}): {info.state}, boot {info.boot}")
     if info.time_to_running is not None:
@@ -347,19 +248,34 @@ def cmd_exec(args: argparse.Namespace) -> int:
         command = command[1:]
     if not command:
         die("no command given", hint="kindling exec VM -- CMD [ARG...]")
-    env = dict(prepare.parse_env(args.env)) or None
+    env = dict(options.parse_env(args.env)) or None
     user = args.user
     if user is not None and user.isdigit():
         user = int(user)
-    return trio.run(partial(agent_ops.exec_command, args.vm, command, env=env, cwd=args.workdir,
+    streams = {}
+    if args.json:
+        async def to_events(stream: str, data: bytes) -> None:
+            events.output(stream, data)
+        streams = {"stdout": partial(to_events, "stdout"), "stderr": partial(to_events, "stderr")}
+    code = trio.run(partial(agent_ops.exec_command, args.vm, command, env=env, cwd=args.workdir,
                             user=user, tty=args.tty, interactive=args.interactive,
-                            timeout=args.timeout))
+                            timeout=args.timeout, started=_started_event if args.json else None,
+                            **streams))
+    if args.json:
+        events.exit_event(code)
+    return code
+
+
+def _started_event(instance, meta) -> None:
+    events.emit("state", id=meta.id, name=meta.name, state=str(meta.state))
 
 
 def cmd_cp(args: argparse.Namespace) -> int:
     result = trio.run(agent_ops.copy, args.src, args.dst)
     if args.json:
-        _print_json({"entries": result.entries, "bytes": result.bytes, "skipped": result.skipped})
+        ref = agent_ops.split_remote(args.src)[0] or agent_ops.split_remote(args.dst)[0]
+        _print_json(_about(ref) | {"entries": result.entries, "bytes": result.bytes,
+                                   "skipped": result.skipped})
     return 0
 
 
@@ -368,22 +284,42 @@ def cmd_stat(args: argparse.Namespace) -> int:
     fields = {"exists": st.exists, "type": st.type, "mode": None if st.mode is None else oct(st.mode),
               "size": st.size, "uid": st.uid, "gid": st.gid, "target": st.target}
     if args.json:
-        _print_json(fields)
+        _print_json(_about(agent_ops.split_remote(args.target)[0]) | fields)
     else:
         for key, value in fields.items():
             if value is not None:
                 print(f"{key}: {value}")
-    return 0 if st.exists else 1
+    return 0 if st.exists else 1       # like `test -e`: a missing path is an answer
 
 
 # --- volumes -----------------------------------------------------------------------
 
 def cmd_volume_create(args: argparse.Namespace) -> int:
-    image = volumes.create(_home(), args.volume_name, args.size)
+    volume = volumes.create(_home(), args.volume_name, args.size)
     if args.json:
-        _print_json({"name": args.volume_name, "path": str(image), "size": image.stat().st_size})
+        _print_json(volume.to_json())
     else:
-        print(image)
+        print(volume.path)
+    return 0
+
+
+def cmd_volume_list(args: argparse.Namespace) -> int:
+    found = volumes.list_volumes(_home())
+    if args.json:
+        _print_json([v.to_json() for v in found])
+        return 0
+    rows = [("NAME", "SIZE", "USED BY", "PATH")] + [
+        (v.name, sizes.human(v.size), ",".join(v.used_by) or "-", str(v.path)) for v in found]
+    _print_table(rows)
+    return 0
+
+
+def cmd_volume_rm(args: argparse.Namespace) -> int:
+    volume = volumes.remove(_home(), args.volume_name)
+    if args.json:
+        _print_json(volume.to_json())
+    else:
+        print(volume.name)
     return 0
 
 
@@ -391,87 +327,79 @@ def cmd_volume_create(args: argparse.Namespace) -> int:
 
 def cmd_build(args: argparse.Namespace) -> int:
     from image_build import cli as builder
-    from image_build.errors import BuildError
-    try:
-        return int(builder.main_from_args(args) or 0)
-    except BuildError as e:
-        die(f"build failed: {e}")
+    with build_errors("build failed"):
+        artifacts, opts = builder.build_from_args(args)
+    if args.json:
+        _print_json(builder.describe(artifacts, opts))
+    else:
+        builder.print_built(artifacts, opts)
+    return 0
 
 
 # --- main --------------------------------------------------------------------------
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="Boot microVMs under QEMU, run a program in each, and report truthfully "
-                    "when the guest is ready.")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
-    sub = parser.add_subparsers(dest="subcommand", metavar="COMMAND", required=True)
+def _command(sub, name: str, func, help: str, **kwargs) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help, **kwargs)
+    _add_common(p)
+    p.set_defaults(func=func)
+    return p
 
-    def command(name, func, help, *, aliases=(), error_code=EXIT_ERROR, json_output=True,
-                **kwargs):
-        p = sub.add_parser(name, help=help, aliases=list(aliases), **kwargs)
-        _add_common(p, json_output=json_output)
-        p.set_defaults(func=func, error_code=error_code)
-        return p
 
-    def vm_argument(p):
-        p.add_argument("vm", metavar="VM", help="instance name, id or unique id prefix")
+def _vm_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("vm", metavar="VM", help="instance name, id or unique id prefix")
 
-    run = command("run", cmd_run, "run a program in a fresh microVM", error_code=EXIT_KINDLING,
-                  json_output=False,
-                  description="Create a microVM, wait for it, stream the program's output and "
-                              "exit with its exit code (create + wait + logs + exit code).  "
-                              f"Errors of kindling itself exit with {EXIT_KINDLING}.",
-                  usage=f"{PROG} run [OPTIONS] [-- CMD [ARG...]]")
-    add_run_arguments(run)
 
-    create = command("create", cmd_create, "create and boot an instance (returns while it is "
-                     "still Initializing)", usage=f"{PROG} create [OPTIONS] [-- CMD [ARG...]]",
-                     description="Create an instance running CMD and boot it.  Returns once the "
-                                 "guest has been started, usually while it is still "
-                                 "Initializing; prints the instance id.")
-    add_create_arguments(create)
+def _add_create_and_run(sub) -> None:
+    run = _command(sub, "run", cmd_run, "run a program in a fresh microVM",
+                   description="Create a microVM, wait for it, stream the program's output and "
+                               "exit with its exit code (create + wait + logs + exit code).  "
+                               f"Errors of kindling itself exit with {EXIT_KINDLING}.  With "
+                               "--json: JSON lines of events (state, output, exit).",
+                   usage=f"{PROG} run [OPTIONS] [-- CMD [ARG...]]")
+    options.add_arguments(run, "run")
+    create = _command(sub, "create", cmd_create, "create and boot an instance (returns while it "
+                      "is still Initializing)", usage=f"{PROG} create [OPTIONS] [-- CMD [ARG...]]",
+                      description="Create an instance running CMD and boot it.  Returns once the "
+                                  "guest has been started, usually while it is still "
+                                  "Initializing; prints the instance id.")
+    options.add_arguments(create, "create")
 
-    start = command("start", cmd_start, "boot a stopped instance again")
-    vm_argument(start)
-    stop = command("stop", cmd_stop, "stop an instance",
-                   description="ACPI power-down (Running instances get --time seconds to act "
-                               "on it), then QMP quit, SIGTERM, SIGKILL.")
-    vm_argument(stop)
+
+def _add_lifecycle(sub) -> None:
+    _vm_argument(_command(sub, "start", cmd_start, "boot a stopped instance again"))
+    stop = _command(sub, "stop", cmd_stop, "stop an instance",
+                    description="ACPI power-down (Running instances get --time seconds to act "
+                                "on it), then QMP quit, SIGTERM, SIGKILL.")
+    _vm_argument(stop)
     stop.add_argument("--time", "-t", type=_seconds, default=lifecycle.DEFAULT_STOP_TIMEOUT,
                       metavar="S", help="seconds to wait for a power-down (default: %(default)g)")
-    delete = command("delete", cmd_delete, "stop an instance at once and remove it",
-                     aliases=("rm",))
-    vm_argument(delete)
-    command("list", cmd_list, "list the instances", aliases=("ps",))
-    inspect = command("inspect", cmd_inspect, "show an instance's state, markers and details")
-    vm_argument(inspect)
-    logs = command("logs", cmd_logs, "show an instance's logs")
-    vm_argument(logs)
+    _vm_argument(_command(sub, "delete", cmd_delete, "stop an instance at once and remove it",
+                          aliases=["rm"]))
+    _command(sub, "list", cmd_list, "list the instances", aliases=["ps"])
+    _vm_argument(_command(sub, "inspect", cmd_inspect,
+                          "show an instance's state, markers and details"))
+    logs = _command(sub, "logs", cmd_logs, "show an instance's logs")
+    _vm_argument(logs)
     logs.add_argument("--follow", "-f", action="store_true",
                       help="keep printing new lines until the VM stops")
     logs.add_argument("--source", choices=("app", "vmm"), default="app",
                       help="app: the serial console, boot markers filtered out (default); "
                            "vmm: QEMU's own messages")
-    wait = command("wait", cmd_wait, "wait until an instance is running or stopped")
-    vm_argument(wait)
+    wait = _command(sub, "wait", cmd_wait, "wait until an instance is running or stopped")
+    _vm_argument(wait)
     wait.add_argument("--for", dest="target", choices=("running", "stopped"), required=True,
                       help="the state to wait for")
     wait.add_argument("--timeout", type=_positive_float, default=None, metavar="S",
                       help="give up after S seconds (default: wait forever)")
-    analyze = command("analyze", cmd_analyze, "show an instance's boot timeline")
-    vm_argument(analyze)
+    analyze = _command(sub, "analyze", cmd_analyze, "show an instance's boot timeline")
+    _vm_argument(analyze)
     analyze.add_argument("--svg", type=Path, metavar="FILE", help="also draw it as an SVG chart")
 
-    build = command("build", cmd_build, "build the kernel, initrd and rootfs images",
-                    error_code=EXIT_KINDLING, json_output=False,
-                    description="Build (or reuse from the cache) the VM images.")
-    from image_build import cli as builder
-    builder.add_arguments(build)
 
-    ex = command("exec", cmd_exec, "run a command in a Running instance (through the agent)",
-                 json_output=False)
+def _add_agent_commands(sub) -> None:
+    ex = _command(sub, "exec", cmd_exec, "run a command in a Running instance (through the "
+                  "agent)", description="Run CMD in a Running instance and exit with its exit "
+                  "code.  With --json: JSON lines of events (state, output, exit).")
     ex.add_argument("-i", "--interactive", action="store_true", help="stream our stdin to it")
     ex.add_argument("-t", "--tty", action="store_true", help="give it a pseudo-terminal")
     ex.add_argument("--env", "-e", action="append", default=[], metavar="NAME=VALUE")
@@ -479,24 +407,52 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--user", "-u", metavar="UID[:GID]|NAME")
     ex.add_argument("--timeout", type=_positive_float, metavar="S",
                     help="kill its process group after S seconds (exit code 124)")
-    vm_argument(ex)
+    _vm_argument(ex)
     ex.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")
-    cp = command("cp", cmd_cp, "copy files or trees between the host and a Running instance")
+    cp = _command(sub, "cp", cmd_cp, "copy files or trees between the host and a Running "
+                  "instance")
     cp.add_argument("src", metavar="SRC", help="a local path, or VM:/path")
     cp.add_argument("dst", metavar="DST", help="a local path, or VM:/path")
-    st = command("stat", cmd_stat, "describe a path in a Running instance")
+    st = _command(sub, "stat", cmd_stat, "describe a path in a Running instance (exit 1 if it "
+                  "does not exist)")
     st.add_argument("target", metavar="VM:/path")
 
-    volume = sub.add_parser("volume", help="manage volume images")
+
+def _add_volume_commands(sub) -> None:
+    volume = sub.add_parser("volume", help="manage volume images (create, list, rm)")
     volume_sub = volume.add_subparsers(dest="volume_command", metavar="COMMAND", required=True)
-    vcreate = volume_sub.add_parser(
-        "create", help="make an empty ext4 volume image (sparse, no mounting)",
-        description="Make an empty ext4 volume in $KINDLING_HOME/volumes/NAME.img; attach it "
-                    "with `--volume NAME:/path[:ro|rw|overlay]`.")
+    vcreate = _command(volume_sub, "create", cmd_volume_create,
+                       "make an empty ext4 volume image (sparse, no mounting)",
+                       description="Make an empty ext4 volume in $KINDLING_HOME/volumes/NAME.img;"
+                                   " attach it with `--volume NAME:/path[:ro|rw|overlay]`.")
     vcreate.add_argument("volume_name", metavar="NAME")
-    vcreate.add_argument("--size", required=True, type=_size, metavar="SIZE", help="e.g. 64M, 1G")
-    _add_common(vcreate)
-    vcreate.set_defaults(func=cmd_volume_create, error_code=EXIT_ERROR)
+    vcreate.add_argument("--size", required=True, metavar="SIZE",
+                         help=f"e.g. 64M, 1G; a bare number is bytes (at least "
+                              f"{sizes.human(volumes.MIN_SIZE)})")
+    _command(volume_sub, "list", cmd_volume_list, "list the volumes and the instances using them",
+             aliases=["ls"])
+    vrm = _command(volume_sub, "rm", cmd_volume_rm, "remove a volume no instance uses",
+                   description="Remove a volume image; refused while an instance (in any state "
+                               "but deleted) attaches it.")
+    vrm.add_argument("volume_name", metavar="NAME")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(
+        prog=PROG,
+        description="Boot microVMs under QEMU, run a program in each, and report truthfully "
+                    "when the guest is ready.  Errors of kindling itself exit with "
+                    f"{EXIT_KINDLING}.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = parser.add_subparsers(dest="subcommand", metavar="COMMAND", required=True)
+    _add_create_and_run(sub)
+    _add_lifecycle(sub)
+    build = _command(sub, "build", cmd_build, "build the kernel, initrd and rootfs images",
+                     description="Build (or reuse from the cache) the VM images.")
+    from image_build import cli as builder
+    builder.add_arguments(build)
+    _add_agent_commands(sub)
+    _add_volume_commands(sub)
     return parser
 
 
@@ -510,21 +466,32 @@ def _kindling_error_in(group: BaseExceptionGroup) -> KindlingError | None:
     return matched
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def _report(e: KindlingError, debug: bool) -> int:
+    if debug:
+        traceback.print_exc()
+    print(f"{PROG}: error: {e.message}", file=sys.stderr)
+    if e.hint:
+        print(f"{PROG}: hint: {e.hint}", file=sys.stderr)
+    return e.exit_code if e.exit_code is not None else EXIT_KINDLING
+
+
+def _call(args: argparse.Namespace) -> int:
+    """The command, with the errors of a nursery or of the image builder as KindlingError."""
+    from image_build.errors import BuildError
     try:
-        try:
-            return args.func(args)
-        except BaseExceptionGroup as group:
-            raise _kindling_error_in(group) or group
+        return args.func(args)
+    except BaseExceptionGroup as group:
+        raise _kindling_error_in(group) or group
+    except BuildError as e:      # a call into image_build not wrapped in build_errors()
+        raise from_build_error(e) from e
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _call(args)
     except KindlingError as e:
-        if args.debug:
-            traceback.print_exc()
-        print(f"{PROG}: error: {e.message}", file=sys.stderr)
-        if e.hint:
-            print(f"{PROG}: hint: {e.hint}", file=sys.stderr)
-        return e.exit_code if e.exit_code is not None else args.error_code
+        return _report(e, args.debug)
     except BrokenPipeError:
         # `kindling logs web | head`: the reader is gone; stop quietly, as `git log` does.
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -541,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"{PROG}: error: internal error: {type(e).__name__}: {e}", file=sys.stderr)
         print(f"{PROG}: hint: rerun with --debug for a traceback", file=sys.stderr)
-        return args.error_code
+        return EXIT_KINDLING
 
 
 if __name__ == "__main__":

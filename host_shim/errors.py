@@ -1,19 +1,23 @@
-"""User-facing errors: raise `die(...)` anywhere, caught once in `cli.main`."""
+"""User-facing errors: raise `die(...)` anywhere, caught once in `cli.main`.
 
+KindlingError is the one error type at the boundary: the image builder's BuildError
+is turned into one by `build_errors` (every call into image_build goes through it, and
+cli.main converts any that escaped the same way).
+"""
+
+from contextlib import contextmanager
 from typing import NoReturn
 
-# Exit status for Kindling's own failures in `kindling run` (bad usage, the VM failing to
-# boot, ...).  Like `docker run`, 125 keeps them apart from the program's exit codes,
-# which `kindling run` passes through unchanged (126/127 included).  The other
-# commands exit 1 on an error, as docker's do.
+# Exit status for every failure of Kindling itself, usage errors included.  Like
+# `docker run`, 125 keeps them apart from a program's exit codes, which `kindling run`
+# and `kindling exec` pass through unchanged (126/127 included).
 EXIT_KINDLING = 125
-EXIT_ERROR = 1
 
 
 class KindlingError(Exception):
     """An error the user can act on: printed as `kindling: error: ...`, no traceback.
 
-    `exit_code` None means the command's usual error status (125 for run, 1 otherwise).
+    `exit_code` None means EXIT_KINDLING; `kindling run` sets 128+N when signal N stopped it.
     """
 
     def __init__(self, message: str, hint: str | None = None, exit_code: int | None = None):
@@ -29,3 +33,18 @@ class NoSuchInstance(KindlingError):
 
 def die(message: str, hint: str | None = None, exit_code: int | None = None) -> NoReturn:
     raise KindlingError(message, hint=hint, exit_code=exit_code)
+
+
+def from_build_error(error: Exception, what: str | None = None) -> KindlingError:
+    """A BuildError (image_build's one error type) as a KindlingError."""
+    return KindlingError(f"{what}: {error}" if what else str(error))
+
+
+@contextmanager
+def build_errors(what: str | None = None):
+    """`with build_errors("building the VM image failed"):` around calls into image_build."""
+    from image_build.errors import BuildError
+    try:
+        yield
+    except BuildError as e:
+        raise from_build_error(e, what) from e

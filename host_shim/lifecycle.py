@@ -24,7 +24,7 @@ import trio
 from initsys import protocol
 
 from . import accel as accel_mod
-from . import console, locks, logfiles, markers, metadata, netns, prepare, qemu, vmm
+from . import console, locks, logfiles, markers, metadata, netns, options, prepare, qemu, vmm
 from . import run as run_mod
 from . import timeline as tl
 from .errors import KindlingError, NoSuchInstance, die
@@ -161,12 +161,13 @@ def _config_value(config: dict | bytes | None) -> dict | str | None:
     return config
 
 
-async def create(opts: prepare.CreateOptions, home: Path | None = None, *,
+async def create(opts: options.CreateOptions, home: Path | None = None, *,
                  verbose: Callable[[str], None] | None = None) -> tuple[Instance, Metadata]:
     """Make an instance and boot it; returns once the guest has been started
     (state Initializing: markers come later)."""
     requested = now_ns()
     home = Path(home or kindling_home())
+    opts = options.checked(opts, home)
     prepare.check_inputs(opts)
     name = check_name(opts.name) if opts.name else None
     config = prepare.config_for(opts)
@@ -183,8 +184,8 @@ async def create(opts: prepare.CreateOptions, home: Path | None = None, *,
         meta = Metadata(id=instance.id, name=name or instance.id, created_at=requested,
                         command=list(command), config=_config_value(config),
                         agent_skipped=prepare.agent_skipped(config), argv=[],
-                        accel=accel.value, log_max_bytes=opts.log_max_bytes,
-                        log_keep=opts.log_keep)
+                        accel=accel.value, log_max_bytes=opts.log_max_size,
+                        log_keep=opts.log_files, options=options.to_json(opts))
         meta.record_state(State.STOPPED, at_ns=requested)
         metadata.save(instance, meta)
     try:

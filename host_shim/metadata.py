@@ -49,6 +49,7 @@ class Metadata:
     time_to_running: float | None = None  # s from boot request to Running seen by the host
     vmm_exit: str | None = None           # how QEMU ended, when known
     logs_final: bool = False              # the boot's log was scanned after QEMU ended
+    options: dict = field(default_factory=dict)  # create's options (options.to_json)
 
     # -- timeline --
 
@@ -90,7 +91,7 @@ class Metadata:
             "history": self.history, "markers": self.markers.to_json(),
             "events": [{"name": e.name, "at": e.at} for e in self.events],
             "time_to_running": self.time_to_running, "vmm_exit": self.vmm_exit,
-            "logs_final": self.logs_final,
+            "logs_final": self.logs_final, "options": self.options,
         }
 
     @classmethod
@@ -108,7 +109,7 @@ class Metadata:
             markers=MarkerRecord.from_json(obj.get("markers")),
             events=[HostEvent(e["name"], float(e["at"])) for e in obj.get("events") or []],
             time_to_running=obj.get("time_to_running"), vmm_exit=obj.get("vmm_exit"),
-            logs_final=bool(obj.get("logs_final")),
+            logs_final=bool(obj.get("logs_final")), options=dict(obj.get("options") or {}),
         )
 
 

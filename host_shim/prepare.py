@@ -12,20 +12,17 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 from initsys import protocol
 
 from . import accel as accel_mod
-from . import initmode, logfiles, netns, qemu
+from . import initmode, netns, qemu
 from . import volumes as volumes_mod
-from .volumes import VolumeSpec
-from .errors import die
+from .errors import build_errors, die
 from .instance import Instance, cache_dir
+from .options import CreateOptions
 
-DEFAULT_OVERLAY_SIZE = 256 << 20
-AGENT_TRANSPORTS = ("serial", "vsock", "none")
 AGENT_PORT_NAME = "org.kindling.agent.0"
 QGA_PORT_NAME = "org.qemu.guest_agent.0"   # the name Debian's qemu-guest-agent looks for
 VSOCK_FIRST_CID = 3
@@ -61,45 +58,6 @@ def agent_args(instance: Instance, agent: str, machine: qemu.Machine,
     return devices, karg
 
 
-@dataclass(frozen=True)
-class CreateOptions:
-    """Everything `kindling create` (and `run`) takes."""
-    command: tuple[str, ...] = ()
-    name: str | None = None
-    rootfs: Path | None = None
-    base: str | None = None             # a built-in rootfs (busybox | debian); None: busybox
-    init_mode: str = "auto"             # auto | exec | systemd (initmode.py)
-    kernel: Path | None = None
-    modules: Path | None = None
-    memory_mib: int = qemu.DEFAULT_MEMORY_MIB
-    cpus: int = qemu.DEFAULT_CPUS
-    env: tuple[tuple[str, str], ...] = ()
-    workdir: str | None = None
-    accel: str = accel_mod.Accel.AUTO.value
-    config_json: Path | None = None     # test hook: raw config.json, not validated
-    config_disk: Path | None = None     # test hook: a ready-made config disk image
-    overlay_size: int = DEFAULT_OVERLAY_SIZE
-    log_max_bytes: int = logfiles.DEFAULT_MAX_BYTES
-    log_keep: int = logfiles.DEFAULT_KEEP
-    net: bool = False                   # a private network namespace with a tap (netns.py)
-    agent: str = "serial"               # serial (virtio-serial port) | vsock | none
-    qga: bool = False                   # a port for qemu-guest-agent too (qga.sock)
-    kernel_args: tuple[str, ...] = ()   # test hook: extra kernel command line arguments
-    volumes: tuple[VolumeSpec, ...] = ()
-    headers: bool = True                # kernel headers in the initrd, installed by the guest
-    initrd: Path | None = None          # boot this initrd instead of the built one
-
-
-def parse_env(items: list[str] | tuple[str, ...]) -> tuple[tuple[str, str], ...]:
-    pairs = []
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            die(f"invalid --env {item!r}", hint="use --env NAME=VALUE")
-        pairs.append((key, value))
-    return tuple(pairs)
-
-
 def program(opts: CreateOptions) -> tuple[tuple[str, ...], str]:
     """The command the VM runs -- the user's, else the image's own -- and its init mode."""
     from image_build.build import image_command
@@ -108,6 +66,8 @@ def program(opts: CreateOptions) -> tuple[tuple[str, ...], str]:
 
 
 def check_inputs(opts: CreateOptions) -> None:
+    """What the table's converters cannot check alone: files exist, options that go (or
+    do not go) together, a command to run.  (options.checked has checked each value.)"""
     for flag, path in (("--rootfs", opts.rootfs), ("--kernel", opts.kernel),
                        ("--modules", opts.modules), ("--config-json", opts.config_json),
                        ("--config-disk", opts.config_disk)):
@@ -119,34 +79,20 @@ def check_inputs(opts: CreateOptions) -> None:
         die(f"--modules: {opts.modules} is not a directory")
     if opts.modules is not None and opts.kernel is None:
         die("--modules needs --kernel", hint="pass the kernel the modules were built for")
-    if opts.memory_mib < 64:
-        die(f"--memory {opts.memory_mib}: at least 64 MiB is needed")
-    if opts.cpus < 1:
-        die(f"--cpus {opts.cpus}: at least 1 is needed")
-    if opts.log_max_bytes < logfiles.MIN_MAX_BYTES:
-        die(f"--log-max-size {opts.log_max_bytes}: at least {logfiles.MIN_MAX_BYTES} bytes")
-    if opts.log_keep < 1:
-        die(f"--log-files {opts.log_keep}: at least 1 rotated file is kept")
     hooks = [flag for flag, value in (("--config-json", opts.config_json),
                                       ("--config-disk", opts.config_disk)) if value is not None]
     if len(hooks) > 1:
         die("--config-json and --config-disk cannot be used together")
-    if opts.agent not in AGENT_TRANSPORTS:
-        die(f"--agent {opts.agent!r}: expected one of {', '.join(AGENT_TRANSPORTS)}")
-    if opts.init_mode not in initmode.INIT_MODES:
-        die(f"--init-mode {opts.init_mode!r}: expected one of {', '.join(initmode.INIT_MODES)}")
     from image_build.build import check_base
-    from image_build.errors import BuildError
-    try:
+    with build_errors():
         check_base(opts.base, opts.rootfs)
-    except BuildError as e:
-        die(str(e))
     if hooks and (opts.command or opts.env or opts.workdir or opts.init_mode != "auto"):
         die(f"{hooks[0]} replaces the generated config.json: give no command, --env, --workdir"
             " or --init-mode")
     if not hooks and not program(opts)[0]:
-        die("no command given", hint="kindling create [OPTIONS] -- CMD [ARG...]  (or --base "
-                                     "debian, whose image boots its own /sbin/init)")
+        die("no command given", hint=f"kindling {opts.verb} [OPTIONS] -- CMD [ARG...]  (or "
+                                     f"kindling {opts.verb} --base debian, whose image boots its "
+                                     "own /sbin/init)")
 
 
 def make_config(opts: CreateOptions) -> dict:
@@ -222,18 +168,11 @@ def build_artifacts(opts: CreateOptions, out_dir: Path):
     `out_dir` is per instance: a shared one would let two concurrent creates with
     different inputs swap each other's images between build and boot.
     """
-    try:
-        from image_build.build import BuildOptions, build_all
-        from image_build.errors import BuildError
-    except ImportError as e:
-        die(f"the image builder is not available: {e}",
-            hint="image_build.build (build_all, BuildOptions) is missing from this installation")
-    try:
+    from image_build.build import BuildOptions, build_all
+    with build_errors("building the VM image failed"):
         artifacts = build_all(BuildOptions(out_dir=out_dir, cache_dir=cache_dir(), rootfs=opts.rootfs,
                                            kernel=opts.kernel, modules=opts.modules,
                                            base=opts.base or "busybox", headers=opts.headers))
-    except BuildError as e:
-        die(f"building the VM image failed: {e}")
     if opts.initrd is None:
         return artifacts
     given = out_dir / "initrd-given.img"   # the instance keeps its own copy for `start`
@@ -262,8 +201,7 @@ def make_disks(instance: Instance, artifacts, config: dict | bytes | None,
                opts: CreateOptions) -> tuple[qemu.Disk, ...]:
     """rootfs, overlay, config: the order and serials of PROTOCOL.md §1."""
     from image_build import disks
-    from image_build.errors import BuildError
-    try:
+    with build_errors("making the instance disks failed"):
         disks.make_overlay_disk(instance.overlay_img, opts.overlay_size)
         if opts.config_disk is not None:
             config_img = Path(opts.config_disk)
@@ -273,17 +211,13 @@ def make_disks(instance: Instance, artifacts, config: dict | bytes | None,
             else:
                 disks.make_config_disk(config, instance.config_img)
             config_img = instance.config_img
-    except BuildError as e:
-        die(f"making the instance disks failed: {e}")
     # The overlay persists across stop/start.  cache=unsafe (scratch) only ignores the
     # guest's flushes: QEMU's writes still reach the host page cache, so they survive
     # QEMU being killed (not a host crash, which an instance does not survive anyway).
     volume_disks = []
     if opts.volumes:
-        try:
+        with build_errors("making the volume overlay disks failed"):
             volume_disks = volumes_mod.materialize(volumes_mod.layout(opts.volumes)[0], instance.dir)
-        except BuildError as e:
-            die(f"making the volume overlay disks failed: {e}")
     return (
         qemu.Disk(os.fspath(artifacts.rootfs), "rootfs", readonly=True),
         qemu.Disk(os.fspath(instance.overlay_img), "overlay", scratch=True),
@@ -307,7 +241,7 @@ def qemu_argv(instance: Instance, artifacts, disks: tuple[qemu.Disk, ...], accel
         console_log=os.fspath(instance.app_log),
         qmp_socket=os.fspath(instance.qmp_socket),
         accel=accel,
-        memory_mib=opts.memory_mib,
+        memory_mib=opts.memory,
         cpus=opts.cpus,
         name=f"kindling-{instance.id}",
         # -S: the VMM is created with the guest stopped (state Created) until QMP `cont`;

@@ -30,23 +30,16 @@ from .errors import die
 from .instance import Instance
 from .markers import MarkerRecord
 from .metadata import Metadata
-from .prepare import CreateOptions
+from .options import DEFAULT_RUN_TIMEOUT, RunOptions
 from .state import State
 
-DEFAULT_TIMEOUT = 120.0
+DEFAULT_TIMEOUT = DEFAULT_RUN_TIMEOUT
 
 # After HYPEMAN-EXIT the guest powers off by itself; give it this long before stopping QEMU.
 POWEROFF_GRACE = 10.0
 # Console lines kept for error messages.
 LAST_LINES = 20
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-@dataclass(frozen=True)
-class RunOptions(CreateOptions):
-    timeout: float = DEFAULT_TIMEOUT
-    keep: bool = False
-    verbose: bool = False
 
 
 @dataclass
@@ -81,8 +74,9 @@ class Signals:
 class Supervisor:
     """Turns the console of a created instance into output, states and an Outcome."""
 
-    def __init__(self, instance: Instance, meta: Metadata, opts: RunOptions):
+    def __init__(self, instance: Instance, meta: Metadata, opts: RunOptions, emit=None):
         self.instance = instance
+        self.emit = emit                  # run --json: events.emit (states, output as events)
         self.meta = meta
         self.opts = opts
         self.outcome = Outcome()
@@ -102,7 +96,11 @@ class Supervisor:
             self.printed = meta.state
             at = (meta.time_to_running if meta.state is State.RUNNING and meta.time_to_running
                   else self.elapsed())
-            log.note(f"{meta.state} ({at:.2f} s)")
+            if self.emit is not None:
+                self.emit("state", id=meta.id, name=meta.name, state=str(meta.state),
+                          at=round(at, 3))
+            else:
+                log.note(f"{meta.state} ({at:.2f} s)")
 
     # -- console --
 
@@ -111,7 +109,9 @@ class Supervisor:
         self.outcome.last_lines.append(line)
         item = console.classify(line, self.phase)
         self.phase = item.phase
-        if item.stream is console.Stream.PROGRAM:
+        if item.stream is console.Stream.PROGRAM and self.emit is not None:
+            self.emit("output", stream="stdout", data=item.text)
+        elif item.stream is console.Stream.PROGRAM:
             self._show(sys.stdout, item.text)
         elif item.stream is console.Stream.BOOT and self.opts.verbose:
             self._show(sys.stderr, item.text)
@@ -266,7 +266,7 @@ def exit_status(outcome: Outcome, instance: Instance, opts: RunOptions) -> int:
 
 # --- the whole run ------------------------------------------------------------------
 
-async def run_async(opts: RunOptions, home=None) -> int:
+async def run_async(opts: RunOptions, home=None, emit=None) -> int:
     if not opts.timeout > 0:
         die(f"--timeout {opts.timeout:g}: must be positive")
     with trio.open_signal_receiver(*SIGNALS) as receiver:
@@ -275,7 +275,7 @@ async def run_async(opts: RunOptions, home=None) -> int:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(signals.watch)
             try:
-                status = await _run(opts, home, signals)
+                status = await _run(opts, home, signals, emit)
             except Exception as e:   # raised here, not as a nursery's ExceptionGroup
                 error = e
             finally:
@@ -285,7 +285,7 @@ async def run_async(opts: RunOptions, home=None) -> int:
         return status
 
 
-async def _run(opts: RunOptions, home, signals: Signals) -> int:
+async def _run(opts: RunOptions, home, signals: Signals, emit=None) -> int:
     with trio.CancelScope() as create_scope:
         signals.scope = create_scope
         instance, meta = await lifecycle.create(
@@ -295,7 +295,7 @@ async def _run(opts: RunOptions, home, signals: Signals) -> int:
         die(f"interrupted by {signal.Signals(signals.signum).name}",
             exit_code=128 + signals.signum)
     try:
-        supervisor = Supervisor(instance, meta, opts)
+        supervisor = Supervisor(instance, meta, opts, emit)
         outcome = await supervisor.run(signals)
         report = tl.format_timeline(supervisor.meta.timeline())
         if supervisor.meta.time_to_running is not None:
@@ -313,5 +313,6 @@ async def _run(opts: RunOptions, home, signals: Signals) -> int:
                 instance.remove()
 
 
-def run(opts: RunOptions, home=None) -> int:
-    return trio.run(run_async, opts, home)
+def run(opts: RunOptions, home=None, emit=None) -> int:
+    """`emit(event, **fields)`: with run --json, states and output go there as events."""
+    return trio.run(run_async, opts, home, emit)

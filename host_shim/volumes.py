@@ -1,4 +1,7 @@
-"""Volumes: named ext4 images (`kindling volume create`) and `--volume` specs.
+"""Volumes: named ext4 images (`kindling volume create/list/rm`) and `--volume` specs.
+
+create/list_volumes/remove/info are what the CLI and the Python API both call;
+`remove` refuses a volume an instance (any state but deleted) attaches.
 
 A volume image lives in $KINDLING_HOME/volumes/<name>.img (or is any path).
 `--volume IMAGE:/path[:ro|rw|overlay]` attaches it after the three boot disks,
@@ -7,16 +10,17 @@ an `overlay` volume also gets a fresh per-instance ext4 disk for its writes,
 so the base image is never modified.
 """
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import die
+from . import sizes
+from .errors import build_errors, die
 
 MODES = ("ro", "rw", "overlay")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-SIZE_RE = re.compile(r"^(\d+)([KMGT]?)(i?B)?$", re.I)
-UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+MIN_SIZE = 1 << 20          # image_build.disks.MIN_DISK: mkfs.ext4 needs room
 OVERLAY_SIZE = 256 << 20
 FIRST_VOLUME_LETTER = "d"  # vda rootfs, vdb overlay, vdc config
 
@@ -26,13 +30,6 @@ class VolumeSpec:
     image: Path
     path: str
     mode: str = "rw"
-
-
-def parse_size(text: str) -> int:
-    m = SIZE_RE.match(text.strip())
-    if not m or int(m.group(1)) == 0:
-        die(f"invalid size {text!r}: expected a number with an optional K, M, G or T suffix (e.g. 64M)")
-    return int(m.group(1)) * UNITS[m.group(2).upper()]
 
 
 def volumes_dir(home: Path) -> Path:
@@ -59,22 +56,91 @@ def parse_spec(home: Path, text: str) -> VolumeSpec:
     if mode not in MODES:
         die(f"--volume {text!r}: mode {mode!r} is not one of {', '.join(MODES)}")
     if not image.is_file():
+        named = "/" not in parts[0] and NAME_RE.match(parts[0])
         die(f"--volume {text!r}: volume image {image} not found",
-            hint=f"create one with `kindling volume create {parts[0]} --size 64M`")
-    return VolumeSpec(image, path, mode)
+            hint=f"create one with `kindling volume create {parts[0]} --size 64M`" if named
+            else "give an existing ext4 image, or a volume name (`kindling volume list`)")
+    return VolumeSpec(image.absolute(), path, mode)
 
 
-def create(home: Path, name: str, size: int) -> Path:
+def create(home: Path, name: str, size: str | int) -> "VolumeInfo":
+    """A new empty ext4 volume NAME of `size` (bytes, or a text like 64M)."""
     from image_build.disks import make_volume
 
-    if not NAME_RE.match(name):
-        die(f"invalid volume name {name!r}: use letters, digits, '.', '_' and '-' (at most 64)")
+    check_name(name)
+    nbytes = sizes.parse_size(size, "--size")
+    if nbytes < MIN_SIZE:
+        die(f"--size {size}: a volume needs at least {sizes.human(MIN_SIZE)} ({MIN_SIZE} bytes)",
+            hint=f"kindling volume create {name} --size 64M")
     image = volumes_dir(home) / f"{name}.img"
     if image.exists():
         die(f"volume {name!r} already exists: {image}")
     image.parent.mkdir(parents=True, exist_ok=True)
-    make_volume(image, size)
-    return image
+    with build_errors(f"volume {name}"):
+        make_volume(image, nbytes)
+    return info(home, name)
+
+
+def check_name(name: str) -> str:
+    if not NAME_RE.match(name):
+        die(f"invalid volume name {name!r}: use letters, digits, '.', '_' and '-' (at most 64)")
+    return name
+
+
+@dataclass(frozen=True)
+class VolumeInfo:
+    """One named volume, as `kindling volume create/list/rm --json` prints it."""
+    name: str
+    path: Path
+    size: int                     # the image's size in bytes (sparse: its apparent size)
+    used_by: tuple[str, ...]      # the names of the instances that attach it
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "path": str(self.path), "size": self.size,
+                "used_by": list(self.used_by)}
+
+
+def users(home: Path, image: Path) -> tuple[str, ...]:
+    """The instances (names) that attach `image`, in any state but deleted: by the volumes
+    in their options, or (instances made before options were kept) their QEMU argv."""
+    from . import metadata
+    from .qemu import opt_value
+    target = os.path.realpath(image)
+    return tuple(meta.name for _, meta in metadata.load_all(home)
+                 if any(os.path.realpath(v.get("image", "")) == target
+                        for v in meta.options.get("volumes") or ())
+                 or any(f"file={opt_value(image.absolute())}," in arg for arg in meta.argv))
+
+
+def info(home: Path, name: str) -> VolumeInfo:
+    image = volumes_dir(home) / f"{check_name(name)}.img"
+    try:
+        size = image.stat().st_size
+    except FileNotFoundError:
+        die(f"no such volume: {name}", hint="`kindling volume list` shows the volumes in "
+                                            f"{volumes_dir(home)}")
+    return VolumeInfo(name, image, size, users(home, image))
+
+
+def list_volumes(home: Path) -> list[VolumeInfo]:
+    """The named volumes in $KINDLING_HOME/volumes, by name."""
+    try:
+        names = sorted(e[:-4] for e in os.listdir(volumes_dir(home)) if e.endswith(".img"))
+    except FileNotFoundError:
+        return []
+    return [info(home, n) for n in names if NAME_RE.match(n)]
+
+
+def remove(home: Path, name: str) -> VolumeInfo:
+    """Remove volume NAME; refused while an instance (not deleted) attaches it."""
+    volume = info(home, name)
+    if volume.used_by:
+        die(f"volume {name} is in use by instance{'s' if len(volume.used_by) > 1 else ''} "
+            f"{', '.join(volume.used_by)}",
+            hint=f"delete {'them' if len(volume.used_by) > 1 else 'it'} first: "
+                 f"kindling delete {' '.join(volume.used_by)}")
+    volume.path.unlink()
+    return volume
 
 
 def device_name(index: int) -> str:

@@ -5,7 +5,7 @@ Public API (see build.py and disks.py):
     from image_build.build import build_all, BuildOptions, Artifacts
     from image_build.disks import make_config_disk, make_overlay_disk, make_volume
 
-CLI: `kindling build ...` (cli.add_arguments / cli.main_from_args), or
+CLI: `kindling build ...` (cli.add_arguments / cli.build_from_args), or
 `python -m image_build build ...`.
 
 What the initrd holds, for the PID 1 side:

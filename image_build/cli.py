@@ -1,7 +1,8 @@
 """`kindling build`: build the kernel, initrd and rootfs into an output dir.
 
-The host_shim CLI dispatches `kindling build` here through add_arguments()
-and main_from_args(); `python -m image_build` calls cli().
+The host_shim CLI dispatches `kindling build` here through add_arguments(),
+build_from_args() and print_built()/describe() (and turns a BuildError into its own
+error); `python -m image_build` calls cli().
 """
 
 from __future__ import annotations
@@ -41,15 +42,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              " installs no /lib/modules/<release>/build)")
 
 
+BASE_HELP = ("built-in rootfs instead of --rootfs: busybox (the default, a tiny busybox system)"
+             " or debian (Debian 12 with systemd, bootstrapped with mmdebstrap and cached; its"
+             " own command is /sbin/init)")
+
+
 def add_base_argument(parser) -> None:
-    """--base, for `kindling build` and for `kindling create`/`run`."""
-    parser.add_argument("--base", choices=BASES, default=None,
-                        help="built-in rootfs instead of --rootfs: busybox (the default, a tiny"
-                             " busybox system) or debian (Debian 12 with systemd, bootstrapped with"
-                             " mmdebstrap and cached; its own command is /sbin/init)")
+    """--base, for `kindling build` (`kindling create`/`run` take it from host_shim/options.py)."""
+    parser.add_argument("--base", choices=BASES, default=None, help=BASE_HELP)
 
 
-def main_from_args(args: argparse.Namespace) -> int:
+def build_from_args(args: argparse.Namespace):
+    """Build what the arguments ask for; BuildError when it cannot be built."""
     opts = BuildOptions(
         out_dir=args.out,
         rootfs=args.rootfs,
@@ -62,12 +66,23 @@ def main_from_args(args: argparse.Namespace) -> int:
         force=getattr(args, "force", False),
         headers=getattr(args, "headers", True),
     )
-    try:
-        check_base(args.base, args.rootfs)
-        art = build_all(opts)
-    except BuildError as e:
-        print(f"kindling build: error: {e}", file=sys.stderr)
-        return 1
+    check_base(args.base, args.rootfs)
+    return build_all(opts), opts
+
+
+def describe(art, opts: BuildOptions) -> dict:
+    """What was built, as `kindling build --json` prints it."""
+    hd = art.info.get("headers")
+    return {"kernel": str(art.kernel), "kernel_release": art.kernel_release,
+            "kernel_size": art.kernel.stat().st_size,
+            "initrd": str(art.initrd), "initrd_size": art.initrd.stat().st_size,
+            "initrd_info": art.info.get("initrd", {}),
+            "headers": dict(hd) if hd else None,
+            "rootfs": str(art.rootfs), "rootfs_size": art.rootfs.stat().st_size,
+            "rootfs_format": opts.rootfs_format}
+
+
+def print_built(art, opts: BuildOptions) -> None:
     ii = art.info.get("initrd", {})
     print(f"kernel  {art.kernel}  ({log.human_size(art.kernel.stat().st_size)}, release {art.kernel_release})")
     extra = ""
@@ -78,7 +93,6 @@ def main_from_args(args: argparse.Namespace) -> int:
     print(f"headers {hd['path_in_initrd']}  ({log.human_size(hd['size'])}, {hd['compression']})" if hd
           else "headers none")
     print(f"rootfs  {art.rootfs}  ({log.human_size(art.rootfs.stat().st_size)}, {opts.rootfs_format})")
-    return 0
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -91,4 +105,9 @@ def cli(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["build"]:
         argv = argv[1:]
-    return main_from_args(make_parser().parse_args(argv))
+    try:
+        print_built(*build_from_args(make_parser().parse_args(argv)))
+    except BuildError as e:
+        print(f"kindling build: error: {e}", file=sys.stderr)
+        return 1
+    return 0

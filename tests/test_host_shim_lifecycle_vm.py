@@ -41,9 +41,11 @@ def state_history(info: dict) -> list[tuple[str, bool]]:
 
 def test_create_wait_stop_start_delete(home, tmp_path):
     started = time.monotonic()
-    created = kindling_json(home, "create", "--name", "web", "--", *TERM_IGNORING_SLEEPER)
+    created = kindling_json(home, "create", "--name", "web", "--memory", "384M", "--",
+                            *TERM_IGNORING_SLEEPER)
     create_took = time.monotonic() - started
     assert created["name"] == "web" and len(created["id"]) == 12
+    assert created["options"]["memory"] == 384 and created["options"]["name"] == "web"
     # create does not scan the log (it observes with scan=False), so it reports
     # Initializing however fast the guest is: no PROGRAM-START yet
     assert created["state"] == "Initializing", created
@@ -93,7 +95,7 @@ def check_list_logs_and_analyze(home, info: dict, tmp_path) -> None:
     assert "HYPEMAN" not in logs and "KINDLING-STAGE" not in logs
     # the name is taken
     dup = kindling(home, "create", "--name", name, "--", "true", check=False)
-    assert dup.returncode == 1
+    assert dup.returncode == 125
     assert f"the name '{name}' is already in use by instance {info['id']}" in dup.stderr
     # analyze: text and an SVG chart
     svg = tmp_path / "boot.svg"
@@ -175,7 +177,7 @@ def test_delete_during_initializing_removes_everything(home, tmp_path):
     assert deleted["name"] == "gone"
     assert not directory.exists()
     assert qemu_pids_using(home) == []
-    assert kindling(home, "inspect", "gone", check=False).returncode == 1
+    assert kindling(home, "inspect", "gone", check=False).returncode == 125
 
 
 def test_eight_instances_at_once(home):
@@ -302,12 +304,12 @@ def test_rotation_under_a_writing_guest_loses_nothing(home):
 
 
 def test_wait_outcomes(home, tmp_path):
-    # a guest that fails: `wait --for running` says why, exit 1
+    # a guest that fails: `wait --for running` says why, exit 125
     bad = tmp_path / "config.json"
     bad.write_text('{"entrypoint": 42}')
     failing = kindling_json(home, "create", "--config-json", str(bad))
     r = kindling(home, "wait", failing["id"], "--for", "running", check=False)
-    assert r.returncode == 1
+    assert r.returncode == 125
     assert (f"kindling: error: instance {failing['name']} stopped before it was Running: "
             "guest failed in stage config: config.json field 'entrypoint'") in r.stderr
     # a program that exits 7: `wait --for stopped` prints its exit code, like docker wait
@@ -323,7 +325,7 @@ def test_wait_outcomes(home, tmp_path):
     sleeper = kindling_json(home, "create", "--", *SLEEPER)
     r = kindling(home, "wait", sleeper["id"], "--for", "stopped", "--timeout", "0.5",
                  check=False)
-    assert r.returncode == 1
+    assert r.returncode == 125
     assert "timed out after 0.5 s waiting for instance" in r.stderr
     for ref in (failing["id"], exiting["id"], sleeper["id"]):
         kindling(home, "delete", ref)

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from host_shim import cli, prepare, qemu
+from host_shim import cli, options, prepare, qemu
 from host_shim.accel import Accel
 from host_shim.errors import KindlingError
 from host_shim.instance import Instance
@@ -55,11 +55,12 @@ def test_cli_options_reach_create_options(tmp_path):
     given = tmp_path / "initrd.img"
     given.write_bytes(b"0707")
     args = cli.build_parser().parse_args(["create", "--no-headers", "--initrd", str(given), "--", "true"])
-    fields = cli._create_fields(args)
-    assert fields["headers"] is False and fields["initrd"] == given
-    prepare.check_inputs(prepare.CreateOptions(**fields))
-    defaults = cli._create_fields(cli.build_parser().parse_args(["run", "--", "true"]))
-    assert defaults["headers"] is True and defaults["initrd"] is None
+    o = options.from_args(options.CreateOptions, args, None)
+    assert o.headers is False and o.initrd == given
+    prepare.check_inputs(o)
+    defaults = options.from_args(options.RunOptions,
+                                 cli.build_parser().parse_args(["run", "--", "true"]), None)
+    assert defaults.headers is True and defaults.initrd is None
 
 
 @pytest.mark.parametrize("path, message", [
@@ -108,9 +109,10 @@ def test_agent_and_qga_ports(agent, qga, devices, chardevs, karg):
 
 def test_qga_reaches_the_qemu_command_line(tmp_path):
     args = cli.build_parser().parse_args(["create", "--qga", "--", "sleep", "1"])
-    o = prepare.CreateOptions(**cli._create_fields(args))
+    o = options.from_args(options.CreateOptions, args, None)
     assert o.qga is True
-    assert cli._create_fields(cli.build_parser().parse_args(["run", "--", "true"]))["qga"] is False
+    assert options.from_args(options.RunOptions, cli.build_parser().parse_args(["run", "--", "true"]),
+                             None).qga is False
     instance = Instance("0123abcd4567", tmp_path)
     artifacts = SimpleNamespace(kernel=tmp_path / "k", initrd=tmp_path / "i")
     argv = prepare.qemu_argv(instance, artifacts, (), Accel.TCG, o, "qemu")

@@ -98,6 +98,20 @@ def test_exit_code_and_env_pass_through(home):
     assert 'kindling: exited code=7 "exit code 7"' in result.stderr
 
 
+def test_run_json_prints_events(home):
+    """run --json: JSON lines of state, output and exit events; --memory with a unit."""
+    result = kindling_run(home, "--json", "--memory", "384M", "--name", "js", "--",
+                          "sh", "-c", "echo hello; exit 3")
+    assert result.returncode == 3, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    states = [e for e in lines if e["event"] == "state"]
+    assert [e["state"] for e in states] == ["Initializing", "Running"]
+    assert all(e["name"] == "js" and len(e["id"]) == 12 for e in states)
+    assert {"event": "output", "stream": "stdout", "data": "hello"} in lines
+    assert lines[-1] == {"event": "exit", "code": 3}
+    nothing_left(home)
+
+
 def test_bad_config_is_a_guest_fatal(home, tmp_path):
     bad = tmp_path / "config.json"
     bad.write_text('{"entrypoint": 42}')
@@ -304,15 +318,15 @@ def test_frozen_qemu_is_killed(home, monkeypatch, capsys):
     stops, sent = record_stops_and_signals(monkeypatch)
     real_run = runner.run_async
 
-    async def run_and_freeze(opts, home_=None):
+    async def run_and_freeze(opts, home_=None, emit=None):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(freeze_qemu_once_started(home, frozen))
-            result = await real_run(opts, home_)
+            result = await real_run(opts, home_, emit)
             nursery.cancel_scope.cancel()
         return result
 
-    monkeypatch.setattr(runner, "run", lambda opts, home_=None: trio.run(run_and_freeze, opts,
-                                                                          home_))
+    monkeypatch.setattr(runner, "run", lambda opts, home_=None, emit=None: trio.run(
+        run_and_freeze, opts, home_, emit))
     code = _in_process_run(monkeypatch, home, "--timeout", "20", "--", "sh", "-c",
                            "echo up; sleep 1000")
     err = capsys.readouterr().err

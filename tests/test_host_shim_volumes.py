@@ -4,7 +4,7 @@ import subprocess
 
 import pytest
 
-from host_shim import netns, volumes
+from host_shim import netns, sizes, volumes
 from host_shim.errors import KindlingError
 
 
@@ -49,14 +49,20 @@ def test_layout_gives_devices_in_order_with_overlay_disks(home):
 
 
 @pytest.mark.parametrize("text, size", [("64M", 64 << 20), ("1G", 1 << 30), ("512k", 512 << 10),
-                                        ("4096", 4096)])
+                                        ("4096", 4096), ("2MiB", 2 << 20), ("100B", 100)])
 def test_parse_size(text, size):
-    assert volumes.parse_size(text) == size
+    assert sizes.parse_size(text, "--size") == size
 
 
-def test_parse_size_rejects_garbage():
-    with pytest.raises(KindlingError, match="invalid size"):
-        volumes.parse_size("12Q")
+def test_a_bare_number_counts_in_the_options_unit():
+    assert sizes.parse_size("512", "--memory", bare=sizes.MIB) == 512 << 20
+    assert sizes.parse_size(512, "--memory", bare=sizes.MIB) == 512 << 20
+    assert sizes.parse_size("512K", "--memory", bare=sizes.MIB) == 512 << 10
+
+
+def test_parse_size_rejects_garbage_naming_the_flag():
+    with pytest.raises(KindlingError, match="--size '12Q': expected a size such as 512M"):
+        sizes.parse_size("12Q", "--size")
 
 
 def test_namespace_with_tap_is_created_and_removed():
