@@ -183,6 +183,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     run = parser.add_argument_group("run")
     run.add_argument("--timeout", type=_positive_float, default=runner.DEFAULT_TIMEOUT,
                      metavar="S", help="stop the VM after S seconds (default: %(default)g)")
+    run.add_argument("--boot-timeout", type=_positive_float,
+                     default=lifecycle.DEFAULT_BOOT_TIMEOUT, metavar="S",
+                     help="the boot deadline: stop the VM (exit 125, naming the last boot stage "
+                          "and marker seen) if the program has not started -- in systemd mode: "
+                          "the guest is not Running -- within S seconds (default: %(default)g)")
     run.add_argument("--keep", action="store_true",
                      help="keep the instance (logs, disks) after the run")
     run.add_argument("--verbose", "-v", action="store_true",
@@ -190,8 +195,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    opts = runner.RunOptions(**_create_fields(args), timeout=args.timeout, keep=args.keep,
-                             verbose=args.verbose)
+    opts = runner.RunOptions(**_create_fields(args), timeout=args.timeout,
+                             boot_timeout=args.boot_timeout, keep=args.keep, verbose=args.verbose)
     return runner.run(opts)
 
 
@@ -422,6 +427,9 @@ def build_parser() -> argparse.ArgumentParser:
                   json_output=False,
                   description="Create a microVM, wait for it, stream the program's output and "
                               "exit with its exit code (create + wait + logs + exit code).  "
+                              "With --init-mode systemd and a CMD that is not an init, the "
+                              "guest boots the image's init (systemd), CMD runs through the "
+                              "agent once it is Running, and the guest is stopped after it.  "
                               f"Errors of kindling itself exit with {EXIT_KINDLING}.",
                   usage=f"{PROG} run [OPTIONS] [-- CMD [ARG...]]")
     add_run_arguments(run)
@@ -459,7 +467,11 @@ def build_parser() -> argparse.ArgumentParser:
     wait.add_argument("--for", dest="target", choices=("running", "stopped"), required=True,
                       help="the state to wait for")
     wait.add_argument("--timeout", type=_positive_float, default=None, metavar="S",
-                      help="give up after S seconds (default: wait forever)")
+                      help="give up after S seconds.  For running it is the boot deadline "
+                           "(default: %g): past it a guest still booting is stopped and the "
+                           "error (exit 125) names the last boot stage and marker seen; for "
+                           "stopped the default is to wait forever"
+                           % lifecycle.DEFAULT_BOOT_TIMEOUT)
     analyze = command("analyze", cmd_analyze, "show an instance's boot timeline")
     vm_argument(analyze)
     analyze.add_argument("--svg", type=Path, metavar="FILE", help="also draw it as an SVG chart")
