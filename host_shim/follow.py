@@ -70,7 +70,7 @@ class Progress:
         if self.last_marker is None:
             return f"{self.lines} console lines, no boot stage or marker yet"
         marker = self.last_marker
-        name = marker.kind + "".join(f" {k}={protocol.go_quote(v)}" for k, v in
+        name = marker.kind + "".join(f" {k}={v}" for k, v in
                                      marker.fields.items() if k in ("name", "stage", "mode"))
         stage = self.last_stage or "none finished"
         return f"last boot stage: {stage}; last marker: {name}"
