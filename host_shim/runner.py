@@ -210,6 +210,8 @@ class Supervisor:
                 timeout_scope = await self._run_vm()
             signals.scope = None
             self.outcome.timed_out = timeout_scope.cancelled_caught
+            if self.outcome.timed_out and not self.booted.is_set():
+                self.outcome.progress = self.progress.describe()
             self.outcome.signal = signals.signum
             await self.stop_vm()
             # QEMU has exited, so the log is complete: the follower drains it and returns.
@@ -335,7 +337,9 @@ def exit_status(outcome: Outcome, instance: Instance, opts: RunOptions) -> int:
             hint="raise --boot-timeout if the guest is only slow; "
                  + _last_lines_hint(outcome, instance, opts))
     if outcome.timed_out:
-        die(f"timed out after {opts.timeout:g} s before the program finished; the VM was stopped",
+        during_boot = f" (still booting: {outcome.progress})" if outcome.progress else ""
+        die(f"timed out after {opts.timeout:g} s before the program finished{during_boot}; "
+            "the VM was stopped",
             hint="raise --timeout; " + _last_lines_hint(outcome, instance, opts))
     if outcome.agent_error is not None:
         die(f"running the program through the agent failed: {outcome.agent_error}",

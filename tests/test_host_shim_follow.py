@@ -91,6 +91,16 @@ def test_boot_deadline_error_names_progress(tmp_path):
     assert "--boot-timeout" in info.value.hint
 
 
+def test_run_timeout_during_the_boot_names_progress_too(tmp_path):
+    inst = Instance.create(tmp_path)
+    outcome = runner.Outcome(timed_out=True, progress="the guest printed nothing on its console")
+    with pytest.raises(KindlingError) as info:
+        runner.exit_status(outcome, inst, runner.RunOptions(command=("true",), timeout=5))
+    assert info.value.message == (
+        "timed out after 5 s before the program finished (still booting: the guest printed "
+        "nothing on its console); the VM was stopped")
+
+
 def test_program_run_through_the_agent_gives_the_exit_code(tmp_path):
     inst = Instance.create(tmp_path)
     outcome = runner.Outcome(program_code=7, qemu_stopped="quit")
