@@ -207,7 +207,8 @@ class Supervisor:
                 signals.scope = vm_scope
                 if signals.signum is not None:
                     vm_scope.cancel()
-                timeout_scope = await self._run_vm()
+                timeout_scope = trio.move_on_after(self.opts.timeout)
+                await self._run_vm(timeout_scope)
             signals.scope = None
             self.outcome.timed_out = timeout_scope.cancelled_caught
             if self.outcome.timed_out and not self.booted.is_set():
@@ -219,17 +220,16 @@ class Supervisor:
         await self.observe()
         return self.outcome
 
-    async def _run_vm(self) -> trio.CancelScope:
-        """Until QEMU exits (or the run's timeout): the helpers that end the VM run meanwhile."""
+    async def _run_vm(self, timeout_scope: trio.CancelScope) -> None:
+        """Until QEMU exits (or `timeout_scope` ends): the helpers that end the VM run meanwhile."""
         async with trio.open_nursery() as vm_nursery:
             vm_nursery.start_soon(self._poweroff_grace)
             vm_nursery.start_soon(self._boot_deadline)
             if self.program:
                 vm_nursery.start_soon(self._agent_program)
-            with trio.move_on_after(self.opts.timeout) as timeout_scope:
+            with timeout_scope:
                 self.outcome.qemu_returncode = await vmm.wait_exit(self.meta.pid)
             vm_nursery.cancel_scope.cancel()
-        return timeout_scope
 
     async def _poweroff_grace(self) -> None:
         await self.finished.wait()
