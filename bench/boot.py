@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from image_build.run import run  # noqa: E402
 from initsys import protocol  # noqa: E402
 
 
@@ -38,8 +38,8 @@ def stages_of(app_log):
 def one_boot(home, extra):
     env = dict(os.environ, KINDLING_HOME=str(home), KINDLING_ACCEL="tcg")
     t = time.monotonic()
-    r = subprocess.run([sys.executable, "-m", "host_shim.cli", "run", "--keep", *extra, "--", "true"],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    r = run([sys.executable, "-m", "host_shim.cli", "run", "--keep", *extra, "--", "true"],
+            cwd=ROOT, env=env, check=False, timeout=300)
     wall = time.monotonic() - t
     if r.returncode != 0:
         raise SystemExit(f"boot failed ({r.returncode}):\n{r.stderr[-2000:]}")

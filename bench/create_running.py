@@ -43,7 +43,6 @@ import shlex
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -54,6 +53,7 @@ sys.path.insert(0, str(ROOT))
 
 from boot import stages_of, summary  # noqa: E402  (bench/boot.py, this script's folder)
 from floor import floor_initrd  # noqa: E402
+from image_build.run import CommandError, run  # noqa: E402
 
 from tests.vm import qemu_pids_using  # noqa: E402
 
@@ -74,8 +74,8 @@ class BenchError(Exception):
 
 def kindling(home, *argv, timeout=CLI_TIMEOUT, check=True):
     env = dict(os.environ, KINDLING_HOME=str(home), KINDLING_ACCEL="tcg")
-    r = subprocess.run([sys.executable, "-m", "host_shim.cli", *argv], cwd=ROOT, env=env,
-                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+    r = run([sys.executable, "-m", "host_shim.cli", *argv], cwd=ROOT, env=env, check=False,
+            timeout=timeout)
     if check and r.returncode != 0:
         raise BenchError(f"kindling {shlex.join(argv)} failed ({r.returncode}):\n{r.stderr[-2000:]}")
     return r
@@ -140,13 +140,12 @@ def cleanup(home):
     for meta in instances.glob("*/metadata.json") if instances.is_dir() else ():
         try:
             kindling(home, "delete", meta.parent.name, check=False)
-        except subprocess.TimeoutExpired:
+        except CommandError:       # timed out
             pass
         for pid in qemu_pids_using(meta.parent):    # only the VMs this benchmark started
             os.kill(pid, signal.SIGKILL)
         if os.path.exists(f"/run/netns/kindling-{meta.parent.name}"):
-            subprocess.run(["ip", "netns", "del", f"kindling-{meta.parent.name}"],
-                           capture_output=True, timeout=30)
+            run(["ip", "netns", "del", f"kindling-{meta.parent.name}"], check=False, timeout=30)
     shutil.rmtree(home, ignore_errors=True)
 
 

@@ -21,7 +21,6 @@ import json
 import os
 import re
 import statistics
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -33,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from boot import boot_measures, one_boot  # noqa: E402  (bench/boot.py, this script's folder)
 
+from image_build.run import run  # noqa: E402
 from initsys import protocol  # noqa: E402
 
 GUEST_TIMEOUT = 900
@@ -41,8 +41,8 @@ INSTALLED = re.compile(r"installed (\d+) files for \S+ in ([\d.]+) s")
 
 def kindling(home, *argv, timeout=300, check=True):
     env = dict(os.environ, KINDLING_HOME=str(home), KINDLING_ACCEL="tcg")
-    r = subprocess.run([sys.executable, "-m", "host_shim.cli", *argv], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=timeout)
+    r = run([sys.executable, "-m", "host_shim.cli", *argv], cwd=ROOT, env=env, check=False,
+            timeout=timeout)
     if check and r.returncode != 0:
         raise SystemExit(f"kindling {argv[0]} failed ({r.returncode}):\n{r.stderr[-2000:]}")
     return r
@@ -55,9 +55,8 @@ def host_install(tarball, release, runs=3):
     times, files = [], None
     for _ in range(runs):
         with tempfile.TemporaryDirectory(prefix="kindling-bench-hroot-", dir="/var/tmp") as root:
-            r = subprocess.run([sys.executable, "-m", "initsys.headers", "--root", root, "--tarball",
-                                str(tarball), "--release", release], cwd=ROOT, capture_output=True,
-                               text=True, timeout=600)
+            r = run([sys.executable, "-m", "initsys.headers", "--root", root, "--tarball",
+                     str(tarball), "--release", release], cwd=ROOT, check=False, timeout=600)
             m = INSTALLED.search(Path(root, "run/kindling/kernel-headers.log").read_text())
             if r.returncode != 0 or m is None:
                 raise SystemExit(f"the worker failed on the host:\n{r.stdout}{r.stderr}")

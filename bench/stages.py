@@ -17,7 +17,6 @@ import json
 import os
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from boot import stages_of  # noqa: E402  (bench/boot.py: this script's folder is on sys.path)
+from image_build.run import run  # noqa: E402
 
 STRATEGIES = ("concurrent", "sequential")
 MEASURES = (("pid1", "PID 1 -> PROGRAM-START (guest)"), ("network", "network stage (guest)"),
@@ -35,8 +35,8 @@ MEASURES = (("pid1", "PID 1 -> PROGRAM-START (guest)"), ("network", "network sta
 
 def kindling(home, *argv, timeout):
     env = dict(os.environ, KINDLING_HOME=str(home), KINDLING_ACCEL="tcg")
-    r = subprocess.run([sys.executable, "-m", "host_shim.cli", *argv], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=timeout)
+    r = run([sys.executable, "-m", "host_shim.cli", *argv], cwd=ROOT, env=env, check=False,
+            timeout=timeout)
     if r.returncode != 0:
         raise SystemExit(f"kindling {argv[0]} failed ({r.returncode}):\n{r.stderr[-2000:]}")
     return r
@@ -84,9 +84,8 @@ def main(argv=None):
                           f"wall {r['wall']:.2f} s", file=sys.stderr)
         finally:  # leave no VM or namespace behind, even after a failure
             for meta in (home / "instances").glob("*/metadata.json"):
-                subprocess.run([sys.executable, "-m", "host_shim.cli", "rm", meta.parent.name],
-                               cwd=ROOT, env=dict(os.environ, KINDLING_HOME=str(home)),
-                               capture_output=True, timeout=60)
+                run([sys.executable, "-m", "host_shim.cli", "rm", meta.parent.name], cwd=ROOT,
+                    env={"KINDLING_HOME": str(home)}, check=False, timeout=60)
 
     if not all(r["overlap"] for r in results["concurrent"]) or any(r["overlap"] for r in results["sequential"]):
         print("warning: the stages did not overlap as the strategies say they should", file=sys.stderr)

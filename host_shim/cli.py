@@ -390,7 +390,11 @@ def _add_lifecycle(sub) -> None:
     wait.add_argument("--for", dest="target", choices=("running", "stopped"), required=True,
                       help="the state to wait for")
     wait.add_argument("--timeout", type=_positive_float, default=None, metavar="S",
-                      help="give up after S seconds (default: wait forever)")
+                      help="give up after S seconds.  For running it is the boot deadline "
+                           "(default: %g): past it a guest still booting is stopped and the "
+                           "error (exit 125) names the last boot stage and marker seen; for "
+                           "stopped the default is to wait forever"
+                           % options.DEFAULT_BOOT_TIMEOUT)
     analyze = _command(sub, "analyze", cmd_analyze, "show an instance's boot timeline")
     _vm_argument(analyze)
     analyze.add_argument("--svg", type=Path, metavar="FILE", help="also draw it as an SVG chart")

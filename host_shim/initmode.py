@@ -17,4 +17,27 @@ def choose(user_command, image_command, requested: str = "auto") -> tuple[tuple[
     command = tuple(user_command) or tuple(image_command or ())
     if requested != "auto":
         return command, requested
-    return command, "systemd" if command[:1] and command[0] in SYSTEMD_INITS else "exec"
+    return command, "systemd" if is_init(command) else "exec"
+
+
+def is_init(command) -> bool:
+    return bool(command) and command[0] in SYSTEMD_INITS
+
+
+def split_run(user_command, image_command, requested: str = "auto"
+              ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """For `kindling run`: (the VM's own command, the program to run through the agent).
+
+    In exec mode the VM's command is the program, and nothing runs through the agent.
+    In systemd mode (`--init-mode systemd -- CMD`, CMD not an init) the VM boots the
+    image's init (else /sbin/init) and CMD is the program: `run` waits for Running,
+    runs it through the agent and stops the guest.  A systemd-mode run whose command
+    is the init itself (`--base debian` without a command) has no program: ((), ()).
+    """
+    command, mode = choose(user_command, image_command, requested)
+    if mode != "systemd":
+        return command, ()
+    if is_init(command):
+        return command, ()
+    init = tuple(image_command) if is_init(image_command) else SYSTEMD_INITS[:1]
+    return init, command

@@ -27,7 +27,8 @@ from . import accel as accel_mod
 from . import console, locks, logfiles, markers, metadata, netns, options, prepare, qemu, vmm
 from . import run as run_mod
 from . import timeline as tl
-from .errors import KindlingError, NoSuchInstance, die
+from .errors import EXIT_KINDLING, KindlingError, NoSuchInstance, die
+from .follow import POLL_INTERVAL, ConsoleFollower, Progress
 from .instance import LOCK_TIMEOUT, Instance, check_name, home_lock, kindling_home
 from .markers import MarkerRecord
 from .metadata import Metadata
@@ -35,8 +36,12 @@ from .state import (ForbiddenTransition, Observation, State, Vmm, derive_state,
                     transition_path)
 
 DEFAULT_STOP_TIMEOUT = 10.0   # like `docker stop`
-WAIT_POLL = 0.05              # how often a waiter reads the console log
-OBSERVE_EVERY = 1.0           # and re-probes the VMM (and checks rotation) meanwhile
+# `wait --for running` and `run` give a boot this long to reach Running (overridable).
+# A Debian systemd guest takes ~20 s under TCG on a quiet host, but more than 120 s on
+# this project's shared 2-core machine at load 10 (measured: tests/test_vm_systemd.py);
+# a hung boot (issue 15) never gets there.
+DEFAULT_BOOT_TIMEOUT = options.DEFAULT_BOOT_TIMEOUT
+OBSERVE_EVERY = 1.0           # how often a follower re-probes the VMM (and checks rotation)
 
 
 def now_ns() -> int:
@@ -263,10 +268,12 @@ async def start(instance: Instance) -> Metadata:
 
 # --- stop / delete ------------------------------------------------------------
 
-async def stop(instance: Instance, *, timeout: float = DEFAULT_STOP_TIMEOUT) -> Metadata:
+async def stop(instance: Instance, *, timeout: float = DEFAULT_STOP_TIMEOUT,
+               by: str = "kindling stop") -> Metadata:
     """Stop the VM: an ACPI power-down with `timeout` seconds to act on it (only when
     the guest is Running or Paused: during boot nothing in the guest could), then
-    QMP quit, SIGTERM, SIGKILL.  Stopping a stopped instance does nothing."""
+    QMP quit, SIGTERM, SIGKILL.  Stopping a stopped instance does nothing.  `by`
+    goes into the recorded VMM exit ("SIGTERM by kindling stop")."""
     meta = await observe(instance)
     if meta.state in (State.STOPPED, State.STANDBY):
         return meta
@@ -275,7 +282,7 @@ async def stop(instance: Instance, *, timeout: float = DEFAULT_STOP_TIMEOUT) -> 
     async with metadata.update(instance) as meta:
         await _observe_locked(instance, meta)
         if how is not None:
-            meta.vmm_exit = f"{how} by kindling stop" + (
+            meta.vmm_exit = f"{how} by {by}" + (
                 f" (QEMU {meta.vmm_exit.removeprefix('QEMU ')})" if meta.vmm_exit else "")
     return meta
 
@@ -335,33 +342,29 @@ def _stopped_outcome(meta: Metadata) -> bool:
     return meta.state in (State.STOPPED, State.STANDBY)
 
 
-async def _wait_until(instance: Instance, outcome: Callable[[Metadata], bool]) -> Metadata:
+async def _wait_until(instance: Instance, outcome: Callable[[Metadata], bool],
+                      progress: Progress) -> Metadata:
     """Observe until `outcome(meta)` is true, reading the serial log as it grows so
-    that markers are seen (and time-to-Running measured) within ~50 ms."""
+    that markers are seen (and time-to-Running measured) within ~20 ms; what the
+    console showed goes into `progress`."""
     meta = await observe(instance)
     if outcome(meta):
         return meta
     live = MarkerRecord()
-    follower = logfiles.LogFollower(instance, meta.log_since)
+    follower = ConsoleFollower(instance, meta.log_since, progress=progress)
     boot = meta.boot
-    started_empty = None
-    try:
+    async with follower:
         next_observe = trio.current_time() + OBSERVE_EVERY
         while True:
-            lines = await follower.poll()
+            batch = await follower.next()
             seen = now_ns()
             events: list[tuple[str, int]] = []
-            if started_empty is None:
-                started_empty = follower.bytes_read == 0
-            elif started_empty and follower.bytes_read:
-                # The log was empty when we began, so these bytes arrived just now.
-                events.append((tl.FIRST_CONSOLE_BYTE, seen))
-                started_empty = False
             changed = False
-            for line in lines:
-                marker = protocol.parse_line(line)
-                if marker is not None and live.add(marker, seen):
+            for marker in batch.markers:
+                if live.add(marker, seen):
                     changed |= marker.kind != protocol.STAGE    # stages ride along
+            if batch.first_bytes and follower.started_empty:   # arrived just now
+                events.append((tl.FIRST_CONSOLE_BYTE, seen))
             gone = vmm.pid_of(instance) is None
             if gone:
                 events.append((tl.QEMU_EXITED, seen))
@@ -371,32 +374,47 @@ async def _wait_until(instance: Instance, outcome: Callable[[Metadata], bool]) -
                 if outcome(meta):
                     return meta
                 if meta.boot != boot:       # started again meanwhile: follow the new boot
-                    return await _wait_until(instance, outcome)
-            await trio.sleep(WAIT_POLL)
-    finally:
-        follower.close()
+                    progress.reset()
+                    return await _wait_until(instance, outcome, progress)
+
+
+class BootTimeout(WaitTimeout):
+    """The boot deadline passed before the guest was Running: the VM was stopped."""
 
 
 async def wait(instance: Instance, target: State, *, timeout: float | None = None) -> Metadata:
     """Wait until the instance is `target` (Running or Stopped).
 
     Running: returns once the host has seen the markers Running needs, reading the
-    serial log as it grows (so time-to-Running is measured to ~50 ms), also when
+    serial log as it grows (so time-to-Running is measured to ~20 ms), also when
     the instance has already been Running in this boot.  Raises when it stopped
-    before it got there.
+    before it got there.  `timeout` is then the boot deadline (default
+    DEFAULT_BOOT_TIMEOUT): past it, a guest still booting is taken as hung -- the
+    VM is stopped and BootTimeout (exit 125) names the last stage and marker seen.
+    Stopped: waits forever unless `timeout` is given.
     """
     if target not in (State.RUNNING, State.STOPPED):
         die(f"cannot wait for {target}", hint="wait for running or stopped")
-    outcome = _running_outcome if target is State.RUNNING else _stopped_outcome
+    running = target is State.RUNNING
+    if running and timeout is None:
+        timeout = DEFAULT_BOOT_TIMEOUT
+    progress = Progress()
     try:
         with trio.fail_after(timeout if timeout is not None else math.inf):
-            return await _wait_until(instance, outcome)
+            return await _wait_until(instance, _running_outcome if running else _stopped_outcome,
+                                     progress)
     except trio.TooSlowError:
         meta = await observe(instance)
-        why = f": {meta.error}" if meta.error else ""
-        raise WaitTimeout(f"timed out after {timeout:g} s waiting for instance {meta.name} to be "
-                          f"{target} (it is {meta.state}{why})",
-                          hint=f"see `kindling logs {meta.name}`") from None
+    if running and meta.state in (State.CREATED, State.INITIALIZING):
+        await stop(instance, timeout=0, by="kindling wait (boot deadline)")
+        raise BootTimeout(f"instance {meta.name} was not Running within {timeout:g} s, the boot "
+                          f"deadline ({progress.describe()}); the VM was stopped",
+                          hint=f"if the guest is only slow, raise --timeout; see `kindling "
+                               f"logs {meta.name}`", exit_code=EXIT_KINDLING)
+    why = f": {meta.error}" if meta.error else ""
+    raise WaitTimeout(f"timed out after {timeout:g} s waiting for instance {meta.name} to be "
+                      f"{target} (it is {meta.state}{why})",
+                      hint=f"see `kindling logs {meta.name}`")
 
 
 # --- logs ---------------------------------------------------------------------
@@ -418,21 +436,18 @@ async def logs(instance: Instance, write: Callable[[str], None], *, source: str 
     if source == "vmm":
         await _vmm_log(instance, write, follow)
         return
-    follower = logfiles.LogFollower(instance, None)
-    next_observe = trio.current_time() + OBSERVE_EVERY
-    try:
+    async with ConsoleFollower(instance, None) as follower:
+        next_observe = trio.current_time() + OBSERVE_EVERY
         while True:
             running = vmm.pid_of(instance) is not None
-            _print_lines(await follower.poll(), write, source)
-            if not (follow and running):
-                _print_lines(follower.flush(), write, source)
+            final = not (follow and running)    # decided before reading: it then gets all
+            batch = await follower.next(final=final)
+            _print_lines(batch.lines, write, source)
+            if final:
                 return
-            await trio.sleep(WAIT_POLL)
             if trio.current_time() >= next_observe:
                 next_observe = trio.current_time() + OBSERVE_EVERY
                 await observe(instance)       # also rotates the log while we follow it
-    finally:
-        follower.close()
 
 
 async def _vmm_log(instance: Instance, write: Callable[[str], None], follow: bool) -> None:
@@ -450,7 +465,7 @@ async def _vmm_log(instance: Instance, write: Callable[[str], None], follow: boo
                 for line in splitter.flush():
                     write(line)
                 return
-            await trio.sleep(WAIT_POLL)
+            await trio.sleep(POLL_INTERVAL)
 
 
 # --- analyze ------------------------------------------------------------------

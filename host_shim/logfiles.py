@@ -55,7 +55,6 @@ CONSOLE_CHARDEV = "con"       # the chardev id host_shim/qemu.py gives the conso
 CHARDEV_CHANGE_TIMEOUT = 30.0
 NEW_LOG = APP_LOG + ".new"
 
-POLL_INTERVAL = 0.02
 _READ_SIZE = 1 << 16
 
 
@@ -133,7 +132,8 @@ class _Open:
 
 class LogFollower:
     """Reads an instance's serial log of the current boot from its first byte, across
-    rotations.  `poll()` returns what is there now; the caller decides how often."""
+    rotations.  `poll()` returns what is there now; follow.ConsoleFollower, the one
+    follower every reader uses, decides how often."""
 
     def __init__(self, instance: Instance, since_ns: int | None):
         self.instance = instance

@@ -40,6 +40,7 @@ AGENT_TRANSPORTS = ("serial", "vsock", "none")
 DEFAULT_OVERLAY_SIZE = 256 << 20
 MIN_MEMORY_MIB = 64
 DEFAULT_RUN_TIMEOUT = 120.0
+DEFAULT_BOOT_TIMEOUT = 300.0   # run's --boot-timeout and wait --for running's default deadline
 GROUPS = ("image", "virtual machine", "program", "network and volumes", "serial log", "run")
 DESTINATIONS = ("config", "qemu", "build", "run", "metadata")
 
@@ -262,6 +263,11 @@ OPTIONS: tuple[Option, ...] = (
            hidden=True),
     Option("timeout", float, DEFAULT_RUN_TIMEOUT, "stop the VM after S seconds "
            f"(default: {DEFAULT_RUN_TIMEOUT:g})", ("--timeout",), "S", "run",
+           convert=_seconds, goes_to=("run",), run_only=True),
+    Option("boot_timeout", float, DEFAULT_BOOT_TIMEOUT, "the boot deadline: stop the VM "
+           "(exit 125, naming the last boot stage and marker seen) if the program has not "
+           "started -- in systemd mode: the guest is not Running -- within S seconds "
+           f"(default: {DEFAULT_BOOT_TIMEOUT:g})", ("--boot-timeout",), "S", "run",
            convert=_seconds, goes_to=("run",), run_only=True),
     Option("keep", bool, False, "keep the instance (logs, disks) after the run",
            ("--keep",), group="run", action="true", convert=_bool, goes_to=("run",),

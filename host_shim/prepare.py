@@ -58,11 +58,15 @@ def agent_args(instance: Instance, agent: str, machine: qemu.Machine,
     return devices, karg
 
 
+def image_command_for(opts: CreateOptions) -> list[str] | None:
+    """The image's own command (/sbin/init for --base debian), None when it has none."""
+    from image_build.build import image_command
+    return image_command(opts.base or "busybox", opts.rootfs)
+
+
 def program(opts: CreateOptions) -> tuple[tuple[str, ...], str]:
     """The command the VM runs -- the user's, else the image's own -- and its init mode."""
-    from image_build.build import image_command
-    return initmode.choose(opts.command, image_command(opts.base or "busybox", opts.rootfs),
-                           opts.init_mode)
+    return initmode.choose(opts.command, image_command_for(opts), opts.init_mode)
 
 
 def check_inputs(opts: CreateOptions) -> None:

@@ -1,89 +1,63 @@
-"""The one way host_shim runs other programs.
+"""Running other programs from host_shim: image_build/run.py's helper, with its
+errors turned into KindlingError here (the one place), plus what only the host
+needs -- background trio processes and the detached VMM.
 
 argv lists only (never a shell string), stdin is /dev/null unless the caller
-says otherwise, every call site states its timeout, and a failure message shows
-the exact command line to paste plus "not found" / "killed by signal N".
+says otherwise, every call site states its timeout, and a failure message is
+made by image_build/run.py's one formatter ("not found", "exit code N",
+"killed by signal N (NAME)", and the exact command line to paste).
 """
 
 import os
-import shlex
 import signal
 import subprocess
-from collections.abc import Mapping, Sequence
-from typing import IO
+from collections.abc import Mapping
+from contextlib import contextmanager
 
 import trio
 
-from .errors import die
+from image_build import run as proc
+from image_build.run import Argv, Redirect, command_line as format_command, describe_returncode
+
+from .errors import KindlingError
 
 DEVNULL = subprocess.DEVNULL
 PIPE = subprocess.PIPE
 
-Argv = Sequence[str | os.PathLike]
-Redirect = int | IO | None
+__all__ = ["DEVNULL", "PIPE", "describe_returncode", "format_command", "kindling_errors", "run",
+           "start", "stop", "spawn_detached", "reap_detached", "wait_detached", "wait_pidfd"]
 
 
-def format_command(argv: Argv) -> str:
-    return shlex.join(os.fspath(a) for a in argv)
-
-
-def describe_returncode(returncode: int) -> str:
-    if returncode < 0:
-        signum = -returncode
-        try:
-            name = signal.Signals(signum).name
-        except ValueError:
-            return f"killed by signal {signum}"
-        return f"killed by signal {signum} ({name})"
-    return f"exited with status {returncode}"
-
-
-def _argv(argv: Argv) -> list[str]:
-    if isinstance(argv, (str, bytes)):
-        raise TypeError("argv must be a list of arguments, not a string")
-    return [os.fspath(a) for a in argv]
-
-
-def _launch_error(argv: list[str], err: OSError):
-    if isinstance(err, FileNotFoundError):
-        die(f"command not found: {argv[0]}", hint=f"while running: {format_command(argv)}")
-    if isinstance(err, PermissionError):
-        die(f"permission denied executing {argv[0]}", hint=f"while running: {format_command(argv)}")
-    die(f"cannot run {format_command(argv)}: {err.strerror or err}")
-
-
-def run(argv: Argv, *, timeout: float | None, stdin: Redirect = DEVNULL,
-        stdout: Redirect = None, stderr: Redirect = None, check: bool = True,
-        env: Mapping[str, str] | None = None, cwd: str | os.PathLike | None = None,
-        ) -> subprocess.CompletedProcess:
-    """Run a command to completion (blocking).  Output is captured as text when PIPE."""
-    args = _argv(argv)
+@contextmanager
+def kindling_errors():
+    """Turn the helper's CommandError into the KindlingError the CLI reports."""
     try:
-        result = subprocess.run(args, stdin=stdin, stdout=stdout, stderr=stderr,
-                                env=env, cwd=cwd, timeout=timeout, text=True)
-    except subprocess.TimeoutExpired:
-        die(f"command timed out after {timeout:g} s: {format_command(args)}")
-    except OSError as e:
-        _launch_error(args, e)
-    if check and result.returncode != 0:
-        message = f"command {describe_returncode(result.returncode)}: {format_command(args)}"
-        if isinstance(result.stderr, str) and result.stderr.strip():
-            message += "\n" + result.stderr.strip()[-2000:]
-        die(message)
-    return result
+        yield
+    except proc.CommandError as e:
+        raise KindlingError(e.summary, hint=e.details()) from None
+
+
+def run(argv: Argv, *, timeout: float, stdin: Redirect = DEVNULL, stdout: Redirect = PIPE,
+        stderr: Redirect = PIPE, check: bool = True, env: Mapping[str, str] | None = None,
+        cwd: str | os.PathLike | None = None) -> subprocess.CompletedProcess:
+    """image_build.run.run, raising KindlingError."""
+    with kindling_errors():
+        return proc.run(argv, timeout=timeout, stdin=stdin, stdout=stdout, stderr=stderr,
+                        check=check, env=env, cwd=cwd)
 
 
 async def start(argv: Argv, *, stdin: Redirect = DEVNULL, stdout: Redirect = DEVNULL,
                 stderr: Redirect = None, env: Mapping[str, str] | None = None,
                 start_new_session: bool = False) -> trio.Process:
     """Start a long-running command in the background; the caller waits and stops it."""
-    args = _argv(argv)
+    args = proc.argv_list(argv)
     try:
         return await trio.lowlevel.open_process(
             args, stdin=stdin, stdout=stdout, stderr=stderr, env=env,
             start_new_session=start_new_session)
     except OSError as e:
-        _launch_error(args, e)
+        with kindling_errors():
+            raise proc.launch_error(args, e) from None
 
 
 async def stop(process: trio.Process, *, grace: float) -> None:
@@ -120,7 +94,7 @@ _detached: dict[int, int | None] = {}
 
 def spawn_detached(argv: Argv, *, stdout: int, stderr: int) -> int:
     """Start argv in a new session, stdin /dev/null, stdout/stderr to the given fds; its pid."""
-    args = _argv(argv)
+    args = proc.argv_list(argv)
     actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                (os.POSIX_SPAWN_DUP2, stdout, 1),
                (os.POSIX_SPAWN_DUP2, stderr, 2)]
@@ -128,7 +102,8 @@ def spawn_detached(argv: Argv, *, stdout: int, stderr: int) -> int:
         pid = os.posix_spawnp(args[0], args, os.environ, file_actions=actions, setsid=True,
                               setsigdef=_DEFAULT_SIGNALS, setsigmask=())
     except OSError as e:
-        _launch_error(args, e)
+        with kindling_errors():
+            raise proc.launch_error(args, e) from None
     _detached[pid] = None
     return pid
 

@@ -2,35 +2,48 @@
 
 1. `lifecycle.create` checks the inputs, builds what is missing (cached), makes
    the disks and boots the VM (QEMU detached, its console appended to logs/app.log);
-2. the supervisor follows that log from its first byte: program output goes to
-   stdout, boot chatter to stderr with --verbose, markers into the instance's
-   record (`lifecycle.observe` derives the state, printed as it changes); it
-   stops the VM on timeout or on SIGINT/SIGTERM/SIGHUP, and after the guest's
-   HYPEMAN-EXIT if the guest does not power off by itself;
+2. the supervisor follows that log from its first byte (follow.ConsoleFollower):
+   program output goes to stdout, boot chatter to stderr with --verbose, markers
+   into the instance's record (`lifecycle.observe` derives the state, printed as
+   it changes); it stops the VM on timeout, past the boot deadline, on
+   SIGINT/SIGTERM/SIGHUP, and after the guest's HYPEMAN-EXIT if the guest does
+   not power off by itself;
 3. it prints the boot timeline, removes the instance (unless --keep) and exits
    with the program's exit code -- 125 for Kindling's own errors, 128+N when it
    was stopped by signal N.
+
+A systemd-mode guest never prints HYPEMAN-EXIT (the program is the init), so
+`kindling run --init-mode systemd -- CMD` boots the image's init, waits for
+Running, runs CMD through the agent (its output streamed, the console shown only
+with --verbose), stops the guest and exits with CMD's code (initmode.split_run).
+
+The boot deadline (--boot-timeout): the guest must show its program started
+(exec mode) or be Running (a program run through the agent) within it, else the
+VM is stopped and the error names the last boot stage and marker seen.
 """
 
 import os
+import shlex
 import signal
 import sys
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import trio
 
 from initsys import protocol
 from initsys.protocol import Marker
 
-from . import console, lifecycle, log, logfiles, vmm
+from . import agent_ops, console, follow, initmode, lifecycle, log, vmm
 from . import run as run_mod
 from . import timeline as tl
+from .agent_client import AgentError, open_agent
 from .errors import die
 from .instance import Instance
 from .markers import MarkerRecord
 from .metadata import Metadata
 from .options import DEFAULT_RUN_TIMEOUT, RunOptions
+from .prepare import image_command_for
 from .state import State
 
 DEFAULT_TIMEOUT = DEFAULT_RUN_TIMEOUT
@@ -50,7 +63,11 @@ class Outcome:
     qemu_returncode: int | None = None
     qemu_stopped: str | None = None        # how kindling stopped it, if it did
     timed_out: bool = False
+    boot_timed_out: bool = False
     signal: int | None = None
+    program_code: int | None = None        # a program run through the agent: its exit code
+    agent_error: str | None = None         # ... or why it has none
+    progress: str = ""                     # how far the boot got (follow.Progress.describe)
     last_lines: deque = field(default_factory=lambda: deque(maxlen=LAST_LINES))
 
 
@@ -72,24 +89,33 @@ class Signals:
 
 
 class Supervisor:
-    """Turns the console of a created instance into output, states and an Outcome."""
+    """Turns the console of a created instance into output, states and an Outcome;
+    with `program`, runs it through the agent once the guest is Running."""
 
-    def __init__(self, instance: Instance, meta: Metadata, opts: RunOptions, emit=None):
+    def __init__(self, instance: Instance, meta: Metadata, opts: RunOptions, emit=None,
+                 program: tuple[str, ...] = ()):
         self.instance = instance
         self.emit = emit                  # run --json: events.emit (states, output as events)
         self.meta = meta
         self.opts = opts
+        self.program = program
         self.outcome = Outcome()
+        self.progress = follow.Progress()
         self.phase = console.Phase.BOOT
         self.live = MarkerRecord()
         self.events: list[tuple[str, int]] = []
         self.printed: State | None = None
-        self.finished = trio.Event()      # EXIT or FATAL seen
+        self.finished = trio.Event()      # EXIT or FATAL seen, or the agent's program ended
+        self.running = trio.Event()       # the host has seen the guest Running
+        self.booted = trio.Event()        # the boot deadline is met (see _boot_deadline)
 
     def elapsed(self) -> float:
         return (lifecycle.now_ns() - self.meta.boot_requested_at) / 1e9
 
     def show_state(self, meta: Metadata) -> None:
+        if meta.state is State.RUNNING or meta.reached_this_boot(State.RUNNING):
+            self.running.set()
+            self.booted.set()
         if self.finished.is_set() or meta.state not in (State.INITIALIZING, State.RUNNING):
             return
         if meta.state != self.printed:
@@ -104,21 +130,24 @@ class Supervisor:
 
     # -- console --
 
-    def on_line(self, line: str) -> bool:
-        """Show a console line; True when it carried a marker that may change the state."""
+    def show_line(self, line: str) -> None:
+        """Show a console line where it belongs (sentinels never shown).  With a program
+        run through the agent, the whole console is boot chatter."""
         self.outcome.last_lines.append(line)
         item = console.classify(line, self.phase)
         self.phase = item.phase
-        if item.stream is console.Stream.PROGRAM and self.emit is not None:
+        if item.stream is console.Stream.PROGRAM and not self.program and self.emit is not None:
             self.emit("output", stream="stdout", data=item.text)
-        elif item.stream is console.Stream.PROGRAM:
+        elif item.stream is console.Stream.PROGRAM and not self.program:
             self._show(sys.stdout, item.text)
-        elif item.stream is console.Stream.BOOT and self.opts.verbose:
+        elif item.stream is not None and self.opts.verbose:
             self._show(sys.stderr, item.text)
-        marker = item.marker
-        if marker is None:
-            return False
+
+    def on_marker(self, marker: Marker) -> bool:
+        """Record a marker; True when it may change the state."""
         changed = self.live.add(marker, lifecycle.now_ns())
+        if marker.kind == protocol.PROGRAM_START and not self.program:
+            self.booted.set()
         if marker.kind == protocol.EXIT and self.outcome.exit_marker is None:
             self.outcome.exit_marker = marker
             code = marker.fields.get("code", "?")
@@ -128,6 +157,8 @@ class Supervisor:
         elif marker.kind == protocol.FATAL and self.outcome.fatal_marker is None:
             self.outcome.fatal_marker = marker
             self.finished.set()
+        if self.finished.is_set():
+            self.booted.set()
         return changed and marker.kind != protocol.STAGE
 
     @staticmethod
@@ -136,11 +167,7 @@ class Supervisor:
             stream.write(text + "\n")
             stream.flush()
         except BrokenPipeError:
-            # `kindling run ... | head`: the reader is gone.  Keep running the VM to the
-            # end (its exit code still matters) and send further output nowhere.
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, stream.fileno())
-            os.close(devnull)
+            _to_devnull(stream.fileno())
 
     async def observe(self) -> None:
         events, self.events = tuple(self.events), []
@@ -149,35 +176,30 @@ class Supervisor:
         self.show_state(self.meta)
 
     async def follow_console(self, done: trio.Event) -> None:
-        follower = logfiles.LogFollower(self.instance, self.meta.log_since)
-        next_observe = trio.current_time() + lifecycle.OBSERVE_EVERY
-        try:
+        async with follow.ConsoleFollower(self.instance, self.meta.log_since,
+                                          progress=self.progress) as follower:
+            next_observe = trio.current_time() + lifecycle.OBSERVE_EVERY
             while True:
-                finished = done.is_set()    # decided before reading: the read sees everything
-                lines = await follower.poll()
-                if follower.bytes_read and not any(n == tl.FIRST_CONSOLE_BYTE
-                                                   for n, _ in self.events):
-                    if not any(e.name == tl.FIRST_CONSOLE_BYTE for e in self.meta.events):
-                        self.events.append((tl.FIRST_CONSOLE_BYTE, lifecycle.now_ns()))
+                final = done.is_set()    # decided before reading: the read then sees everything
+                batch = await follower.next(final=final, wake=done)
+                if batch.first_bytes and not any(e.name == tl.FIRST_CONSOLE_BYTE
+                                                 for e in self.meta.events):
+                    self.events.append((tl.FIRST_CONSOLE_BYTE, lifecycle.now_ns()))
+                for line in batch.lines:
+                    self.show_line(line)
                 changed = False
-                for line in lines + (follower.flush() if finished else []):
-                    changed |= self.on_line(line)
-                if finished:
+                for marker in batch.markers:
+                    changed |= self.on_marker(marker)
+                if final:
                     return
                 if changed or trio.current_time() >= next_observe:
                     next_observe = trio.current_time() + lifecycle.OBSERVE_EVERY
                     await self.observe()
-                if not lines:
-                    with trio.move_on_after(logfiles.POLL_INTERVAL):
-                        await done.wait()
-        finally:
-            follower.close()
 
     # -- the run --
 
     async def run(self, signals: Signals) -> Outcome:
         self.show_state(self.meta)
-        pid = self.meta.pid
         console_done = trio.Event()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.follow_console, console_done)
@@ -185,13 +207,12 @@ class Supervisor:
                 signals.scope = vm_scope
                 if signals.signum is not None:
                     vm_scope.cancel()
-                async with trio.open_nursery() as vm_nursery:
-                    vm_nursery.start_soon(self._poweroff_grace)
-                    with trio.move_on_after(self.opts.timeout) as timeout_scope:
-                        self.outcome.qemu_returncode = await vmm.wait_exit(pid)
-                    vm_nursery.cancel_scope.cancel()
+                timeout_scope = trio.move_on_after(self.opts.timeout)
+                await self._run_vm(timeout_scope)
             signals.scope = None
             self.outcome.timed_out = timeout_scope.cancelled_caught
+            if self.outcome.timed_out and not self.booted.is_set():
+                self.outcome.progress = self.progress.describe()
             self.outcome.signal = signals.signum
             await self.stop_vm()
             # QEMU has exited, so the log is complete: the follower drains it and returns.
@@ -199,12 +220,55 @@ class Supervisor:
         await self.observe()
         return self.outcome
 
+    async def _run_vm(self, timeout_scope: trio.CancelScope) -> None:
+        """Until QEMU exits (or `timeout_scope` ends): the helpers that end the VM run meanwhile."""
+        async with trio.open_nursery() as vm_nursery:
+            vm_nursery.start_soon(self._poweroff_grace)
+            vm_nursery.start_soon(self._boot_deadline)
+            if self.program:
+                vm_nursery.start_soon(self._agent_program)
+            with timeout_scope:
+                self.outcome.qemu_returncode = await vmm.wait_exit(self.meta.pid)
+            vm_nursery.cancel_scope.cancel()
+
     async def _poweroff_grace(self) -> None:
         await self.finished.wait()
+        if self.program:          # the agent's program ended: the guest has nothing left to do
+            await self.stop_vm()
+            return
         await trio.sleep(POWEROFF_GRACE)
         if self.opts.verbose:
             log.note(f"guest did not power off within {POWEROFF_GRACE:g} s; stopping QEMU")
         await self.stop_vm()
+
+    async def _boot_deadline(self) -> None:
+        """The boot must get far enough (`booted`) within --boot-timeout, else the VM is
+        stopped: a hung boot never leaves `kindling run` waiting."""
+        with trio.move_on_after(self.opts.boot_timeout):
+            await self.booted.wait()
+            return
+        self.outcome.boot_timed_out = True
+        self.outcome.progress = self.progress.describe()
+        log.note(f"the boot deadline ({self.opts.boot_timeout:g} s) passed; stopping the VM")
+        await self.stop_vm()
+
+    async def _agent_program(self) -> None:
+        """Once Running: run the program through the agent, its output streamed to ours."""
+        await self.running.wait()
+        try:
+            async with open_agent(self.instance.agent_socket,
+                                  timeout=agent_ops.CONNECT_TIMEOUT) as client:
+                result = await client.exec(
+                    list(self.program), cwd=self.opts.workdir,
+                    stdout=lambda data: _write(1, data), stderr=lambda data: _write(2, data))
+        except AgentError as e:
+            self.outcome.agent_error = e.message
+        else:
+            if result.error:      # could not start: code 127 or 126
+                log.note(f"{self.program[0]}: {result.error}")
+            self.outcome.program_code = result.code
+            log.note(f"exited code={result.code} ({self.elapsed():.2f} s)")
+        self.finished.set()
 
     async def stop_vm(self) -> None:
         """QMP quit, then SIGTERM, then SIGKILL (shielded).  Never leaves QEMU behind."""
@@ -215,6 +279,24 @@ class Supervisor:
             if self.outcome.qemu_returncode is None:
                 self.outcome.qemu_returncode = run_mod.reap_detached(self.meta.pid)
             self.events.append((tl.QEMU_EXITED, lifecycle.now_ns()))
+
+
+def _to_devnull(fd: int) -> None:
+    """`kindling run ... | head`: the reader is gone.  Keep running the VM to the end
+    (its exit code still matters) and send further output nowhere."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+async def _write(fd: int, data: bytes) -> None:
+    """All of `data` to fd (blocking is fine for a CLI's stdout)."""
+    view = memoryview(data)
+    try:
+        while view:
+            view = view[os.write(fd, view):]
+    except BrokenPipeError:
+        _to_devnull(fd)
 
 
 # --- report ---------------------------------------------------------------------
@@ -240,35 +322,72 @@ def exit_status(outcome: Outcome, instance: Instance, opts: RunOptions) -> int:
     if outcome.signal is not None:
         name = signal.Signals(outcome.signal).name
         die(f"interrupted by {name}; the VM was stopped", exit_code=128 + outcome.signal)
+    if outcome.program_code is not None:
+        return outcome.program_code
     if outcome.exit_marker is not None:
-        raw = outcome.exit_marker.fields.get("code")
-        try:
-            code = int(raw)
-        except (TypeError, ValueError):
-            die(f"the guest reported an unreadable exit code {raw!r}",
-                hint=_last_lines_hint(outcome, instance, opts))
-        if not 0 <= code <= 255:
-            die(f"the guest reported an out-of-range exit code {code}")
-        return code
+        return _exit_marker_code(outcome, instance, opts)
     if outcome.fatal_marker is not None:
         stage = outcome.fatal_marker.fields.get("stage", "?")
         error = outcome.fatal_marker.fields.get("error", "(no message)")
         die(f"guest failed in stage {stage}: {error}",
             hint=_last_lines_hint(outcome, instance, opts) if opts.verbose else None)
+    if outcome.boot_timed_out:
+        die(f"the guest did not finish booting within {opts.boot_timeout:g} s, the boot deadline "
+            f"({outcome.progress}); the VM was stopped",
+            hint="raise --boot-timeout if the guest is only slow; "
+                 + _last_lines_hint(outcome, instance, opts))
     if outcome.timed_out:
-        die(f"timed out after {opts.timeout:g} s before the program finished; the VM was stopped",
+        during_boot = f" (still booting: {outcome.progress})" if outcome.progress else ""
+        die(f"timed out after {opts.timeout:g} s before the program finished{during_boot}; "
+            "the VM was stopped",
             hint="raise --timeout; " + _last_lines_hint(outcome, instance, opts))
+    if outcome.agent_error is not None:
+        die(f"running the program through the agent failed: {outcome.agent_error}",
+            hint=_last_lines_hint(outcome, instance, opts))
     status = outcome.qemu_returncode
     how = run_mod.describe_returncode(status) if status is not None else "stopped"
     die(f"the VM ended before the program finished (QEMU {how})",
         hint=_last_lines_hint(outcome, instance, opts))
 
 
+def _exit_marker_code(outcome: Outcome, instance: Instance, opts: RunOptions) -> int:
+    raw = outcome.exit_marker.fields.get("code")
+    try:
+        code = int(raw)
+    except (TypeError, ValueError):
+        die(f"the guest reported an unreadable exit code {raw!r}",
+            hint=_last_lines_hint(outcome, instance, opts))
+    if not 0 <= code <= 255:
+        die(f"the guest reported an out-of-range exit code {code}")
+    return code
+
+
+def plan(opts: RunOptions) -> tuple[RunOptions, tuple[str, ...]]:
+    """(the options the VM is created with, the program to run through the agent:
+    () when the VM's own command is the program).  See initmode.split_run."""
+    if (opts.config_json is not None or opts.config_disk is not None
+            or opts.init_mode not in initmode.INIT_MODES):
+        return opts, ()        # create reports what is wrong, or runs the raw config as is
+    command, program = initmode.split_run(opts.command, image_command_for(opts), opts.init_mode)
+    if not program:
+        if initmode.is_init(command):
+            die(f"nothing to run: {shlex.join(command)} is the guest's init (systemd mode), and "
+                "`kindling run` runs a program in a systemd guest through the agent",
+                hint="kindling run --base debian --init-mode systemd -- CMD [ARG...]; to keep "
+                     "a systemd guest running, use `kindling create --base debian`")
+        return opts, ()
+    if opts.agent == "none":
+        die("--agent none: a systemd-mode run needs the agent to run the program",
+            hint="drop --agent none, or use --init-mode exec")
+    return replace(opts, command=command, init_mode="systemd"), program
+
+
 # --- the whole run ------------------------------------------------------------------
 
 async def run_async(opts: RunOptions, home=None, emit=None) -> int:
-    if not opts.timeout > 0:
-        die(f"--timeout {opts.timeout:g}: must be positive")
+    for flag, value in (("--timeout", opts.timeout), ("--boot-timeout", opts.boot_timeout)):
+        if not value > 0:
+            die(f"{flag} {value:g}: must be positive")
     with trio.open_signal_receiver(*SIGNALS) as receiver:
         signals = Signals(receiver)
         error = None
@@ -286,6 +405,7 @@ async def run_async(opts: RunOptions, home=None, emit=None) -> int:
 
 
 async def _run(opts: RunOptions, home, signals: Signals, emit=None) -> int:
+    opts, program = plan(opts)
     with trio.CancelScope() as create_scope:
         signals.scope = create_scope
         instance, meta = await lifecycle.create(
@@ -295,7 +415,7 @@ async def _run(opts: RunOptions, home, signals: Signals, emit=None) -> int:
         die(f"interrupted by {signal.Signals(signals.signum).name}",
             exit_code=128 + signals.signum)
     try:
-        supervisor = Supervisor(instance, meta, opts, emit)
+        supervisor = Supervisor(instance, meta, opts, emit, program)
         outcome = await supervisor.run(signals)
         report = tl.format_timeline(supervisor.meta.timeline())
         if supervisor.meta.time_to_running is not None:

@@ -42,7 +42,7 @@ def fetch(cache_dir: Path) -> tuple[debs.DebInfo, Path]:
 
 
 def applets(binary: Path) -> list[str]:
-    proc = run([binary, "--list-full"], timeout=LIST_TIMEOUT, capture=True)
+    proc = run([binary, "--list-full"], timeout=LIST_TIMEOUT)
     out = []
     for line in proc.stdout.splitlines():
         line = line.strip().strip("/")

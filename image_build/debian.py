@@ -103,7 +103,7 @@ def mmdebstrap_version() -> str:
     if shutil.which("mmdebstrap") is None:
         raise BuildError("mmdebstrap not found: the Debian rootfs (--base debian) is bootstrapped"
                          " with it (install it with: apt-get install mmdebstrap; `make test` does)")
-    out = run(["mmdebstrap", "--version"], timeout=VERSION_TIMEOUT, capture=True).stdout.split()
+    out = run(["mmdebstrap", "--version"], timeout=VERSION_TIMEOUT).stdout.split()
     if len(out) != 2 or out[0] != "mmdebstrap":
         raise BuildError(f"`mmdebstrap --version` printed {' '.join(out)!r}, expected 'mmdebstrap VERSION'")
     return out[1]

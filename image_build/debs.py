@@ -96,7 +96,7 @@ def candidate(package: str) -> DebInfo:
 
 
 def _candidate(package: str) -> DebInfo:
-    proc = run(["apt-cache", "show", "--no-all-versions", package], timeout=APT_TIMEOUT, capture=True)
+    proc = run(["apt-cache", "show", "--no-all-versions", package], timeout=APT_TIMEOUT)
     f = _fields(proc.stdout)
     if "Version" not in f:
         raise BuildError(
@@ -112,7 +112,7 @@ def available(package: str) -> list[dict[str, str]]:
 
 def _available(package: str) -> list[dict[str, str]]:
     try:
-        proc = run(["apt-cache", "show", package], timeout=APT_TIMEOUT, capture=True)
+        proc = run(["apt-cache", "show", package], timeout=APT_TIMEOUT)
     except BuildError as e:
         raise BuildError(f"apt knows no package {package!r} (run `apt-get update` first?): {e}") from None
     keep = ("Version", "Architecture", "Depends")
@@ -148,7 +148,7 @@ def resolve_metapackage(meta: str, prefix: str) -> str:
 
 
 def _resolve_metapackage(meta: str, prefix: str) -> str:
-    proc = run(["apt-cache", "depends", meta], timeout=APT_TIMEOUT, capture=True)
+    proc = run(["apt-cache", "depends", meta], timeout=APT_TIMEOUT)
     for line in proc.stdout.splitlines():
         line = line.strip()
         if line.startswith("Depends:"):

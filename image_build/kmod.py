@@ -92,7 +92,7 @@ def show_depends(basedir: Path, release: str, name: str) -> list[Path]:
     """modprobe's load sequence for one module: .ko paths, dependencies first."""
     argv = ["modprobe", "--show-depends", "-d", basedir, "-S", release, name]
     try:
-        proc = run(argv, timeout=MODPROBE_TIMEOUT, capture=True)
+        proc = run(argv, timeout=MODPROBE_TIMEOUT)
     except BuildError as e:
         raise BuildError(f"kernel module {name!r} could not be resolved for kernel {release}:\n{e}") from None
     paths: list[Path] = []

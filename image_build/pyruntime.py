@@ -249,7 +249,7 @@ def _is_elf(path: Path) -> bool:
 
 def ldd(path: Path) -> list[str]:
     """The libraries `path` needs, as host paths ldd reports (incl. the loader)."""
-    proc = run(["ldd", path], timeout=LDD_TIMEOUT, capture=True, env={"LD_LIBRARY_PATH": "", "LD_PRELOAD": ""})
+    proc = run(["ldd", path], timeout=LDD_TIMEOUT, env={"LD_LIBRARY_PATH": "", "LD_PRELOAD": ""})
     libs = []
     for line in proc.stdout.splitlines():
         line = line.strip()

@@ -1,4 +1,5 @@
-"""host_shim/run.py (the subprocess helper) and host_shim/qmp.py (the QMP client)."""
+"""host_shim/run.py (image_build/run.py's subprocess helper, errors as KindlingError) and
+host_shim/qmp.py (the QMP client)."""
 
 import shutil
 import signal
@@ -21,6 +22,11 @@ def test_run_stdin_is_devnull_by_default():
     assert run.run(["cat"], timeout=10, stdout=run.PIPE).stdout == ""
 
 
+def test_run_needs_a_timeout_at_the_call_site():
+    with pytest.raises(TypeError, match="timeout"):
+        run.run(["true"])
+
+
 def test_run_refuses_a_shell_string():
     with pytest.raises(TypeError):
         run.run("echo hi", timeout=10)
@@ -29,16 +35,15 @@ def test_run_refuses_a_shell_string():
 def test_run_not_found_names_the_command():
     with pytest.raises(KindlingError) as info:
         run.run(["/nonexistent/prog", "--flag", "a b"], timeout=10)
-    assert info.value.message == "command not found: /nonexistent/prog"
-    assert "/nonexistent/prog --flag 'a b'" in info.value.hint
+    assert info.value.message == "/nonexistent/prog: not found"
+    assert info.value.hint == "the command was: /nonexistent/prog --flag 'a b'"
 
 
 def test_run_failure_shows_command_and_stderr():
     with pytest.raises(KindlingError) as info:
         run.run(["sh", "-c", "echo broken >&2; exit 3"], timeout=10, stderr=run.PIPE)
-    assert "exited with status 3" in info.value.message
-    assert "sh -c 'echo broken >&2; exit 3'" in info.value.message
-    assert "broken" in info.value.message
+    assert info.value.message == "sh: failed with exit code 3"
+    assert info.value.hint == "the command was: sh -c 'echo broken >&2; exit 3'\n    broken"
 
 
 def test_run_killed_by_signal():
@@ -47,7 +52,7 @@ def test_run_killed_by_signal():
 
 
 def test_run_timeout():
-    with pytest.raises(KindlingError, match="timed out after 0.2 s: sleep 5"):
+    with pytest.raises(KindlingError, match="sleep: timed out after 0.2 s"):
         run.run(["sleep", "5"], timeout=0.2)
 
 
@@ -56,9 +61,10 @@ def test_run_check_false_returns_status():
 
 
 def test_describe_returncode():
-    assert run.describe_returncode(0) == "exited with status 0"
+    assert run.describe_returncode(0) == "exit code 0"
+    assert run.describe_returncode(3) == "exit code 3"
     assert run.describe_returncode(-15) == "killed by signal 15 (SIGTERM)"
-    assert run.describe_returncode(-200) == "killed by signal 200"
+    assert run.describe_returncode(-200) == "killed by signal 200 (SIG200)"
 
 
 async def test_start_and_stop_escalates_to_sigkill():
@@ -71,7 +77,7 @@ async def test_start_and_stop_escalates_to_sigkill():
 
 
 async def test_start_not_found():
-    with pytest.raises(KindlingError, match="command not found: /nonexistent/qemu"):
+    with pytest.raises(KindlingError, match="/nonexistent/qemu: not found"):
         await run.start(["/nonexistent/qemu"])
 
 

@@ -105,13 +105,13 @@ async def test_qemu_that_fails_to_start_is_reported_with_its_message(instance):
     argv = bare_qemu_argv(instance, "-drive", "file=/nonexistent/disk.img,if=none,id=d0")
     with trio.fail_after(30), pytest.raises(KindlingError) as info:
         await vmm.launch(instance, argv)
-    assert info.value.message == "QEMU failed to start (exited with status 1)"
+    assert info.value.message == "QEMU failed to start (exit code 1)"
     assert "Could not open '/nonexistent/disk.img'" in info.value.hint
     assert "Could not open" in instance.vmm_log.read_text()
 
 
 async def test_launch_of_a_missing_binary(instance):
-    with pytest.raises(KindlingError, match="command not found: /nonexistent/qemu"):
+    with pytest.raises(KindlingError, match="/nonexistent/qemu: not found"):
         await vmm.launch(instance, ["/nonexistent/qemu"])
 
 

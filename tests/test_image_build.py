@@ -372,12 +372,12 @@ def _check_image(image: Path, fmt: str, tmp: Path) -> None:
         assert (st.st_uid, st.st_gid) == (1234, 4321)
     else:
         run(["e2fsck", "-fn", image], timeout=120)
-        ls = run(["debugfs", "-R", "ls -l /", image], timeout=60, capture=True).stdout
+        ls = run(["debugfs", "-R", "ls -l /", image], timeout=60).stdout
         for name in ["etc", "usr", "bin", "home"]:
             assert f" {name}" in ls, ls
-        cat = run(["debugfs", "-R", "cat /etc/hello", image], timeout=60, capture=True).stdout
+        cat = run(["debugfs", "-R", "cat /etc/hello", image], timeout=60).stdout
         assert cat == "hello\n"
-        st = run(["debugfs", "-R", "stat /home/app/data", image], timeout=60, capture=True).stdout
+        st = run(["debugfs", "-R", "stat /home/app/data", image], timeout=60).stdout
         assert "User:  1234" in st and "Group:  4321" in st, st
 
 
@@ -495,17 +495,17 @@ def test_bad_options(tmp_path):
 
 
 def test_run_errors(tmp_path):
-    with pytest.raises(BuildError, match=r"`mkfs.erofs-nope --help`.*not found"):
+    with pytest.raises(BuildError, match=r"mkfs.erofs-nope: not found\nthe command was: mkfs.erofs-nope --help"):
         run(["mkfs.erofs-nope", "--help"], timeout=5)
     with pytest.raises(BuildError, match=r"apt-get install zstd"):
         run([str(tmp_path / "zstd")], timeout=5)
-    with pytest.raises(BuildError, match=r"exit status 3: `sh -c 'echo oops >&2; exit 3'`[\s\S]*oops"):
+    with pytest.raises(BuildError, match=r"exit code 3\nthe command was: sh -c 'echo oops >&2; exit 3'\n    oops"):
         run(["sh", "-c", "echo oops >&2; exit 3"], timeout=5)
-    with pytest.raises(BuildError, match=r"killed by signal 9"):
+    with pytest.raises(BuildError, match=r"killed by signal 9 \(SIGKILL\)"):
         run(["sh", "-c", "kill -9 $$"], timeout=5)
     with pytest.raises(BuildError, match=r"timed out after 0.5 s"):
         run(["sleep", "5"], timeout=0.5)
-    assert run(["echo", "hi"], timeout=5, capture=True).stdout == "hi\n"
+    assert run(["echo", "hi"], timeout=5).stdout == "hi\n"
 
 
 def test_cli_errors_are_clear(tmp_path, capsys):
@@ -533,14 +533,14 @@ def test_config_disk(tmp_path):
     cfg = {"entrypoint": ["/bin/sh"], "env": {"A": "ü"}, "network_enabled": False}
     img = disks.make_config_disk(cfg, tmp_path / "config.img")
     run(["e2fsck", "-fn", img], timeout=60)
-    text = run(["debugfs", "-R", "cat /config.json", img], timeout=60, capture=True).stdout
+    text = run(["debugfs", "-R", "cat /config.json", img], timeout=60).stdout
     assert json.loads(text) == cfg
     assert img.stat().st_size <= 2 << 20
 
 
 def test_config_disk_raw_bytes(tmp_path):
     img = disks.make_config_disk(b"{not json", tmp_path / "raw.img")
-    assert run(["debugfs", "-R", "cat /config.json", img], timeout=60, capture=True).stdout == "{not json"
+    assert run(["debugfs", "-R", "cat /config.json", img], timeout=60).stdout == "{not json"
     with pytest.raises(BuildError, match="not JSON-serialisable"):
         disks.make_config_disk({"x": object()}, tmp_path / "bad.img")
 

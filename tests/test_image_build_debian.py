@@ -51,7 +51,7 @@ def tree(debian_build, tmp_path_factory):
 
 def in_chroot(root: Path, *argv: str) -> str:
     """Run the image's own program argv chrooted into the extracted image."""
-    return run(["chroot", root, *argv], timeout=60, capture=True).stdout
+    return run(["chroot", root, *argv], timeout=60).stdout
 
 
 def test_the_image_is_erofs_and_its_command_is_init(debian_build):

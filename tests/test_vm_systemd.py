@@ -86,3 +86,18 @@ def test_systemd_mode_with_a_missing_init_is_fatal(tmp_path):
     # `kindling run` reports the guest's KINDLING-FATAL line: its stage and its reason
     assert re.search(r"stage systemd: init_mode systemd: /sbin/no-such-init is not an executable "
                      r"file in the image", result.stderr), result.stderr
+
+
+def test_run_a_program_in_a_systemd_guest(tmp_path):
+    """`kindling run --init-mode systemd -- CMD`: systemd boots (the image's /sbin/init), CMD
+    runs through the agent once Running, its output streamed apart from the console, and
+    `run` exits with CMD's code after stopping the guest (kindling_run: no QEMU left)."""
+    result = kindling_run(tmp_path, "--base", "debian", "--init-mode", "systemd", "--no-headers",
+                          "--timeout", "600", "--boot-timeout", "600", "--", "sh", "-c",
+                          'echo "hi from $(cat /proc/1/comm)"; echo oops >&2; exit 7',
+                          timeout=900)
+    assert result.returncode == 7, result.stderr[-3000:]
+    assert result.stdout == "hi from systemd\n"       # the program's output, nothing else
+    assert "oops\n" in result.stderr
+    assert "exited code=7" in result.stderr
+    assert list(tmp_path.glob("instances/*")) == []
