@@ -22,7 +22,7 @@ from initsys import protocol
 
 from . import accel, agent_ops, chart, initmode, lifecycle, logfiles, metadata, prepare, qemu, runner, volumes
 from .api import InstanceInfo
-from .errors import EXIT_ERROR, EXIT_KINDLING, KindlingError, die
+from .errors import EXIT_ERROR, EXIT_KINDLING, KindlingError, die, kindling_error_in
 from .instance import kindling_home
 from .state import State
 from .timeline import format_timeline
@@ -500,16 +500,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _kindling_error_in(group: BaseExceptionGroup) -> KindlingError | None:
-    """The KindlingError a nursery wrapped, when that is all the group holds."""
-    matched, rest = group.split(KindlingError)
-    if matched is None or rest is not None:
-        return None
-    while isinstance(matched, BaseExceptionGroup):
-        matched = matched.exceptions[0]
-    return matched
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -517,7 +507,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return args.func(args)
         except BaseExceptionGroup as group:
-            raise _kindling_error_in(group) or group
+            raise kindling_error_in(group) or group
     except KindlingError as e:
         if args.debug:
             traceback.print_exc()

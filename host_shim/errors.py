@@ -29,3 +29,13 @@ class NoSuchInstance(KindlingError):
 
 def die(message: str, hint: str | None = None, exit_code: int | None = None) -> NoReturn:
     raise KindlingError(message, hint=hint, exit_code=exit_code)
+
+
+def kindling_error_in(group: BaseExceptionGroup) -> KindlingError | None:
+    """The KindlingError a nursery wrapped, when that is all the group holds."""
+    matched, rest = group.split(KindlingError)
+    if matched is None or rest is not None:
+        return None
+    while isinstance(matched, BaseExceptionGroup):
+        matched = matched.exceptions[0]
+    return matched

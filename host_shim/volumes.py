@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import die
+from .metadata import load_all
+from .qemu import opt_value
 
 MODES = ("ro", "rw", "overlay")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -75,6 +77,42 @@ def create(home: Path, name: str, size: int) -> Path:
     image.parent.mkdir(parents=True, exist_ok=True)
     make_volume(image, size)
     return image
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A named volume in $KINDLING_HOME/volumes."""
+    name: str
+    path: Path
+    size: int                 # bytes (the image's apparent size; it is sparse)
+
+
+def list_volumes(home: Path) -> list[Volume]:
+    """The named volumes, by name."""
+    found = []
+    for image in sorted(volumes_dir(home).glob("*.img")):
+        found.append(Volume(image.name[:-len(".img")], image, image.stat().st_size))
+    return found
+
+
+def _users(home: Path, image: Path) -> list[str]:
+    """Names of the instances whose QEMU command line attaches `image`."""
+    needle = f"file={opt_value(image.absolute())},"
+    return [meta.name for _, meta in load_all(home) if any(needle in a for a in meta.argv)]
+
+
+def remove(home: Path, name: str) -> None:
+    """Delete the named volume; refused while an instance (running or not) uses it."""
+    if not NAME_RE.match(name):
+        die(f"invalid volume name {name!r}: use letters, digits, '.', '_' and '-' (at most 64)")
+    image = volumes_dir(home) / f"{name}.img"
+    if not image.exists():
+        die(f"no volume named {name!r} in {volumes_dir(home)}")
+    users = _users(home, image)
+    if users:
+        die(f"volume {name!r} is in use by instance {', '.join(users)}",
+            hint=f"delete {'it' if len(users) == 1 else 'them'} first (`kindling delete NAME`)")
+    image.unlink()
 
 
 def device_name(index: int) -> str:
