@@ -1,0 +1,138 @@
+"""The Python API without a VM: every new method checks its arguments and says which one
+is wrong (before touching any instance), errors are KindlingErrors (also from inside a
+nursery), and the volume operations work on a real volumes folder."""
+
+import pytest
+import trio
+
+from host_shim import Kindling, KindlingError, NoSuchInstance, Volume, api_args, volumes
+from host_shim.instance import Instance
+from host_shim.metadata import Metadata, save
+
+
+@pytest.fixture
+def k(tmp_path):
+    return Kindling(home=tmp_path)
+
+
+def raises(message):
+    return pytest.raises(KindlingError, match=message)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(argv="ls -l"), r"argv: expected a list of arguments"),
+    (dict(argv=[]), r"argv: expected a command, got an empty list"),
+    (dict(argv=["ls", 3]), r"argv: every argument must be a str, got 3"),
+    (dict(env=["A=1"]), r"env: expected a dict"),
+    (dict(env={"A=B": "1"}), r"env: 'A=B' is not a variable name"),
+    (dict(env={"A": 1}), r"env\['A'\]: expected a str, got 1"),
+    (dict(workdir="tmp"), r"workdir: expected an absolute path in the guest"),
+    (dict(user=-1), r"user: expected a uid"),
+    (dict(user=True), r"user: expected a uid"),
+    (dict(stdin=3), r"stdin: expected bytes or str, got int"),
+    (dict(timeout=0), r"timeout: expected a positive number of seconds, got 0"),
+    (dict(timeout="5"), r"timeout: expected a positive number of seconds"),
+])
+def test_exec_checks_its_arguments_first(k, kwargs, message):
+    kwargs = {"argv": ["true"]} | kwargs
+    with raises(message):                # not NoSuchInstance: the arguments come first
+        k.exec("nosuchvm", **kwargs)
+
+
+def test_exec_stream_callbacks_must_be_functions(k):
+    with raises(r"on_stdout: expected a function"):
+        k.exec_stream("nosuchvm", ["true"], on_stdout="out.txt")
+    with raises(r"on_stderr: expected a function"):
+        k.exec_stream("nosuchvm", ["true"], on_stderr=b"")
+
+
+def test_exec_with_good_arguments_gets_to_the_instance(k):
+    with pytest.raises(NoSuchInstance):
+        k.exec("nosuchvm", ["true"], env={"A": "1"}, user="0:0", stdin="x", timeout=1)
+
+
+def test_copy_and_stat_check_paths(k, tmp_path):
+    with raises(r"remote: expected an absolute path in the guest"):
+        k.copy_in("vm", tmp_path, "relative/dir")
+    with raises(r"local: expected a local path"):
+        k.copy_out("vm", "/etc", None)
+    with raises(r"path: expected an absolute path in the guest .* got 'etc'"):
+        k.stat("vm", "etc")
+    with raises(r"cp: .*missing: no such file or directory"):
+        k.copy_in("vm", tmp_path / "missing", "/x")
+    with raises(r"exactly one of SRC and DST must be VM:/path"):
+        k.cp(tmp_path, tmp_path / "b")
+    with pytest.raises(NoSuchInstance):
+        k.cp(tmp_path, "vm:/tmp/x")
+
+
+def test_logs_on_line_must_be_a_function(k):
+    with raises(r"on_line: expected a function"):
+        k.logs("vm", on_line=[])
+
+
+@pytest.mark.parametrize("size, message", [
+    (0, r"size: expected a positive number of bytes"),
+    (True, r"size: expected a positive number of bytes"),
+    (1.5, r"size: expected a positive number of bytes"),
+    ("64Q", r"invalid size '64Q'"),
+])
+def test_volume_create_checks_the_size(k, size, message):
+    with raises(message):
+        k.volume_create("data", size)
+    assert k.volume_list() == []
+
+
+def test_volume_create_list_rm(k, tmp_path):
+    created = k.volume_create("data", "8M")
+    assert created == Volume("data", tmp_path / "volumes" / "data.img", 8 << 20)
+    k.volume_create("a-first", 8 << 20)
+    assert [v.name for v in k.volume_list()] == ["a-first", "data"]
+    with raises(r"volume 'data' already exists"):
+        k.volume_create("data", "8M")
+    k.volume_rm("data")
+    assert [v.name for v in k.volume_list()] == ["a-first"]
+    with raises(r"no volume named 'data'"):
+        k.volume_rm("data")
+    with raises(r"invalid volume name '../x'"):
+        k.volume_rm("../x")
+    with raises(r"name: expected a volume name"):
+        k.volume_rm(None)
+
+
+def test_volume_rm_refuses_a_volume_in_use(k, tmp_path):
+    image = k.volume_create("data", "8M").path
+    instance = Instance("0123456789ab", tmp_path / "instances" / "0123456789ab")
+    instance.dir.mkdir(parents=True)
+    save(instance, Metadata(id=instance.id, name="web", created_at=0, command=["sh"], config={},
+                            agent_skipped=False, argv=["qemu", "-drive", f"file={image},if=none"],
+                            accel="tcg", log_max_bytes=1 << 20, log_keep=3))
+    with raises(r"volume 'data' is in use by instance web"):
+        k.volume_rm("data")
+    assert image.exists()
+
+
+def test_run_checks_its_options(k):
+    with raises(r"run: unknown option 'memory'"):
+        k.run(["true"], memory=512)
+    with raises(r"command: expected a list of arguments"):
+        k.run("echo hi")
+    with raises(r"timeout: expected a positive number of seconds"):
+        k.run(["true"], timeout=-1)
+    with raises(r"--volume 'nosuch:/data': volume image .* not found"):
+        k.run(["true"], volumes=["nosuch:/data"])
+
+
+def test_run_options_are_those_of_create():
+    assert {"name", "accel", "env", "memory_mib", "cpus", "volumes", "net", "agent"} <= set(
+        api_args.RUN_OPTIONS)
+    assert not {"config_json", "timeout", "command"} & set(api_args.RUN_OPTIONS)
+
+
+def test_a_kindling_error_inside_a_nursery_comes_out_as_itself():
+    async def fails():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.sleep, 0)
+            volumes.parse_size("lots")
+    with raises(r"invalid size 'lots'"):
+        Kindling._call(fails)
