@@ -136,3 +136,17 @@ def test_a_kindling_error_inside_a_nursery_comes_out_as_itself():
             volumes.parse_size("lots")
     with raises(r"invalid size 'lots'"):
         Kindling._call(fails)
+
+
+def test_docs_api_md_documents_every_public_method():
+    from pathlib import Path
+    text = (Path(__file__).resolve().parent.parent / "docs" / "api.md").read_text()
+    public = [name for name in vars(Kindling) if not name.startswith("_")]
+    assert {"exec", "exec_stream", "cp", "stat", "volume_rm", "run", "logs"} <= set(public)
+    missing = [name for name in public if f"### `{name}(" not in text]
+    assert missing == []
+
+
+def test_the_documented_example_is_valid_python():
+    from tests.test_vm_api import example_program
+    compile(example_program(), "docs/api.md", "exec")
