@@ -2,6 +2,7 @@
 Python API's create, wait, exec, exec_stream, copy in/out, cp, stat, logs (also following
 until the VM stops), stop, delete and the volume operations."""
 
+import ast
 import subprocess
 import sys
 
@@ -35,7 +36,10 @@ def test_the_documented_example_runs_against_a_tcg_guest():
         assert "exec: 3 b'hi from /tmp\\n' b'oops\\n'" in lines
         assert "exec_stream: 0 b'STREAMED\\n'" in lines
         assert "stat: file 22 0o640" in lines
-        assert any(line.startswith("stopped: Stopped followed ") for line in lines), lines
+        prefix = "stopped: Stopped followed: "
+        followed = ast.literal_eval(next(l for l in lines if l.startswith(prefix))[len(prefix):])
+        program = [line for line in followed if not line.startswith("[")]   # not the kernel's
+        assert program == ["hello from the guest", "goodbye"]
         assert lines[-1] == "instances left: []"
         assert qemu_pids_using(home) == []
         assert not (home / "volumes" / "scratch.img").exists()
