@@ -150,3 +150,26 @@ def test_docs_api_md_documents_every_public_method():
 def test_the_documented_example_is_valid_python():
     from tests.test_vm_api import example_program
     compile(example_program(), "docs/api.md", "exec")
+
+
+def test_run_builds_the_runners_options_and_captures_its_output(k, monkeypatch, capsys):
+    from host_shim import runner
+    seen = {}
+
+    async def fake_run_async(opts, home):
+        seen.update(opts=opts, home=home)
+        print("program output")
+        print("kindling: Running (1.00 s)", file=__import__("sys").stderr)
+        return 7
+
+    monkeypatch.setattr(runner, "run_async", fake_run_async)
+    monkeypatch.setenv("KINDLING_ACCEL", "tcg")
+    result = k.run(["sh", "-c", "exit 7"], timeout=30, env={"A": "1"}, memory_mib=256,
+                   name="once")
+    assert (result.code, result.output, result.messages) == (
+        7, "program output\n", "kindling: Running (1.00 s)\n")
+    assert capsys.readouterr() == ("", "")          # nothing leaked to our own stdout/stderr
+    opts = seen["opts"]
+    assert isinstance(opts, runner.RunOptions) and seen["home"] == k.home
+    assert (opts.command, opts.env, opts.memory_mib, opts.name, opts.timeout, opts.accel) == (
+        ("sh", "-c", "exit 7"), (("A", "1"),), 256, "once", 30.0, "tcg")
