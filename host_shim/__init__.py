@@ -4,14 +4,17 @@
     k = Kindling()
     vm = k.create(["echo", "hello"], accel="tcg")
 
-See README.md ("Python API") and host_shim/api.py.
+See docs/api.md and host_shim/api.py.
 """
 
-from .api import Kindling
+from .agent_client import AgentError, CopyResult, ExecResult, StatResult
+from .api import Kindling, RunResult
 from .info import InstanceInfo
 from .errors import KindlingError, NoSuchInstance
 from .lifecycle import WaitTimeout
 from .state import NotRunning, State
+from .volumes import VolumeInfo
 
 __all__ = ["Kindling", "InstanceInfo", "State", "KindlingError", "NoSuchInstance", "NotRunning",
-           "WaitTimeout"]
+           "WaitTimeout", "AgentError", "ExecResult", "StatResult", "CopyResult", "RunResult",
+           "VolumeInfo"]

@@ -4,27 +4,43 @@
     k = Kindling()                                   # $KINDLING_HOME, or pass home=
     vm = k.create(["sh", "-c", "echo hi; sleep 60"], name="demo", accel="tcg")
     vm = k.wait("demo", "running", timeout=120)      # vm.time_to_running
+    print(k.exec("demo", ["uname", "-r"]).stdout)
     k.stop("demo"); k.delete("demo")
 
 Each method runs its own trio event loop; code that already runs under trio
-awaits the functions of host_shim.lifecycle instead (same names, async).
-Errors are KindlingError subclasses with a message a user can act on.
+awaits the functions of host_shim.lifecycle and host_shim.agent_ops instead
+(the CLI calls those same functions).  Errors are KindlingError subclasses with
+a message a user can act on.  docs/api.md documents every method.
 """
 
 from __future__ import annotations
 
-import inspect
+import contextlib
+from inspect import Parameter
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import trio
 
-from . import lifecycle, metadata, options
+from . import agent_ops, api_args, lifecycle, metadata, options, runner, volumes
+from .agent_client import CopyResult, ExecResult, StatResult
+from .errors import die, kindling_error_in
 from .info import InstanceInfo
 from .instance import Instance, kindling_home
 from .state import State, require_running
 
-__all__ = ["InstanceInfo", "Kindling"]
+__all__ = ["InstanceInfo", "Kindling", "RunResult"]
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What `Kindling.run` returns: the program's exit code and what it printed."""
+    code: int
+    output: str        # the program's console output (stdout and stderr, as the serial console has it)
+    messages: str      # Kindling's own notes (states, the boot timeline), `kindling run`'s stderr
 
 
 class Kindling:
@@ -39,6 +55,15 @@ class Kindling:
     def _resolve(self, ref: str) -> Instance:
         return metadata.resolve(self.home, ref)[0]
 
+    @staticmethod
+    def _call(fn, *args, **kwargs):
+        """Run one async operation in its own trio loop; a KindlingError that a nursery
+        wrapped in an exception group comes out as itself."""
+        try:
+            return trio.run(partial(fn, *args, **kwargs))
+        except BaseExceptionGroup as group:
+            raise kindling_error_in(group) or group
+
     def create(self, command=(), **opts) -> InstanceInfo:
         """Create an instance running `command` and boot it.  Returns while the guest
         is still Initializing; `wait(ref, "running")` for more.  The keywords are
@@ -46,52 +71,57 @@ class Kindling:
 
 """
         values = options.make(options.CreateOptions, dict(opts, command=command), self.home)
-        return InstanceInfo.of(*trio.run(partial(lifecycle.create, values, self.home)))
+        return InstanceInfo.of(*self._call(lifecycle.create, values, self.home))
 
     create.__signature__ = options.signature(
-        "create", first=(inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY),))
+        "create", first=(Parameter("self", Parameter.POSITIONAL_ONLY),))
     create.__doc__ += options.api_doc("create")
 
     def start(self, ref: str) -> InstanceInfo:
         instance = self._resolve(ref)
-        return InstanceInfo.of(instance, trio.run(lifecycle.start, instance))
+        return InstanceInfo.of(instance, self._call(lifecycle.start, instance))
 
     def stop(self, ref: str, timeout: float = lifecycle.DEFAULT_STOP_TIMEOUT) -> InstanceInfo:
         instance = self._resolve(ref)
-        return InstanceInfo.of(instance, trio.run(partial(lifecycle.stop, instance,
-                                                          timeout=timeout)))
+        return InstanceInfo.of(instance, self._call(lifecycle.stop, instance, timeout=timeout))
 
     def delete(self, ref: str) -> InstanceInfo:
         instance = self._resolve(ref)
-        return InstanceInfo.of(instance, trio.run(lifecycle.delete, instance))
+        return InstanceInfo.of(instance, self._call(lifecycle.delete, instance))
 
     def list(self) -> list[InstanceInfo]:
         return [InstanceInfo.of(i, m)
-                for i, m in trio.run(lifecycle.list_instances, self.home)]
+                for i, m in self._call(lifecycle.list_instances, self.home)]
 
     def inspect(self, ref: str) -> InstanceInfo:
         instance = self._resolve(ref)
-        return InstanceInfo.of(instance, trio.run(lifecycle.observe, instance))
+        return InstanceInfo.of(instance, self._call(lifecycle.observe, instance))
 
     def wait(self, ref: str, state: str | State = State.RUNNING,
              timeout: float | None = None) -> InstanceInfo:
         """Block until the instance is Running (or has been, this boot) or Stopped."""
         target = State(str(state).capitalize()) if not isinstance(state, State) else state
         instance = self._resolve(ref)
-        return InstanceInfo.of(instance, trio.run(partial(lifecycle.wait, instance, target,
-                                                          timeout=timeout)))
+        return InstanceInfo.of(instance, self._call(lifecycle.wait, instance, target,
+                                                    timeout=timeout))
 
-    def logs(self, ref: str, source: str = "app") -> list[str]:
-        """The log lines so far (all boots); `app` has the sentinel lines filtered out."""
+    def logs(self, ref: str, source: str = "app", *, follow: bool = False,
+             on_line: Callable[[str], None] | None = None) -> list[str]:
+        """The log lines (all boots); `app` is the serial console without the sentinel
+        lines, `vmm` QEMU's own messages.  With `follow`, keep reading until the VM
+        stops.  With `on_line`, each line is passed to it as it comes (and the list
+        returned is empty); without, the lines are returned."""
+        api_args.callback("on_line", on_line)
         instance = self._resolve(ref)
         lines: list[str] = []
-        trio.run(partial(lifecycle.logs, instance, lines.append, source=source))
+        self._call(lifecycle.logs, instance, on_line or lines.append, source=source,
+                   follow=bool(follow))
         return lines
 
     def analyze(self, ref: str) -> InstanceInfo:
         """The instance with its complete boot timeline (`.timeline`, `.time_to_running`)."""
         instance = self._resolve(ref)
-        return InstanceInfo.of(instance, trio.run(lifecycle.analyze, instance))
+        return InstanceInfo.of(instance, self._call(lifecycle.analyze, instance))
 
     def require_running(self, ref: str, operation: str = "this operation") -> InstanceInfo:
         """The guard for operations that need a running guest (exec, copy, stat): the
@@ -99,3 +129,104 @@ class Kindling:
         info = self.inspect(ref)
         require_running(ref, info.state, operation)
         return info
+
+    # --- the agent: exec, copy, stat (the instance must be Running) ------------
+
+    def exec(self, ref: str, argv: list[str], *, env: dict[str, str] | None = None,
+             workdir: str | None = None, user: int | str | None = None, tty: bool = False,
+             stdin: bytes | str | None = None, timeout: float | None = None) -> ExecResult:
+        """Run `argv` in the Running instance and wait for it: an ExecResult with
+        `code` (124: timed out, 128+N: killed by signal N, 126/127 with `.error`: could
+        not start), `stdout` and `stderr` bytes (at most 64 MiB each; stream larger
+        output with exec_stream)."""
+        return self.exec_stream(ref, argv, env=env, workdir=workdir, user=user, tty=tty,
+                                stdin=stdin, timeout=timeout)
+
+    def exec_stream(self, ref: str, argv: list[str], *,
+                    on_stdout: Callable[[bytes], None] | None = None,
+                    on_stderr: Callable[[bytes], None] | None = None,
+                    env: dict[str, str] | None = None, workdir: str | None = None,
+                    user: int | str | None = None, tty: bool = False,
+                    stdin: bytes | str | None = None,
+                    timeout: float | None = None) -> ExecResult:
+        """exec, passing each chunk of output to `on_stdout` / `on_stderr` as it comes
+        (a stream without a callback is captured into the result).  In TTY mode stderr
+        is merged into stdout."""
+        argv = api_args.argv(argv)
+        sinks = {}
+        for name, fn in (("stdout", on_stdout), ("stderr", on_stderr)):
+            if api_args.callback(f"on_{name}", fn) is not None:
+                sinks[name] = partial(_feed, fn)
+        return self._call(agent_ops.run_exec, ref, argv, env=api_args.env(env),
+                          cwd=None if workdir is None else api_args.guest_path("workdir", workdir),
+                          user=api_args.user(user), tty=bool(tty), stdin=api_args.data(stdin),
+                          timeout=api_args.seconds("timeout", timeout), home=self.home, **sinks)
+
+    def copy_in(self, ref: str, local: str | Path, remote: str) -> CopyResult:
+        """Copy a local file or tree so that it becomes `remote` (absolute) in the guest;
+        modes, mtimes and symlinks are kept.  A CopyResult: entries, bytes, skipped."""
+        local = api_args.host_path("local", local)
+        remote = api_args.guest_path("remote", remote)
+        return self._call(agent_ops.copy_in, ref, local, remote, self.home)
+
+    def copy_out(self, ref: str, remote: str, local: str | Path) -> CopyResult:
+        """Copy the guest's file or tree `remote` so that it becomes `local` on the host
+        (names with '..', writes through symlinks and setuid bits are refused/dropped)."""
+        remote = api_args.guest_path("remote", remote)
+        local = api_args.host_path("local", local)
+        return self._call(agent_ops.copy_out, ref, remote, local, self.home)
+
+    def cp(self, src: str | Path, dst: str | Path) -> CopyResult:
+        """`kindling cp`: exactly one of src and dst is "VM:/path"."""
+        src, dst = api_args.host_path("src", src), api_args.host_path("dst", dst)
+        return self._call(agent_ops.copy, src, dst, self.home)
+
+    def stat(self, ref: str, path: str) -> StatResult:
+        """What `path` is in the guest: a StatResult (exists, type, mode, size, uid, gid,
+        mtime_ns, target); `exists` is False when there is nothing there."""
+        path = api_args.guest_path("path", path)
+        return self._call(agent_ops.stat_path, ref, path, self.home)
+
+    # --- volumes ---------------------------------------------------------------
+
+    def volume_create(self, name: str, size: int | str) -> volumes.VolumeInfo:
+        """An empty ext4 volume $KINDLING_HOME/volumes/NAME.img of `size` bytes (an int,
+        or a str such as "64M"); attach it with create(..., volumes=["NAME:/path"])."""
+        if not isinstance(name, str):
+            die(f"name: expected a volume name (str), got {name!r}")
+        return volumes.create(self.home, name, api_args.size(size))
+
+    def volume_list(self) -> list[volumes.VolumeInfo]:
+        """The named volumes (name, path, size, used_by), by name."""
+        return volumes.list_volumes(self.home)
+
+    def volume_rm(self, name: str) -> volumes.VolumeInfo:
+        """Delete a named volume; refused while an instance uses it."""
+        if not isinstance(name, str):
+            die(f"name: expected a volume name (str), got {name!r}")
+        return volumes.remove(self.home, name)
+
+    # --- run -------------------------------------------------------------------
+
+    def run(self, command=(), **opts) -> RunResult:
+        """`kindling run`: create an instance, stream its program to the end, stop and
+        remove it (unless `keep`).  The keywords are run's options (create's, and
+        timeout, boot_timeout, keep, verbose).  Returns the program's exit code and
+        output; a guest that fails to boot, or a `timeout` (seconds) reached first,
+        raises a KindlingError.  Call it from the main thread (it handles SIGINT/SIGTERM
+        as the CLI does).  The options:
+
+"""
+        values = options.make(options.RunOptions, dict(opts, command=command), self.home)
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = self._call(runner.run_async, values, self.home)
+        return RunResult(code, out.getvalue(), err.getvalue())
+
+    run.__signature__ = options.signature(
+        "run", first=(Parameter("self", Parameter.POSITIONAL_ONLY),))
+    run.__doc__ += options.api_doc("run")
+
+
+async def _feed(fn: Callable[[bytes], None], data: bytes) -> None:
+    fn(data)

@@ -24,7 +24,8 @@ import trio
 from initsys import protocol
 
 from . import agent_ops, chart, events, lifecycle, metadata, options, runner, sizes, volumes
-from .errors import EXIT_KINDLING, KindlingError, build_errors, die, from_build_error
+from .errors import (EXIT_KINDLING, KindlingError, build_errors, die, from_build_error,
+                     kindling_error_in)
 from .info import InstanceInfo
 from .instance import kindling_home
 from .state import State
@@ -460,16 +461,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _kindling_error_in(group: BaseExceptionGroup) -> KindlingError | None:
-    """The KindlingError a nursery wrapped, when that is all the group holds."""
-    matched, rest = group.split(KindlingError)
-    if matched is None or rest is not None:
-        return None
-    while isinstance(matched, BaseExceptionGroup):
-        matched = matched.exceptions[0]
-    return matched
-
-
 def _report(e: KindlingError, debug: bool) -> int:
     if debug:
         traceback.print_exc()
@@ -485,7 +476,7 @@ def _call(args: argparse.Namespace) -> int:
     try:
         return args.func(args)
     except BaseExceptionGroup as group:
-        raise _kindling_error_in(group) or group
+        raise kindling_error_in(group) or group
     except BuildError as e:      # a call into image_build not wrapped in build_errors()
         raise from_build_error(e) from e
 

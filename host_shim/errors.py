@@ -48,3 +48,13 @@ def build_errors(what: str | None = None):
         yield
     except BuildError as e:
         raise from_build_error(e, what) from e
+
+
+def kindling_error_in(group: BaseExceptionGroup) -> KindlingError | None:
+    """The KindlingError a nursery wrapped, when that is all the group holds."""
+    matched, rest = group.split(KindlingError)
+    if matched is None or rest is not None:
+        return None
+    while isinstance(matched, BaseExceptionGroup):
+        matched = matched.exceptions[0]
+    return matched

@@ -188,8 +188,8 @@ def test_debug_shows_traceback(capsys):
 
 
 def test_kindling_error_inside_a_nursery_is_reported_plainly():
-    from host_shim.errors import KindlingError
+    from host_shim.errors import KindlingError, kindling_error_in
     error = KindlingError("boom")
     group = BaseExceptionGroup("nursery", [BaseExceptionGroup("inner", [error])])
-    assert cli._kindling_error_in(group) is error
-    assert cli._kindling_error_in(BaseExceptionGroup("x", [error, ValueError()])) is None
+    assert kindling_error_in(group) is error
+    assert kindling_error_in(BaseExceptionGroup("x", [error, ValueError()])) is None

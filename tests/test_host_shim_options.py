@@ -162,7 +162,7 @@ def test_the_volume_hint_suggests_a_command_that_works(home, capsys, spec):
 
 
 @pytest.mark.parametrize("args, prefix", [(["stat", "nocolon"], "stat: "),
-                                          (["cp", "a", "b"], "cp: ")])
+                                          (["cp", "a", "b"], "cp a b: ")])
 def test_agent_errors_say_kindling_once(capsys, home, args, prefix):
     """Issue 16: `kindling: error: kindling stat: ...` doubled the prefix."""
     assert cli.main(args) == 125
