@@ -29,15 +29,13 @@ def split_run(user_command, image_command, requested: str = "auto"
     """For `kindling run`: (the VM's own command, the program to run through the agent).
 
     In exec mode the VM's command is the program, and nothing runs through the agent.
-    In systemd mode (`--init-mode systemd -- CMD`, CMD not an init) the VM boots the
-    image's init (else /sbin/init) and CMD is the program: `run` waits for Running,
-    runs it through the agent and stops the guest.  A systemd-mode run whose command
-    is the init itself (`--base debian` without a command) has no program: ((), ()).
+    In systemd mode on an image with its own init (`--base debian --init-mode systemd
+    -- CMD`, CMD not an init) the VM boots that init and CMD is the program: `run`
+    waits for Running, runs it through the agent and stops the guest.  Otherwise the
+    command is the init, as for `create` (an image without an init of its own: the
+    command given is the init to boot), and there is no program: (command, ()).
     """
     command, mode = choose(user_command, image_command, requested)
-    if mode != "systemd":
+    if mode != "systemd" or is_init(command) or not is_init(image_command):
         return command, ()
-    if is_init(command):
-        return command, ()
-    init = tuple(image_command) if is_init(image_command) else SYSTEMD_INITS[:1]
-    return init, command
+    return tuple(image_command), command

@@ -116,7 +116,7 @@ DEBIAN = ["/sbin/init"]
     (("sh", "-c", "exit 7"), DEBIAN, "auto", (("sh", "-c", "exit 7"), ())),        # exec mode
     (("sh", "-c", "exit 7"), DEBIAN, "exec", (("sh", "-c", "exit 7"), ())),
     (("sh", "-c", "exit 7"), DEBIAN, "systemd", (("/sbin/init",), ("sh", "-c", "exit 7"))),
-    (("sh",), None, "systemd", (("/sbin/init",), ("sh",))),         # no image init: /sbin/init
+    (("/sbin/my-init",), None, "systemd", (("/sbin/my-init",), ())),   # no image init: CMD is
     ((), DEBIAN, "auto", (("/sbin/init",), ())),                    # the init, no program
     (("/lib/systemd/systemd",), DEBIAN, "systemd", (("/lib/systemd/systemd",), ())),
 ])
