@@ -24,7 +24,7 @@ import trio
 from initsys import protocol
 
 from . import accel as accel_mod
-from . import console, locks, logfiles, markers, metadata, netns, prepare, qemu, vmm
+from . import console, control, locks, logfiles, markers, metadata, netns, prepare, qemu, vmm
 from . import run as run_mod
 from . import timeline as tl
 from .errors import KindlingError, NoSuchInstance, die
@@ -103,8 +103,12 @@ def apply_observation(meta: Metadata, observed: State, *, error: str | None = No
 
 
 async def _scan(instance: Instance, meta: Metadata, now: int, *, final: bool = False) -> None:
-    async with locks.alocked(instance.logs_lock, shared=True, timeout=LOCK_TIMEOUT):
-        found = markers.scan_logs(instance.logs_dir, meta.log_since, final=final)
+    if control.enabled(meta.argv):      # only PID 1's channel: the program cannot forge it
+        found = control.trusted_markers(control.read_lines(
+            control.log_path(instance.logs_dir), meta.log_since, final=final))
+    else:
+        async with locks.alocked(instance.logs_lock, shared=True, timeout=LOCK_TIMEOUT):
+            found = markers.scan_logs(instance.logs_dir, meta.log_since, final=final)
     meta.markers.merge(markers.record_from(found, now))
     meta.markers.scanned_at = now
 
@@ -120,7 +124,7 @@ async def _observe_locked(instance: Instance, meta: Metadata, *, live: MarkerRec
     if probe.vmm not in (Vmm.ABSENT, Vmm.UNREACHABLE):
         rescued = await logfiles.rotate_if_needed(instance, max_bytes=meta.log_max_bytes,
                                                   keep=meta.log_keep, since_ns=meta.log_since)
-        if rescued:
+        if rescued and not control.enabled(meta.argv):
             meta.markers.merge(markers.record_from(rescued, now))
     if (scan and probe.vmm is Vmm.RUNNING
             and markers.scan_due(meta.markers, meta.agent_skipped, now)):
@@ -413,18 +417,23 @@ async def logs(instance: Instance, write: Callable[[str], None], *, source: str 
     until the VMM exits.  `app` is the serial console without sentinel lines."""
     if source not in ("app", "vmm"):
         die(f"unknown log source {source!r}", hint="use --source app or --source vmm")
-    metadata.load(instance)      # raises if it was deleted
+    meta = metadata.load(instance)      # raises if it was deleted
     if source == "vmm":
         await _vmm_log(instance, write, follow)
         return
-    follower = logfiles.LogFollower(instance, None)
+    since, show = None, lambda lines, final: _print_lines(lines, write, source)
+    if control.enabled(meta.argv):
+        # Earlier boots as before; this boot's markers vouched for by its control channel.
+        await _print_earlier_boots(instance, meta.log_since, write)
+        since, show = meta.log_since, _vouched_printer(instance, write)
+    follower = logfiles.LogFollower(instance, since)
     next_observe = trio.current_time() + OBSERVE_EVERY
     try:
         while True:
             running = vmm.pid_of(instance) is not None
-            _print_lines(await follower.poll(), write, source)
+            show(await follower.poll(), False)
             if not (follow and running):
-                _print_lines(follower.flush(), write, source)
+                show(follower.flush(), True)
                 return
             await trio.sleep(WAIT_POLL)
             if trio.current_time() >= next_observe:
@@ -432,6 +441,33 @@ async def logs(instance: Instance, write: Callable[[str], None], *, source: str 
                 await observe(instance)       # also rotates the log while we follow it
     finally:
         follower.close()
+
+
+async def _print_earlier_boots(instance: Instance, since: int | None,
+                               write: Callable[[str], None]) -> None:
+    async with locks.alocked(instance.logs_lock, shared=True, timeout=LOCK_TIMEOUT):
+        fresh = markers.fresh_logs(instance.logs_dir, since)
+        older = [p for p in markers.app_logs_newest_first(instance.logs_dir) if p not in fresh]
+        data = b"".join(reversed(list(markers.read_files(older))))
+    splitter = console.LineSplitter()
+    _print_lines(splitter.feed(data) + splitter.flush(), write, "app")
+
+
+def _vouched_printer(instance: Instance, write: Callable[[str], None]):
+    """show(lines, final) for this boot's console: a marker-shaped line is hidden only
+    when the control channel vouches for it (host_shim/control.py)."""
+    gate, reader = control.ConsoleGate(), control.ControlReader(instance.logs_dir)
+
+    def show(lines: list[str], final: bool) -> None:
+        gate.vouch(reader.poll(final))
+        gate.push(lines)
+        for line, real in gate.decide(trio.current_time(), final):
+            text = console.user_text(line) if real else line
+            if text is not None:
+                write(text)
+        if final:
+            reader.close()
+    return show
 
 
 async def _vmm_log(instance: Instance, write: Callable[[str], None], follow: bool) -> None:

@@ -23,7 +23,7 @@ import trio
 from initsys import protocol
 from initsys.protocol import Marker
 
-from . import console, lifecycle, log, logfiles, vmm
+from . import console, control, lifecycle, log, logfiles, vmm
 from . import run as run_mod
 from . import timeline as tl
 from .errors import die
@@ -91,6 +91,10 @@ class Supervisor:
         self.events: list[tuple[str, int]] = []
         self.printed: State | None = None
         self.finished = trio.Event()      # EXIT or FATAL seen
+        # The control channel (host_shim/control.py): the only source of facts when present.
+        self.control = (control.ControlReader(instance.logs_dir)
+                        if control.enabled(meta.argv) else None)
+        self.gate = control.ConsoleGate()
 
     def elapsed(self) -> float:
         return (lifecycle.now_ns() - self.meta.boot_requested_at) / 1e9
@@ -106,18 +110,26 @@ class Supervisor:
 
     # -- console --
 
-    def on_line(self, line: str) -> bool:
-        """Show a console line; True when it carried a marker that may change the state."""
+    def on_line(self, line: str, real: bool = True) -> bool:
+        """Show a console line; True when it carried a marker that may change the state.
+        Not `real`: a marker-shaped line the control channel does not vouch for, which
+        is shown as text.  With a control channel, console markers only steer the display."""
         self.outcome.last_lines.append(line)
-        item = console.classify(line, self.phase)
+        if real:
+            item = console.classify(line, self.phase)
+        else:
+            item = console.as_text(line, self.phase)
         self.phase = item.phase
         if item.stream is console.Stream.PROGRAM:
             self._show(sys.stdout, item.text)
         elif item.stream is console.Stream.BOOT and self.opts.verbose:
             self._show(sys.stderr, item.text)
-        marker = item.marker
-        if marker is None:
+        if item.marker is None or self.control is not None:
             return False
+        return self.on_marker(item.marker)
+
+    def on_marker(self, marker: Marker) -> bool:
+        """A marker PID 1 printed: its facts.  True when it may change the state."""
         changed = self.live.add(marker, lifecycle.now_ns())
         if marker.kind == protocol.EXIT and self.outcome.exit_marker is None:
             self.outcome.exit_marker = marker
@@ -159,9 +171,7 @@ class Supervisor:
                                                    for n, _ in self.events):
                     if not any(e.name == tl.FIRST_CONSOLE_BYTE for e in self.meta.events):
                         self.events.append((tl.FIRST_CONSOLE_BYTE, lifecycle.now_ns()))
-                changed = False
-                for line in lines + (follower.flush() if finished else []):
-                    changed |= self.on_line(line)
+                changed = self.take(lines + (follower.flush() if finished else []), finished)
                 if finished:
                     return
                 if changed or trio.current_time() >= next_observe:
@@ -172,6 +182,30 @@ class Supervisor:
                         await done.wait()
         finally:
             follower.close()
+            if self.control is not None:
+                self.control.close()
+
+    def take(self, lines: list[str], final: bool) -> bool:
+        """New console lines (and control lines): shown, and their facts taken."""
+        if self.control is None:
+            changed = False
+            for line in lines:
+                changed |= self.on_line(line)
+            return changed
+        changed = False
+        new = self.control.poll(final)
+        for marker in control.trusted_markers(new):
+            changed |= self.on_marker(marker)
+        self.gate.vouch(new)
+        self.gate.push(lines)
+        if final and self.gate.control_lines == 0:
+            # PID 1 never opened the port (it failed before): no program ran, so the
+            # console's markers (a FATAL) are its own.
+            for marker in self.gate.held_markers():
+                changed |= self.on_marker(marker)
+        for line, real in self.gate.decide(trio.current_time(), final):
+            self.on_line(line, real)
+        return changed
 
     # -- the run --
 
