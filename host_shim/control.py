@@ -63,12 +63,18 @@ def enabled(argv: Iterable[str]) -> bool:
     return any(f"name={PORT_NAME}" in arg for arg in argv)
 
 
-def sentinel_text(line: str) -> tuple[int, str] | None:
-    """Where a marker starts in a console line, and the marker's text (to compare)."""
-    found = protocol.find_sentinel(line)
-    if found is None:
-        return None
-    return found[0], line[found[0]:].rstrip("\r")
+def candidates(line: str) -> list[tuple[int, str]]:
+    """Every place a marker may start in a console line, with the text from there to the
+    end (what a control line must equal).  More than one when the program's last
+    output, without a newline, looked like a marker and PID 1's line followed it."""
+    line = line.rstrip("\r")
+    found = []
+    for prefix in protocol.SENTINELS:
+        at = line.find(prefix + " ")
+        while at >= 0:
+            found.append((at, line[at:]))
+            at = line.find(prefix + " ", at + 1)
+    return sorted(found)
 
 
 def read_lines(path: Path, since_ns: int | None = None, *, final: bool = False) -> list[str]:
@@ -95,16 +101,23 @@ def trusted_markers(control_lines: Iterable[str]) -> list[Marker]:
     return found
 
 
-def real_markers(console_lines: list[str], control_lines: Iterable[str]) -> list[bool]:
-    """For each console line, whether it carries one of PID 1's markers: matched to
-    an identical control line, the last identical console line first."""
+def _match(line: str, unmatched: Counter) -> int | None:
+    """Where PID 1's marker starts in `line` (consumed from `unmatched`), or None."""
+    for at, text in candidates(line):
+        if unmatched[text] > 0:
+            unmatched[text] -= 1
+            return at
+    return None
+
+
+def real_markers(console_lines: list[str], control_lines: Iterable[str]) -> list[int | None]:
+    """For each console line, where one of PID 1's markers starts in it (None: no
+    marker of PID 1's): matched to an identical control line, the last identical
+    console line first."""
     unmatched = Counter(control_lines)
-    real = [False] * len(console_lines)
+    real: list[int | None] = [None] * len(console_lines)
     for i in range(len(console_lines) - 1, -1, -1):
-        found = sentinel_text(console_lines[i])
-        if found is not None and unmatched[found[1]] > 0:
-            unmatched[found[1]] -= 1
-            real[i] = True
+        real[i] = _match(console_lines[i], unmatched)
     return real
 
 
@@ -112,10 +125,10 @@ def split_console(console_lines: list[str], control_lines: Iterable[str]) -> lis
     """The console as a user sees it: PID 1's markers removed (text before one on its
     line kept); every other line, marker-shaped or not, kept whole."""
     shown = []
-    for line, real in zip(console_lines, real_markers(console_lines, control_lines)):
-        if not real:
-            shown.append(line)
-        elif prefix := line[:sentinel_text(line)[0]].rstrip():
+    for line, at in zip(console_lines, real_markers(console_lines, control_lines)):
+        if at is None:
+            shown.append(line.rstrip("\r"))
+        elif prefix := line[:at].rstrip():
             shown.append(prefix)
     return shown
 
@@ -125,15 +138,16 @@ class ConsoleGate:
     control channel allows, in console order.
 
     `push` console lines, `vouch` control lines as they arrive, then `decide(now)`
-    returns [(line, real)] for the lines decided (a blocked line holds back the
-    ones after it, so the order is kept).  `decide(now, final=True)` once both
-    logs are complete decides everything.
+    returns [(line, at)] for the lines decided, `at` being where PID 1's marker
+    starts in the line or None (a blocked line holds back the ones after it, so the
+    order is kept).  `decide(now, final=True)` once both logs are complete decides
+    everything.
     """
 
     def __init__(self):
         self.unmatched: Counter[str] = Counter()
         self.control_lines = 0
-        self.pending: deque[list] = deque()     # [line, text|None, deadline|None]
+        self.pending: deque[list] = deque()     # [line, candidates, deadline|None]
 
     def vouch(self, control_lines: Iterable[str]) -> None:
         for line in control_lines:
@@ -142,45 +156,46 @@ class ConsoleGate:
 
     def push(self, lines: Iterable[str]) -> None:
         for line in lines:
-            found = sentinel_text(line)
-            self.pending.append([line, None if found is None else found[1], None])
+            self.pending.append([line, candidates(line), None])
 
-    def decide(self, now: float, final: bool = False) -> list[tuple[str, bool]]:
+    def decide(self, now: float, final: bool = False) -> list[tuple[str, int | None]]:
         decided = []
         while self.pending:
-            line, text, deadline = item = self.pending[0]
-            real = self._judge(item, now, final)
-            if real is None:
+            item = self.pending[0]
+            ready, at = self._judge(item, now, final)
+            if not ready:
                 break
             self.pending.popleft()
-            if real:
-                self.unmatched[text] -= 1
-            decided.append((line, real))
+            decided.append((item[0], at))
         return decided
 
     def held_markers(self) -> list[Marker]:
         """The markers of the console lines not decided yet."""
-        return [m for line, text, _ in self.pending
-                if text is not None and (m := protocol.parse_line(line)) is not None]
+        return [m for line, found, _ in self.pending
+                if found and (m := protocol.parse_line(line)) is not None]
 
-    def _judge(self, item: list, now: float, final: bool) -> bool | None:
-        """True/False, or None: not yet."""
-        line, text, deadline = item
-        if text is None:
-            return False
-        if self.unmatched[text] > 0:
-            if text.startswith(COPYABLE) and not final:
-                return None         # the last identical line is PID 1's: wait for the end
+    def _judge(self, item: list, now: float, final: bool) -> tuple[bool, int | None]:
+        """(decided, where PID 1's marker starts or None); (False, None): not yet."""
+        line, found, deadline = item
+        if not found:
+            return True, None
+        for at, text in found:
+            if self.unmatched[text] <= 0:
+                continue
             if text.startswith(COPYABLE):
-                return not any(later[1] == text for later in list(self.pending)[1:])
-            return True
+                if not final:
+                    return False, None  # the last identical line is PID 1's: wait for the end
+                if any(text == t for later in list(self.pending)[1:] for _, t in later[1]):
+                    continue
+            self.unmatched[text] -= 1
+            return True, at
         if final:
-            return False
+            return True, None
         if self.control_lines == 0:
-            return None             # PID 1 has not opened the port: no program has run
+            return False, None      # PID 1 has not opened the port: no program has run
         if deadline is None:
             item[2] = deadline = now + CONTROL_LAG
-        return False if now >= deadline else None
+        return now >= deadline, None
 
 
 class ControlReader:

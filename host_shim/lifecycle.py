@@ -461,9 +461,9 @@ def _vouched_printer(instance: Instance, write: Callable[[str], None]):
     def show(lines: list[str], final: bool) -> None:
         gate.vouch(reader.poll(final))
         gate.push(lines)
-        for line, real in gate.decide(trio.current_time(), final):
-            text = console.user_text(line) if real else line
-            if text is not None:
+        for line, at in gate.decide(trio.current_time(), final):
+            text = line.rstrip("\r") if at is None else line[:at].rstrip()
+            if text:
                 write(text)
         if final:
             reader.close()

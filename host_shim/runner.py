@@ -110,23 +110,31 @@ class Supervisor:
 
     # -- console --
 
-    def on_line(self, line: str, real: bool = True) -> bool:
-        """Show a console line; True when it carried a marker that may change the state.
-        Not `real`: a marker-shaped line the control channel does not vouch for, which
-        is shown as text.  With a control channel, console markers only steer the display."""
+    def on_line(self, line: str) -> bool:
+        """Show a console line; True when it carried a marker that may change the state
+        (no control channel: the console's markers are trusted)."""
         self.outcome.last_lines.append(line)
-        if real:
-            item = console.classify(line, self.phase)
-        else:
-            item = console.as_text(line, self.phase)
+        item = console.classify(line, self.phase)
+        self._display(item)
+        return False if item.marker is None else self.on_marker(item.marker)
+
+    def on_vouched(self, line: str, at: int | None) -> None:
+        """Show a console line decided by the control channel: PID 1's marker starts at
+        `at`, or (None) the whole line is text, however much it looks like a marker."""
+        self.outcome.last_lines.append(line)
+        if at is None:
+            self._display(console.as_text(line, self.phase))
+            return
+        if prefix := line[:at].rstrip():
+            self._display(console.as_text(prefix, self.phase))
+        self._display(console.classify(line[at:], self.phase))
+
+    def _display(self, item: console.Classified) -> None:
         self.phase = item.phase
         if item.stream is console.Stream.PROGRAM:
             self._show(sys.stdout, item.text)
         elif item.stream is console.Stream.BOOT and self.opts.verbose:
             self._show(sys.stderr, item.text)
-        if item.marker is None or self.control is not None:
-            return False
-        return self.on_marker(item.marker)
 
     def on_marker(self, marker: Marker) -> bool:
         """A marker PID 1 printed: its facts.  True when it may change the state."""
@@ -203,8 +211,8 @@ class Supervisor:
             # console's markers (a FATAL) are its own.
             for marker in self.gate.held_markers():
                 changed |= self.on_marker(marker)
-        for line, real in self.gate.decide(trio.current_time(), final):
-            self.on_line(line, real)
+        for line, at in self.gate.decide(trio.current_time(), final):
+            self.on_vouched(line, at)
         return changed
 
     # -- the run --
