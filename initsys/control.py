@@ -82,7 +82,12 @@ def open_port(timeout=PORT_TIMEOUT):
     lines kept so far.  Raises OSError when it does not appear or cannot be opened."""
     from initsys import ports
 
-    path = ports.wait_for_port(NAME, timeout)
+    named = ports.named_ports()
+    if NAME in named:       # usually: its name came with the agent port's
+        ports.link_ports(named)
+        path = f"{ports.DEV_PORTS}/{NAME}"
+    else:
+        path = ports.wait_for_port(NAME, timeout)
     if path is None:
         raise OSError(f"virtio-serial port {NAME} did not appear within {timeout:.0f} s"
                       " (kindling_control=1)")
