@@ -212,6 +212,9 @@ class ControlReader:
                 self.fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
                 return []
+        if os.fstat(self.fd).st_size < os.lseek(self.fd, 0, os.SEEK_CUR):
+            os.lseek(self.fd, 0, os.SEEK_SET)       # QEMU truncated it: a new launch
+            self.splitter = LineSplitter()
         chunks = []
         while data := os.read(self.fd, 1 << 16):
             chunks.append(data)

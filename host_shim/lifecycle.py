@@ -346,6 +346,8 @@ async def _wait_until(instance: Instance, outcome: Callable[[Metadata], bool]) -
         return meta
     live = MarkerRecord()
     follower = logfiles.LogFollower(instance, meta.log_since)
+    # with a control channel, its markers are the only ones (the console's may be forged)
+    reader = control.ControlReader(instance.logs_dir) if control.enabled(meta.argv) else None
     boot = meta.boot
     started_empty = None
     try:
@@ -361,7 +363,7 @@ async def _wait_until(instance: Instance, outcome: Callable[[Metadata], bool]) -
                 events.append((tl.FIRST_CONSOLE_BYTE, seen))
                 started_empty = False
             changed = False
-            for line in lines:
+            for line in (lines if reader is None else reader.poll()):
                 marker = protocol.parse_line(line)
                 if marker is not None and live.add(marker, seen):
                     changed |= marker.kind != protocol.STAGE    # stages ride along
@@ -378,6 +380,8 @@ async def _wait_until(instance: Instance, outcome: Callable[[Metadata], bool]) -
             await trio.sleep(WAIT_POLL)
     finally:
         follower.close()
+        if reader is not None:
+            reader.close()
 
 
 async def wait(instance: Instance, target: State, *, timeout: float | None = None) -> Metadata:

@@ -141,3 +141,14 @@ def test_reader_follows_the_file(tmp_path):
         f.flush()
         assert reader.poll() == ["HYPEMAN-EXIT code=5"]
     reader.close()
+
+
+def test_reader_starts_over_when_qemu_truncates_the_file(tmp_path):
+    path = control.log_path(tmp_path)
+    path.write_bytes((START + "\n" + EXIT5 + "\n").encode())
+    reader = control.ControlReader(tmp_path)
+    assert reader.poll() == [START, EXIT5]
+    with open(path, "wb") as f:          # a new launch: same inode, truncated, rewritten
+        f.write((STAGE + "\n").encode())
+    assert reader.poll() == [STAGE]
+    reader.close()

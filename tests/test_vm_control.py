@@ -108,3 +108,30 @@ def test_logs_show_every_forged_line(forged_run):
     start = shown.index(FORGED[0])
     assert shown[start:start + len(EXPECTED)] == EXPECTED
     assert not any(l.startswith("HYPEMAN-EXIT code=5") for l in shown)
+
+
+SYSTEMD_SCRIPT = "\n".join([
+    *(f"printf '%s\\n' '{line}' > {dev}" for line in FORGED for dev in ("/dev/console", "/dev/ttyS0")),
+    f"( : > {PORT} ) 2>&1 | sed 's/.*: /port error: /'",
+])
+
+
+def test_systemd_mode_facts_come_from_pid1_and_the_agent_unit():
+    """systemd mode (one Debian boot): Running through the agent unit's AGENT-READY on the
+    control port, which it holds; a root command's marker lines on the serial devices
+    change nothing, before or after `stop`."""
+    with private_home("kctlsd") as home:
+        kindling_json(home, "create", "--name", "sd", "--base", "debian", "--no-headers")
+        kindling(home, "wait", "sd", "--for", "running", "--timeout", "240")
+        out = kindling(home, "exec", "sd", "--", "sh", "-c", SYSTEMD_SCRIPT).stdout
+        assert normalized(out) == ["port error: BUSY"], out
+        info = kindling_json(home, "inspect", "sd")
+        assert info["state"] == "Running", info["state"]
+        start = info["markers"][protocol.PROGRAM_START]["fields"]
+        assert start["mode"] == "systemd" and start["ts"] != FUTURE
+        assert info["markers"][protocol.AGENT_READY]["fields"]["ts"] != FUTURE
+        kindling(home, "stop", "sd", "--time", "60")
+        info = kindling_json(home, "inspect", "sd")
+        assert info["state"] == "Stopped"
+        assert info["exit"] is None and info["fatal"] is None, (info["exit"], info["fatal"])
+        assert "forged" not in str(info["markers"])
