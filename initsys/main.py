@@ -169,7 +169,7 @@ async def boot(setup, agent):
         timeline.enter("program")
         gc.enable()  # disabled by /init for the boot (fewer collections while importing)
         code, message = await program.run(cfg, reaper)
-        console.emit(protocol.exit_line(code, message))
+        console.emit_own_line(protocol.exit_line(code, message))
         nursery.cancel_scope.cancel()
 
 

@@ -85,3 +85,38 @@ def test_a_helper_adopts_the_inherited_descriptor_close_on_exec():
     assert read_pipe(r) == EXIT + "\n"
     os.close(r)
     os.close(w)
+
+
+def pty_pair():
+    master, slave = os.openpty()
+    import termios
+    attrs = termios.tcgetattr(slave)
+    attrs[1] |= termios.OPOST | termios.ONLCR      # a serial console's defaults
+    attrs[1] &= ~(termios.OCRNL | termios.ONOCR)
+    termios.tcsetattr(slave, termios.TCSANOW, attrs)
+    return master, slave
+
+
+@pytest.mark.parametrize("before, expected", [
+    (b"no newline", b"no newline\n" + EXIT.encode() + b"\r\n"),
+    (b"ended\n", b"ended\r\n" + EXIT.encode() + b"\r\n"),
+    (b"", EXIT.encode() + b"\r\n"),
+])
+def test_exit_starts_a_console_line_only_adding_a_newline_when_needed(before, expected):
+    import termios
+    master, slave = pty_pair()
+    saved = termios.tcgetattr(slave)
+    os.write(slave, before)
+    console.emit_own_line(EXIT, fd=slave)
+    assert read_pipe(master).encode() == expected
+    assert termios.tcgetattr(slave) == saved        # the console's settings are restored
+    os.close(master)
+    os.close(slave)
+
+
+def test_exit_on_a_descriptor_that_is_not_a_tty():
+    r, w = os.pipe()
+    console.emit_own_line(EXIT, fd=w)
+    assert read_pipe(r) == EXIT + "\n"
+    os.close(r)
+    os.close(w)

@@ -135,3 +135,14 @@ def test_systemd_mode_facts_come_from_pid1_and_the_agent_unit():
         assert info["state"] == "Stopped"
         assert info["exit"] is None and info["fatal"] is None, (info["exit"], info["fatal"])
         assert "forged" not in str(info["markers"])
+
+
+def test_console_only_hosts_find_pid1s_exit_at_the_start_of_a_line(forged_run):
+    """The program's last output had no newline: PID 1's EXIT still starts a line (the tty
+    adds the newline only when its column is not 0), and it is the last EXIT line."""
+    home, _ = forged_run
+    log = next(home.glob("instances/*/logs/app.log")).read_bytes().decode(errors="replace")
+    lines = [l.rstrip("\r") for l in log.split("\n")]
+    exits = [i for i, l in enumerate(lines) if l.startswith("HYPEMAN-EXIT ")]
+    assert lines[exits[-1]] == 'HYPEMAN-EXIT code=5 message="exit code 5"', lines[exits[-1]]
+    assert lines[exits[-1] - 1] == 'HYPEMAN-EXIT code=0 message="last"'
