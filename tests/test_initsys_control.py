@@ -4,6 +4,7 @@ its EBUSY for a second opener and the host's view: tests/test_vm_control.py.)"""
 
 import fcntl
 import os
+import select
 
 import pytest
 
@@ -97,6 +98,15 @@ def pty_pair():
     return master, slave
 
 
+def read_pty(master, size, timeout=10.0):
+    """What the pty delivers (asynchronously: a kernel work item), until `size` bytes
+    or nothing more within `timeout`."""
+    data = b""
+    while len(data) < size and select.select([master], [], [], timeout)[0]:
+        data += os.read(master, 4096)
+    return data
+
+
 @pytest.mark.parametrize("before, expected", [
     (b"no newline", b"no newline\n" + EXIT.encode() + b"\r\n"),
     (b"ended\n", b"ended\r\n" + EXIT.encode() + b"\r\n"),
@@ -108,7 +118,7 @@ def test_exit_starts_a_console_line_only_adding_a_newline_when_needed(before, ex
     saved = termios.tcgetattr(slave)
     os.write(slave, before)
     console.emit_own_line(EXIT, fd=slave)
-    assert read_pipe(master).encode() == expected
+    assert read_pty(master, len(expected)) == expected
     assert termios.tcgetattr(slave) == saved        # the console's settings are restored
     os.close(master)
     os.close(slave)
