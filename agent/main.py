@@ -25,10 +25,10 @@ import time
 import trio
 
 from agent import server, transports
-from initsys import protocol
+from initsys import control, protocol
 
 USAGE = ("usage: python3 -m agent.main --transport serial|vsock|unix [--path PATH] [--port PORT]"
-         " [--chroot DIR]\n"
+         " [--chroot DIR] [--control PORT_DEVICE]\n"
          "  serial: --path defaults to " + transports.SERIAL_PATH + "\n"
          "  vsock:  --port defaults to " + str(transports.VSOCK_PORT) + "\n"
          "  unix:   --path is the socket to listen on (required)\n"
@@ -45,7 +45,7 @@ class UsageError(Exception):
 
 
 def parse_args(argv):
-    opts = {"transport": None, "path": None, "port": None, "chroot": None}
+    opts = {"transport": None, "path": None, "port": None, "chroot": None, "control": None}
     i = 0
     while i < len(argv):
         arg = argv[i]
@@ -79,8 +79,9 @@ def write_ready_file(path, ns=None):
     os.replace(tmp, path)
 
 
-def report_ready(ready_fd, ready_file):
-    """The readiness handshake (PROTOCOL.md section 4): byte, file, sentinel line."""
+def report_ready(ready_fd, ready_file, announce=True):
+    """The readiness handshake (PROTOCOL.md section 4): byte, file, sentinel line.
+    Not `announce`: PID 1 prints the line itself on the byte (initsys/control.py)."""
     ns = time.time_ns()     # one timestamp for the file and the line
     if ready_fd is not None:
         try:
@@ -92,13 +93,16 @@ def report_ready(ready_fd, ready_file):
             write_ready_file(ready_file, ns)
         except OSError as e:    # the byte is out: serving matters more than the file
             server.log(f"cannot write the ready file {ready_file}: {e.strerror or e}")
-    os.write(1, (protocol.agent_ready_line(ns) + "\n").encode())
+    if announce:
+        line = protocol.agent_ready_line(ns)
+        control.write(line)     # systemd mode: the control port it opened (--control)
+        os.write(1, (line + "\n").encode())
 
 
-async def _main(transport, agent, ready_fd, ready_file):
+async def _main(transport, agent, ready_fd, ready_file, announce):
     async with trio.open_nursery() as nursery:
         await nursery.start(server.serve, transport, agent)
-        report_ready(ready_fd, ready_file)
+        report_ready(ready_fd, ready_file, announce)
 
         async def stop_on_signals():
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -111,13 +115,15 @@ async def _main(transport, agent, ready_fd, ready_file):
         nursery.cancel_scope.cancel()
 
 
-def serve(transport_args, ready_fd=None, *, ready_file=None, chroot=None, base_env=None):
+def serve(transport_args, ready_fd=None, *, ready_file=None, chroot=None, base_env=None,
+          announce=True):
     """Open the transport, chroot, serve until shutdown.  Returns an exit status.
 
     transport_args: {"transport": "serial"|"vsock"|"unix", "path": ..., "port": ...}.
     ready_fd: an inherited fd to write one byte to (and close) once serving.
     ready_file: path (inside the chroot) for the ready timestamp.
     base_env: the commands' base environment (default: ours, minus KINDLING_READY_*).
+    announce: print HYPEMAN-AGENT-READY (False when PID 1 prints it on the byte).
     """
     if trio.lowlevel.in_trio_run():
         # A child forked inside trio.run() shares the parent's epoll and wakeup fds.
@@ -139,10 +145,19 @@ def serve(transport_args, ready_fd=None, *, ready_file=None, chroot=None, base_e
             return 1
     agent = server.Agent(base_env)
     try:
-        trio.run(_main, transport, agent, ready_fd, ready_file)
+        trio.run(_main, transport, agent, ready_fd, ready_file, announce)
     finally:
         transport.close()
     return 0
+
+
+def open_control(path):
+    """systemd mode: hold the control port (initsys/control.py) for the agent's life and
+    write AGENT-READY to it.  Without it the line goes to the console only."""
+    try:
+        control.attach(os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY))
+    except OSError as e:
+        server.log(f"cannot open the control port {path}: {e.strerror or e}")
 
 
 def ready_fd_from_env():
@@ -170,6 +185,8 @@ def main(argv=None):
         os.write(2, USAGE.encode())
         return 2 if str(e) else 0
     ready_file = os.environ.pop("KINDLING_READY_FILE", None) or None
+    if opts["control"]:
+        open_control(opts["control"])
     for name in SERVICE_ONLY_ENV:
         os.environ.pop(name, None)  # the commands get the config's env, not the unit's plumbing
     return serve(opts, ready_fd, ready_file=ready_file, chroot=opts["chroot"])

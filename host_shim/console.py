@@ -68,6 +68,12 @@ def _stream(phase: Phase) -> Stream:
     return Stream.PROGRAM if phase is Phase.PROGRAM else Stream.BOOT
 
 
+def as_text(line: str, phase: Phase) -> Classified:
+    """A line shown as text even if it looks like a sentinel (host_shim/control.py
+    found it is not one of PID 1's)."""
+    return Classified(None, _stream(phase), line.rstrip("\r"), phase)
+
+
 def classify(line: str, phase: Phase) -> Classified:
     """Where a console line goes, given the phase it was seen in.
 

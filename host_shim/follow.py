@@ -14,10 +14,14 @@ the standard library has no binding and the project keeps no inotify library;
 the cost of polling is one read() that returns nothing every POLL_INTERVAL
 (20 ms), which is also the worst latency it adds to seeing a marker.
 
-Markers come from one function, `markers_in(lines)`: today it parses the
-console lines; issue 15 moves the trusted markers to a control channel that
-only PID 1 holds, and then only that function (and the follower's source for
-it) changes, not its three users.
+Markers come from one place.  Without a control channel they are parsed from
+the console lines (`markers_in`).  With one (host_shim/control.py: a port only
+PID 1 holds, the instance's `logs/control.log`) they come from it alone, and
+the console is only shown: `Batch.control` carries the new control lines so a
+reader that displays the console can tell PID 1's marker lines from program
+output that looks like one (control.ConsoleGate).  If the log is complete and
+the control channel stayed empty, PID 1 never opened its port (it failed
+before), so no program ran and the console's markers (a FATAL) are its own.
 """
 
 from collections.abc import Iterable
@@ -28,6 +32,7 @@ import trio
 from initsys import protocol
 from initsys.protocol import Marker
 
+from . import control
 from .instance import Instance
 from .logfiles import LogFollower
 
@@ -45,6 +50,7 @@ class Batch:
     markers: list[Marker] = field(default_factory=list)
     first_bytes: bool = False    # the log's first bytes are in this batch
     final: bool = False          # read to the end of a complete log (its last line included)
+    control: list[str] | None = None   # new control-channel lines (None: no control channel)
 
 
 @dataclass
@@ -80,10 +86,26 @@ class ConsoleFollower:
     """One boot's serial log (or all of them: since_ns None), from its first byte."""
 
     def __init__(self, instance: Instance, since_ns: int | None, *,
-                 progress: Progress | None = None):
+                 progress: Progress | None = None, trusted: bool = False):
+        """`trusted`: the instance has a control channel (control.enabled(meta.argv));
+        its markers are then the only ones."""
         self._log = LogFollower(instance, since_ns)
         self.progress = Progress() if progress is None else progress
         self.started_empty: bool | None = None   # whether the log was empty at the first read
+        self._control = control.ControlReader(instance.logs_dir) if trusted else None
+        self._control_lines = 0
+        self._held: list[Marker] = []            # console markers, while control is silent
+
+    def _markers(self, lines: list[str], final: bool) -> tuple[list[Marker], list[str] | None]:
+        if self._control is None:
+            return markers_in(lines), None
+        new = self._control.poll(final)
+        self._control_lines += len(new)
+        if not self._control_lines:
+            self._held += markers_in(lines)
+            return (self._held if final else []), new
+        self._held = []
+        return control.trusted_markers(new), new
 
     async def read(self, *, final: bool = False) -> Batch:
         """What has arrived since the last read; with `final` (the log is complete: QEMU
@@ -94,7 +116,9 @@ class ConsoleFollower:
             lines += self._log.flush()
         if self.started_empty is None:
             self.started_empty = self._log.bytes_read == 0
-        batch = Batch(lines, markers_in(lines), before == 0 and self._log.bytes_read > 0, final)
+        markers, control_lines = self._markers(lines, final)
+        batch = Batch(lines, markers, before == 0 and self._log.bytes_read > 0, final,
+                      control_lines)
         self.progress.add(batch)
         return batch
 
@@ -102,7 +126,7 @@ class ConsoleFollower:
         """The next lines.  Returns at once when there are some (or with `final`);
         otherwise after POLL_INTERVAL or when `wake` is set, with an empty batch."""
         batch = await self.read(final=final)
-        if batch.lines or batch.first_bytes or final:
+        if batch.lines or batch.markers or batch.control or batch.first_bytes or final:
             return batch
         with trio.move_on_after(POLL_INTERVAL):
             if wake is None:
@@ -112,6 +136,8 @@ class ConsoleFollower:
 
     def close(self) -> None:
         self._log.close()
+        if self._control is not None:
+            self._control.close()
 
     async def __aenter__(self) -> "ConsoleFollower":
         return self

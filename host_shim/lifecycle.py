@@ -24,7 +24,7 @@ import trio
 from initsys import protocol
 
 from . import accel as accel_mod
-from . import console, locks, logfiles, markers, metadata, netns, options, prepare, qemu, vmm
+from . import console, control, locks, logfiles, markers, metadata, netns, options, prepare, qemu, vmm
 from . import run as run_mod
 from . import timeline as tl
 from .errors import EXIT_KINDLING, KindlingError, NoSuchInstance, die
@@ -108,8 +108,12 @@ def apply_observation(meta: Metadata, observed: State, *, error: str | None = No
 
 
 async def _scan(instance: Instance, meta: Metadata, now: int, *, final: bool = False) -> None:
-    async with locks.alocked(instance.logs_lock, shared=True, timeout=LOCK_TIMEOUT):
-        found = markers.scan_logs(instance.logs_dir, meta.log_since, final=final)
+    if control.enabled(meta.argv):      # only PID 1's channel: the program cannot forge it
+        found = control.trusted_markers(control.read_lines(
+            control.log_path(instance.logs_dir), meta.log_since, final=final))
+    else:
+        async with locks.alocked(instance.logs_lock, shared=True, timeout=LOCK_TIMEOUT):
+            found = markers.scan_logs(instance.logs_dir, meta.log_since, final=final)
     meta.markers.merge(markers.record_from(found, now))
     meta.markers.scanned_at = now
 
@@ -125,7 +129,7 @@ async def _observe_locked(instance: Instance, meta: Metadata, *, live: MarkerRec
     if probe.vmm not in (Vmm.ABSENT, Vmm.UNREACHABLE):
         rescued = await logfiles.rotate_if_needed(instance, max_bytes=meta.log_max_bytes,
                                                   keep=meta.log_keep, since_ns=meta.log_since)
-        if rescued:
+        if rescued and not control.enabled(meta.argv):
             meta.markers.merge(markers.record_from(rescued, now))
     if (scan and probe.vmm is Vmm.RUNNING
             and markers.scan_due(meta.markers, meta.agent_skipped, now)):
@@ -351,7 +355,8 @@ async def _wait_until(instance: Instance, outcome: Callable[[Metadata], bool],
     if outcome(meta):
         return meta
     live = MarkerRecord()
-    follower = ConsoleFollower(instance, meta.log_since, progress=progress)
+    follower = ConsoleFollower(instance, meta.log_since, progress=progress,
+                               trusted=control.enabled(meta.argv))
     boot = meta.boot
     async with follower:
         next_observe = trio.current_time() + OBSERVE_EVERY
@@ -432,22 +437,53 @@ async def logs(instance: Instance, write: Callable[[str], None], *, source: str 
     until the VMM exits.  `app` is the serial console without sentinel lines."""
     if source not in ("app", "vmm"):
         die(f"unknown log source {source!r}", hint="use --source app or --source vmm")
-    metadata.load(instance)      # raises if it was deleted
+    meta = metadata.load(instance)      # raises if it was deleted
     if source == "vmm":
         await _vmm_log(instance, write, follow)
         return
-    async with ConsoleFollower(instance, None) as follower:
+    since, trusted = None, control.enabled(meta.argv)
+    if trusted:
+        # Earlier boots as before; this boot's markers vouched for by its control channel.
+        await _print_earlier_boots(instance, meta.log_since, write)
+        since = meta.log_since
+    gate = control.ConsoleGate()
+    async with ConsoleFollower(instance, since, trusted=trusted) as follower:
         next_observe = trio.current_time() + OBSERVE_EVERY
         while True:
             running = vmm.pid_of(instance) is not None
             final = not (follow and running)    # decided before reading: it then gets all
             batch = await follower.next(final=final)
-            _print_lines(batch.lines, write, source)
+            _show_batch(batch, gate, write, source)
             if final:
                 return
             if trio.current_time() >= next_observe:
                 next_observe = trio.current_time() + OBSERVE_EVERY
                 await observe(instance)       # also rotates the log while we follow it
+
+
+async def _print_earlier_boots(instance: Instance, since: int | None,
+                               write: Callable[[str], None]) -> None:
+    async with locks.alocked(instance.logs_lock, shared=True, timeout=LOCK_TIMEOUT):
+        fresh = markers.fresh_logs(instance.logs_dir, since)
+        older = [p for p in markers.app_logs_newest_first(instance.logs_dir) if p not in fresh]
+        data = b"".join(reversed(list(markers.read_files(older))))
+    splitter = console.LineSplitter()
+    _print_lines(splitter.feed(data) + splitter.flush(), write, "app")
+
+
+def _show_batch(batch, gate: control.ConsoleGate, write: Callable[[str], None],
+                source: str) -> None:
+    """Write a batch of console lines; with a control channel, a marker-shaped line is
+    hidden only when the channel vouches for it (host_shim/control.py)."""
+    if batch.control is None:
+        _print_lines(batch.lines, write, source)
+        return
+    gate.vouch(batch.control)
+    gate.push(batch.lines)
+    for line, at in gate.decide(trio.current_time(), batch.final):
+        text = line.rstrip("\r") if at is None else line[:at].rstrip()
+        if text:
+            write(text)
 
 
 async def _vmm_log(instance: Instance, write: Callable[[str], None], follow: bool) -> None:

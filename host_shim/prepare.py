@@ -17,7 +17,7 @@ from pathlib import Path
 from initsys import protocol
 
 from . import accel as accel_mod
-from . import initmode, netns, qemu
+from . import control, initmode, netns, qemu
 from . import volumes as volumes_mod
 from .errors import build_errors, die
 from .instance import Instance, cache_dir
@@ -62,6 +62,17 @@ def image_command_for(opts: CreateOptions) -> list[str] | None:
     """The image's own command (/sbin/init for --base debian), None when it has none."""
     from image_build.build import image_command
     return image_command(opts.base or "busybox", opts.rootfs)
+
+
+def control_args(instance: Instance, opts: "CreateOptions",
+                 devices: list[str]) -> tuple[list[str], tuple[str, ...]]:
+    """The control port (host_shim/control.py) and its kernel argument -- not for a
+    given --initrd, which may not speak it (its markers then come from the console)."""
+    if opts.initrd is not None:
+        return [], ()
+    machine = qemu.machine_for(qemu.DEFAULT_MACHINE)
+    bus = [] if machine.serial_device in devices else ["-device", machine.serial_device]
+    return bus + control.qemu_args(instance.logs_dir), (control.KERNEL_ARG,)
 
 
 def program(opts: CreateOptions) -> tuple[tuple[str, ...], str]:
@@ -238,6 +249,7 @@ def qemu_argv(instance: Instance, artifacts, disks: tuple[qemu.Disk, ...], accel
         net_args = tuple(network.netdev_args(qemu.machine_for(qemu.DEFAULT_MACHINE).net_device))
     agent_devices, agent_karg = agent_args(instance, opts.agent, qemu.machine_for(qemu.DEFAULT_MACHINE),
                                           opts.qga)
+    control_devices, control_karg = control_args(instance, opts, agent_devices)
     spec = qemu.VMSpec(
         kernel=os.fspath(artifacts.kernel),
         initrd=os.fspath(artifacts.initrd),
@@ -250,10 +262,11 @@ def qemu_argv(instance: Instance, artifacts, disks: tuple[qemu.Disk, ...], accel
         name=f"kindling-{instance.id}",
         # -S: the VMM is created with the guest stopped (state Created) until QMP `cont`;
         # -pidfile: QEMU holds a lock on it while it runs (host_shim/vmm.py).
-        extra_args=("-pidfile", os.fspath(instance.pidfile), "-S", *net_args, *agent_devices),
+        extra_args=("-pidfile", os.fspath(instance.pidfile), "-S", *net_args, *agent_devices,
+                    *control_devices),
         # the kernel hands init the first of two equal keys: a test hook's value must win
         cmdline_extra=(("kindling_net=1",) if opts.net else ()) + tuple(a for a in (agent_karg,) if not any(
-            k.startswith("kindling_agent=") for k in opts.kernel_args)) + tuple(opts.kernel_args),
+            k.startswith("kindling_agent=") for k in opts.kernel_args)) + control_karg + tuple(opts.kernel_args),
     )
     argv = qemu.build_argv(spec, binary)
     return network.exec_prefix() + argv if network else argv

@@ -34,7 +34,7 @@ import trio
 from initsys import protocol
 from initsys.protocol import Marker
 
-from . import agent_ops, console, follow, initmode, lifecycle, log, vmm
+from . import agent_ops, console, control, follow, initmode, lifecycle, log, vmm
 from . import run as run_mod
 from . import timeline as tl
 from .agent_client import AgentError, open_agent
@@ -108,6 +108,7 @@ class Supervisor:
         self.finished = trio.Event()      # EXIT or FATAL seen, or the agent's program ended
         self.running = trio.Event()       # the host has seen the guest Running
         self.booted = trio.Event()        # the boot deadline is met (see _boot_deadline)
+        self.gate = control.ConsoleGate()   # with a control channel: which lines are PID 1's
 
     def elapsed(self) -> float:
         return (lifecycle.now_ns() - self.meta.boot_requested_at) / 1e9
@@ -131,10 +132,40 @@ class Supervisor:
     # -- console --
 
     def show_line(self, line: str) -> None:
-        """Show a console line where it belongs (sentinels never shown).  With a program
-        run through the agent, the whole console is boot chatter."""
+        """Show a console line where it belongs (sentinels never shown; no control
+        channel: the console's marker lines are PID 1's).  With a program run through
+        the agent, the whole console is boot chatter."""
+        self.outcome.last_lines.append(line)
+        self._display(console.classify(line, self.phase))
+
+    def show(self, batch: follow.Batch) -> None:
+        """Show a batch of console lines; with a control channel, a marker-shaped line
+        is hidden only when the channel vouches for it (host_shim/control.py)."""
+        if batch.control is None:
+            for line in batch.lines:
+                self.show_line(line)
+            return
+        self.gate.vouch(batch.control)
+        self.gate.push(batch.lines)
+        for line, at in self.gate.decide(trio.current_time(), batch.final):
+            self.on_vouched(line, at)
         self.outcome.last_lines.append(line)
         item = console.classify(line, self.phase)
+        self._display(item)
+        return False if item.marker is None else self.on_marker(item.marker)
+
+    def on_vouched(self, line: str, at: int | None) -> None:
+        """Show a console line decided by the control channel: PID 1's marker starts at
+        `at`, or (None) the whole line is text, however much it looks like a marker."""
+        self.outcome.last_lines.append(line)
+        if at is None:
+            self._display(console.as_text(line, self.phase))
+            return
+        if prefix := line[:at].rstrip():
+            self._display(console.as_text(prefix, self.phase))
+        self._display(console.classify(line[at:], self.phase))
+
+    def _display(self, item: console.Classified) -> None:
         self.phase = item.phase
         if item.stream is console.Stream.PROGRAM and not self.program and self.emit is not None:
             self.emit("output", stream="stdout", data=item.text)
@@ -144,7 +175,7 @@ class Supervisor:
             self._show(sys.stderr, item.text)
 
     def on_marker(self, marker: Marker) -> bool:
-        """Record a marker; True when it may change the state."""
+        """A marker PID 1 printed: its facts.  True when it may change the state."""
         changed = self.live.add(marker, lifecycle.now_ns())
         if marker.kind == protocol.PROGRAM_START and not self.program:
             self.booted.set()
@@ -177,7 +208,8 @@ class Supervisor:
 
     async def follow_console(self, done: trio.Event) -> None:
         async with follow.ConsoleFollower(self.instance, self.meta.log_since,
-                                          progress=self.progress) as follower:
+                                          progress=self.progress,
+                                          trusted=control.enabled(self.meta.argv)) as follower:
             next_observe = trio.current_time() + lifecycle.OBSERVE_EVERY
             while True:
                 final = done.is_set()    # decided before reading: the read then sees everything
@@ -185,8 +217,7 @@ class Supervisor:
                 if batch.first_bytes and not any(e.name == tl.FIRST_CONSOLE_BYTE
                                                  for e in self.meta.events):
                     self.events.append((tl.FIRST_CONSOLE_BYTE, lifecycle.now_ns()))
-                for line in batch.lines:
-                    self.show_line(line)
+                self.show(batch)
                 changed = False
                 for marker in batch.markers:
                     changed |= self.on_marker(marker)

@@ -7,7 +7,9 @@ PID 1 writes one JSON object once the new root, the volumes and the network
 are ready -- {"root", "env", "transport"} -- or closes the pipe without
 writing when the agent is not wanted (`skip_guest_agent`), and we exit.
 After `go`, agent.main.serve opens the transport, chroots into the new root,
-listens and reports readiness on KINDLING_READY_FD (PROTOCOL.md §4).
+listens and reports readiness on KINDLING_READY_FD (PROTOCOL.md §4); with
+`"announce": false` in `go` it leaves the HYPEMAN-AGENT-READY line to PID 1,
+which holds the control port (initsys/control.py).
 """
 
 import json
@@ -32,7 +34,8 @@ def main(argv):
     ready_fd = agent.main._ready_fd_from_env()
     ready_file = os.environ.pop("KINDLING_READY_FILE", None) or None
     return agent.main.serve(order["transport"], ready_fd, ready_file=ready_file,
-                            chroot=order["root"], base_env=order["env"])
+                            chroot=order["root"], base_env=order["env"],
+                            announce=order.get("announce", True))
 
 
 if __name__ == "__main__":

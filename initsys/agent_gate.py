@@ -16,7 +16,7 @@ import json
 import os
 import signal
 
-from initsys import helpers
+from initsys import console, control, helpers, protocol
 
 READY_TIMEOUT = 10.0
 BASELINE_POLL_INTERVAL = 0.1  # baseline only: a naive implementation's poll interval
@@ -58,6 +58,7 @@ class AgentProcess:
             if console is not None:
                 os.close(console)
         self.pid = self.helper.popen.pid
+        self.announce = False      # whether PID 1 prints AGENT-READY (set on release)
 
     def cancel(self):
         """Not wanted: the agent exits (supervise() reaps it)."""
@@ -84,6 +85,7 @@ class AgentProcess:
             os.close(self._ready_r)
             if not byte:
                 raise AgentFailed("the agent exited before it was ready (no readiness byte)")
+            self._ready()
             return
         raise AgentFailed(f"the agent was not ready within {timeout:.0f} s")
 
@@ -102,11 +104,20 @@ class AgentProcess:
             # closed only now: the agent writes its byte before the file, and an early
             # close would make that write fail with EPIPE
             os.close(self._ready_r)
+            self._ready()
             return
         raise AgentFailed(f"the agent's ready file {READY_FILE} did not appear within {timeout:.0f} s")
 
     def _release(self, root, env, transport):
-        self.helper.release(json.dumps({"root": root, "env": env, "transport": transport}).encode())
+        # With the control port open, PID 1 prints AGENT-READY itself once it knows
+        # (initsys/control.py): the agent never holds the port.
+        self.announce = control.descriptor() is not None
+        self.helper.release(json.dumps({"root": root, "env": env, "transport": transport,
+                                        "announce": not self.announce}).encode())
+
+    def _ready(self):
+        if self.announce:
+            console.emit(protocol.agent_ready_line())
 
     async def supervise(self, reaper):
         """Reap the agent when it exits (it is tracked, so nobody else will)."""

@@ -391,7 +391,9 @@ def run(opts):
 
 def main(argv):
     os.setpriority(os.PRIO_PROCESS, 0, NICE)  # first: everything after this costs CPU
-    from initsys import console, protocol
+    from initsys import console, control, protocol
+
+    control.adopt_inherited()
 
     status = None
     started = False

@@ -1,7 +1,8 @@
 """PID 1's side of the kernel-headers worker in exec mode (PROTOCOL.md §5): start it in
 the background once the new root is ready, and never wait for it.
 
-The worker (initsys/headers.py) prints its own sentinels on the console and
+The worker (initsys/headers.py) prints its own sentinels on the console (and on
+the control port, whose descriptor it inherits: initsys/control.py) and
 lowers its own priority.  Nobody needs its exit status, so it is untracked
 right after the launch and the reaper's orphan sweep reaps it whenever it ends;
 its Popen is kept referenced here, so CPython never polls (and reaps) that pid
@@ -16,7 +17,7 @@ does not stop the boot.
 
 import os
 
-from initsys import console, helpers
+from initsys import console, control, helpers
 from initsys.headers import HEADERS_DIR, STATUS_FILE, write_atomic
 from initsys.timeline import Stage
 
@@ -43,9 +44,12 @@ def start(cfg, reaper, root, background=True):
     with Stage("headers-spawn"):
         write_atomic(os.path.join(root, STATUS_FILE), "pending\n")
         console = os.open("/dev/console", os.O_WRONLY | os.O_NOCTTY | os.O_CLOEXEC)
+        ctl = control.descriptor()   # its HEADERS-* lines go to the control port too
+        env = None if ctl is None else dict(os.environ, **{control.FD_ENV: str(ctl)})
         try:
             helper = helpers.launch(reaper, "headers", "--root", root, stdout=console,
-                                    stderr=console, new_session=True)
+                                    stderr=console, new_session=True, env=env,
+                                    pass_fds=() if ctl is None else (ctl,))
         finally:
             os.close(console)
         if background:

@@ -24,7 +24,7 @@ import gc
 import signal
 import threading
 
-from initsys import console, kmod, mounts, power, protocol, timeline
+from initsys import console, control, kmod, mounts, power, protocol, timeline
 from initsys.timeline import Stage, record
 
 DISK_TIMEOUT = 10.0
@@ -90,6 +90,9 @@ class OrderedSetup(threading.Thread):
                 if ports.wait_for_port(agent_gate.SERIAL_NAME, agent_gate.READY_TIMEOUT) is None:
                     raise OSError(f"virtio-serial port {agent_gate.SERIAL_NAME} did not appear within "
                                   f"{agent_gate.READY_TIMEOUT:.0f} s (kindling_agent=serial)")
+        if control.requested():  # before the program can run: it must not get the port
+            with Stage("control"):
+                control.open_port()
         with Stage("rootfs"):
             rootfs.assemble(disks["rootfs"], disks["overlay"])
         with Stage("config"):
@@ -166,7 +169,7 @@ async def boot(setup, agent):
         timeline.enter("program")
         gc.enable()  # disabled by /init for the boot (fewer collections while importing)
         code, message = await program.run(cfg, reaper)
-        console.emit(protocol.exit_line(code, message))
+        console.emit_own_line(protocol.exit_line(code, message))
         nursery.cancel_scope.cancel()
 
 
@@ -182,6 +185,8 @@ def init_exec_time(kernel_log):
 def main(t0):
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # forwarded to the program later
+        if control.requested():
+            control.expect()  # markers are kept until the control port is open
         with Stage("mounts"):
             mounts.mount_basic()
         import os

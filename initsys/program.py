@@ -12,7 +12,7 @@ import time
 
 import trio
 
-from initsys import libc, powerbutton, protocol
+from initsys import control, libc, powerbutton, protocol
 from initsys.mounts import NEWROOT
 from initsys.timeline import record
 
@@ -37,14 +37,17 @@ def _enter_root(newroot, workdir, argv0, env):
     before exec: so the line always precedes the program's first output on the
     console (printed by PID 1 after the spawn, a fast program's output could come
     first under load and the host would take it for boot noise).  It is skipped
-    when exec cannot find the command (127: the program never started).
+    when exec cannot find the command (127: the program never started).  The
+    line goes to the control port too (initsys/control.py), first.
     """
     def preexec():
         os.chroot(newroot)
         os.makedirs(workdir, exist_ok=True)  # like docker, a missing workdir is created
         os.chdir(workdir)
         if _runnable(argv0, env):
-            os.write(1, (protocol.program_start_line("exec") + "\n").encode())
+            line = protocol.program_start_line("exec")
+            control.write_unlocked(line)  # the descriptor is close-on-exec: the program never has it
+            os.write(1, (line + "\n").encode())
     return preexec
 
 

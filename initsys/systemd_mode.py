@@ -20,12 +20,17 @@ The agent PID 1 prestarted (before the config was known) is killed: systemd
 starts its own copy from the unit.  Readiness is then the agent's
 HYPEMAN-AGENT-READY line (the unit's output goes to the journal and the
 console), not the FD handshake, which only exists in exec mode.
+
+The control port (initsys/control.py) is PID 1's until the exec of systemd
+(its descriptor is close-on-exec); the agent unit then opens it (`--control`)
+and writes AGENT-READY there.  HEADERS-* of the headers unit go to the console
+only (the agent holds the port).
 """
 
 import os
 import signal
 
-from initsys import console, libc, mounts, protocol
+from initsys import console, control, libc, mounts, ports, protocol
 
 INITRD_BIND = "/run/kindling/initrd"        # inside the new root
 MOVED_MOUNTS = ("dev", "proc", "sys")
@@ -34,8 +39,12 @@ MOVED_MOUNTS = ("dev", "proc", "sys")
 def agent_args(transport):
     """The agent's command-line transport arguments for the unit ($KINDLING_AGENT_ARGS)."""
     if transport["transport"] == "serial":
-        return ["--transport", "serial", "--path", transport["path"]]
-    return ["--transport", transport["transport"], "--port", str(transport["port"])]
+        args = ["--transport", "serial", "--path", transport["path"]]
+    else:
+        args = ["--transport", transport["transport"], "--port", str(transport["port"])]
+    if control.descriptor() is not None:  # PID 1's copy closes at the exec of systemd
+        args += ["--control", f"{ports.DEV_PORTS}/{control.NAME}"]
+    return args
 
 
 def headers_tarball(cfg, newroot):
