@@ -78,8 +78,10 @@ class NetworkHelper:
     async def finish(self):
         """The network stage: launch if not yet, wait for the helper (30 s from its
         start).  Raises helpers.HelperFailed with the helper's own message."""
+        import trio
+
         if self.state in (IDLE, PRESTARTED):
-            self.launch()
+            await trio.to_thread.run_sync(self.launch)  # fork+exec: off the event loop
         self._expect(LAUNCHED)
         try:
             await helpers.finish(self.reaper, self._helper, timeout=NETWORK_TIMEOUT)
