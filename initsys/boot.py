@@ -16,14 +16,13 @@ DISK_ROLES = ("rootfs", "overlay", "config")
 
 class Boot:
     def __init__(self, t0, environ=os.environ):
-        from initsys.network_helper import NetworkHelper
         from initsys.reaper import Reaper
 
         self.t0 = t0
         self.environ = environ
         self.agent_mode = environ.get("kindling_agent", "vsock")
         self.reaper = Reaper()
-        self.network = NetworkHelper(self.reaper, mounts.NEWROOT)
+        self.network = None     # the NetworkHelper (its module imports subprocess: not before it is needed)
         self.agent = None       # the AgentProcess, after agent-spawn
         self.setup = None       # the setup thread (initsys/steps.py)
         self.cfg = None         # after config
@@ -61,8 +60,14 @@ class Boot:
         from initsys.agent_gate import AgentProcess
         self.agent = AgentProcess(self.reaper)  # imports trio + the agent on the other vCPU meanwhile
 
+    def _network_helper(self):
+        if self.network is None:
+            from initsys.network_helper import NetworkHelper
+            self.network = NetworkHelper(self.reaper, mounts.NEWROOT)
+        return self.network
+
     def prestart_network(self):
-        self.network.prestart()
+        self._network_helper().prestart()
 
     # -- the setup thread --
     def load_modules(self):
@@ -102,7 +107,7 @@ class Boot:
 
     def settle_network(self):
         from initsys import stages
-        self.network.settle(self.cfg, launch_now=stages.network_starts_early(self.cfg, self.strategy))
+        self._network_helper().settle(self.cfg, launch_now=stages.network_starts_early(self.cfg, self.strategy))
 
     def time_kernel_and_python(self):
         """The `kernel` and `python` stages, from the kernel log (here, off the critical path)."""

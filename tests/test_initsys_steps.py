@@ -174,3 +174,56 @@ def test_every_stage_name_is_documented():
     for step in boot_steps():
         for name in step.name if isinstance(step.name, tuple) else (step.name,):
             assert name in documented, name
+
+
+class FakeAgent:
+    def __init__(self):
+        self.fate = "kept"
+
+    def kill(self):
+        self.fate = "killed"
+
+    def cancel(self):
+        self.fate = "cancelled"
+
+
+def read_config(monkeypatch, config, agent, environ=None):
+    from initsys import config as config_mod
+    monkeypatch.setattr(config_mod, "load", lambda device: protocol.validate_config(
+        {"entrypoint": ["/sbin/init"], **config}))
+    b = Boot(0.0, environ=environ or {})
+    b.agent = agent
+    b._disks = {"config": "/dev/vdc"}
+    b.read_config()
+    return b
+
+
+@pytest.mark.parametrize("config, fate", [
+    ({}, "kept"), ({"init_mode": "systemd"}, "killed"), ({"skip_guest_agent": True}, "cancelled"),
+])
+def test_the_config_step_settles_the_agent(monkeypatch, config, fate):
+    agent = FakeAgent()
+    b = read_config(monkeypatch, config, agent)
+    assert agent.fate == fate
+    assert b.agent_gates_program() is (fate == "kept")
+
+
+def test_the_config_step_refuses_agent_off_without_skip_guest_agent(monkeypatch):
+    with pytest.raises(OSError, match="kindling_agent=off"):
+        read_config(monkeypatch, {}, None, {"kindling_agent": "off"})
+    assert read_config(monkeypatch, {"skip_guest_agent": True}, None).strategy == "concurrent"
+
+
+@pytest.mark.parametrize("strategy, volume_path, early", [
+    ("concurrent", "/data", True), ("concurrent", "/etc/app", False),
+    ("sequential", "/data", False), ("baseline", "/data", False),
+])
+def test_the_network_helper_starts_early_only_when_it_waits_for_nothing(monkeypatch, strategy, volume_path, early):
+    net = {"network_enabled": True, "guest_ip": "10.0.0.2", "guest_cidr": 24, "boot_strategy": strategy,
+           "volume_mounts": [{"device": "/dev/vdd", "path": volume_path}]}
+    b = read_config(monkeypatch, net, FakeAgent())
+    launched = []
+    from initsys import network_helper
+    monkeypatch.setattr(network_helper.NetworkHelper, "launch", lambda self: launched.append(self.cfg))
+    b.settle_network()
+    assert bool(launched) is early
