@@ -227,3 +227,18 @@ def test_the_network_helper_starts_early_only_when_it_waits_for_nothing(monkeypa
     monkeypatch.setattr(network_helper.NetworkHelper, "launch", lambda self: launched.append(self.cfg))
     b.settle_network()
     assert bool(launched) is early
+
+
+def test_every_kernel_argument_is_documented():
+    """Each argument of the host's base command line, and each `kindling_*` argument the
+    host passes or the guest reads, appears in docs/protocol.md §1."""
+    from host_shim import qemu
+
+    section = DOCS.read_text().split("## 1. Disks and kernel command line")[1].split("## 2.")[0]
+    root = DOCS.parent.parent
+    sources = [*root.glob("initsys/*.py"), root / "initsys" / "init", root / "host_shim" / "prepare.py",
+               root / "host_shim" / "qemu.py"]
+    ours = {m for p in sources for m in re.findall(r"""["'](kindling_[a-z_]+)(?:=|["'])""", p.read_text())}
+    assert {"kindling_agent", "kindling_net", "kindling_strategy", "kindling_importtime"} <= ours
+    for arg in sorted(ours) + [a.split("=")[0] for a in qemu.BASE_CMDLINE] + ["tsc_early_khz"]:
+        assert f"`{arg}" in section, arg
