@@ -40,8 +40,8 @@ class Boot:
         return self.agent_mode == "serial"
 
     def network_hinted(self):
-        from initsys.network_helper import hinted
-        return hinted(self.environ)
+        """The host's prestart hint, kernel argument kindling_net=1 (initsys/network_helper.py)."""
+        return self.environ.get("kindling_net") == "1"
 
     def systemd_mode(self):
         return self.cfg.init_mode == "systemd"

@@ -6,8 +6,8 @@ in the network stage.  Whether the network is wanted is said once, by
 config.json's `network_enabled`.  The host may add a hint, the kernel argument
 `kindling_net=1` (docs/protocol.md §1), which only lets the helper start at the
 very beginning of the boot -- before config.json is read -- so that its imports
-overlap PID 1's `import trio`; the config still decides, and a prestarted helper
-that the config does not want is cancelled.
+overlap PID 1's `import trio` (initsys/boot.py reads it); the config still
+decides, and a prestarted helper that the config does not want is cancelled.
 
 States and the calls that move between them:
 
@@ -21,18 +21,11 @@ the helper right away unless the stage must wait (the volumes first, or a
 one-at-a-time strategy); the network stage launches it otherwise.
 """
 
-import os
-
 from initsys import helpers
 
 NETWORK_TIMEOUT = 30.0
 IDLE, PRESTARTED, NOT_NEEDED, LAUNCHED, CONFIGURED, FAILED = (
     "idle", "prestarted", "not-needed", "launched", "configured", "failed")
-
-
-def hinted(environ=os.environ):
-    """The host's prestart hint: kernel argument kindling_net=1."""
-    return environ.get("kindling_net") == "1"
 
 
 class NetworkHelper:

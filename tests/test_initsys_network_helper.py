@@ -40,9 +40,10 @@ def launches(monkeypatch):
 
 
 def test_the_hint_is_kindling_net_1_only():
-    assert network_helper.hinted({"kindling_net": "1"})
-    assert not network_helper.hinted({"kindling_net": "0"})
-    assert not network_helper.hinted({})
+    from initsys.boot import Boot
+    assert Boot(0.0, {"kindling_net": "1"}).network_hinted()
+    assert not Boot(0.0, {"kindling_net": "0"}).network_hinted()
+    assert not Boot(0.0, {}).network_hinted()
 
 
 def test_a_prestarted_helper_is_cancelled_when_the_config_does_not_want_it(launches):
