@@ -186,65 +186,76 @@ def _check_symlink(name, target, tarball):
         raise Failed(f"{tarball}: symlink {name!r} -> {target!r} points outside the archive")
 
 
+def _make_parent(staging, name, made, links, tarball):
+    """Make the directories above member `name` (none may be below a symlink)."""
+    parent = os.path.dirname(name)
+    probe = parent
+    while probe:
+        if probe in links:
+            raise Failed(f"{tarball}: member {name!r} lies below the symlink {probe!r}")
+        probe = os.path.dirname(probe)
+    if parent not in made:
+        os.makedirs(os.path.join(staging, parent), 0o755, exist_ok=True)
+        while parent and parent not in made:
+            made.add(parent)
+            parent = os.path.dirname(parent)
+
+
+def _write_member(tar, m, dest):
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 m.mode & 0o755)
+    with open(fd, "wb") as out:
+        src = tar.extractfile(m)
+        while chunk := src.read(1 << 20):
+            out.write(chunk)
+        out.flush()
+        os.utime(fd, (m.mtime, m.mtime))
+
+
+def _extract_members(tar, tarball, staging):
+    """Every member, checked, into `staging`; returns (trees, files, dir_times)."""
+    trees, links, made, dir_times, files = set(), set(), {""}, [], 0
+    for m in tar:
+        name = m.name
+        while name.startswith("./"):
+            name = name[2:]
+        if name in ("", "."):
+            continue
+        tree = _tree_of(name, tarball)
+        trees.add(tree)
+        _make_parent(staging, name, made, links, tarball)
+        dest = os.path.join(staging, name)
+        if m.isdir():
+            if name not in made:
+                os.mkdir(dest, m.mode & 0o755 | 0o700)
+                made.add(name)
+            dir_times.append((dest, m.mtime))
+        elif m.isreg():
+            _write_member(tar, m, dest)
+            files += 1
+        elif m.issym():
+            if name == tree:
+                raise Failed(f"{tarball}: the tree {name!r} is a symlink")
+            _check_symlink(name, m.linkname, tarball)
+            os.symlink(m.linkname, dest)
+            links.add(name)   # nothing may go below a symlink
+        else:
+            raise Failed(f"{tarball}: member {name!r} is neither a file, a directory nor a symlink")
+    return trees, files, dir_times
+
+
 def extract(tarball, staging):
     """Extract `tarball` into the empty dir `staging`, checking every member.
     Returns (trees, number of files)."""
     import tarfile
 
-    trees = set()
-    links = set()         # names of the symlinks extracted: nothing may go below one
-    made = {""}           # directories made (relative names)
-    dir_times = []
-    files = 0
     try:
         tar = tarfile.open(tarball, "r|*")  # stream mode: one decompression pass
     except (OSError, tarfile.TarError) as e:
         raise Failed(f"{tarball}: cannot open: {e}") from None
     with tar:
         try:
-            for m in tar:
-                name = m.name
-                while name.startswith("./"):
-                    name = name[2:]
-                if name in ("", "."):
-                    continue
-                tree = _tree_of(name, tarball)
-                trees.add(tree)
-                parent = os.path.dirname(name)
-                probe = parent
-                while probe:
-                    if probe in links:
-                        raise Failed(f"{tarball}: member {name!r} lies below the symlink {probe!r}")
-                    probe = os.path.dirname(probe)
-                if parent not in made:
-                    os.makedirs(os.path.join(staging, parent), 0o755, exist_ok=True)
-                    while parent and parent not in made:
-                        made.add(parent)
-                        parent = os.path.dirname(parent)
-                dest = os.path.join(staging, name)
-                if m.isdir():
-                    if name not in made:
-                        os.mkdir(dest, m.mode & 0o755 | 0o700)
-                        made.add(name)
-                    dir_times.append((dest, m.mtime))
-                elif m.isreg():
-                    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                                 m.mode & 0o755)
-                    with open(fd, "wb") as out:
-                        src = tar.extractfile(m)
-                        while chunk := src.read(1 << 20):
-                            out.write(chunk)
-                        out.flush()
-                        os.utime(fd, (m.mtime, m.mtime))
-                    files += 1
-                elif m.issym():
-                    if name == tree:
-                        raise Failed(f"{tarball}: the tree {name!r} is a symlink")
-                    _check_symlink(name, m.linkname, tarball)
-                    os.symlink(m.linkname, dest)
-                    links.add(name)
-                else:
-                    raise Failed(f"{tarball}: member {name!r} is neither a file, a directory nor a symlink")
+            trees, files, dir_times = _extract_members(tar, tarball, staging)
         except (tarfile.TarError, EOFError, OSError) as e:
             raise Failed(f"{tarball}: {type(e).__name__}: {e}") from None
     for dest, mtime in reversed(dir_times):

@@ -19,7 +19,6 @@ import os
 
 from initsys import console, control, helpers
 from initsys.headers import HEADERS_DIR, STATUS_FILE, write_atomic
-from initsys.timeline import Stage
 
 _launched = []
 BASELINE_TIMEOUT = 900.0  # the first install takes 20-35 s under TCG on an idle host
@@ -37,25 +36,24 @@ def wanted(cfg, directory=HEADERS_DIR):
 
 
 def start(cfg, reaper, root, background=True):
-    """Write `pending` and launch the worker on `root`; returns its Helper, or None.
-    Not `background`: it stays tracked, for `wait()`."""
+    """Write `pending` and launch the worker on `root` (the boot's `headers-spawn`
+    step); returns its Helper, or None.  Not `background`: it stays tracked, for `wait()`."""
     if not wanted(cfg):
         return None
-    with Stage("headers-spawn"):
-        write_atomic(os.path.join(root, STATUS_FILE), "pending\n")
-        console = os.open("/dev/console", os.O_WRONLY | os.O_NOCTTY | os.O_CLOEXEC)
-        ctl = control.descriptor()   # its HEADERS-* lines go to the control port too
-        env = None if ctl is None else dict(os.environ, **{control.FD_ENV: str(ctl)})
-        try:
-            helper = helpers.launch(reaper, "headers", "--root", root, stdout=console,
-                                    stderr=console, new_session=True, env=env,
-                                    pass_fds=() if ctl is None else (ctl,))
-        finally:
-            os.close(console)
-        if background:
-            reaper.untrack(helper.popen.pid)
-            reaper.sweep()  # in case it ended while still tracked
-            _launched.append(helper)
+    write_atomic(os.path.join(root, STATUS_FILE), "pending\n")
+    console = os.open("/dev/console", os.O_WRONLY | os.O_NOCTTY | os.O_CLOEXEC)
+    ctl = control.descriptor()   # its HEADERS-* lines go to the control port too
+    env = None if ctl is None else dict(os.environ, **{control.FD_ENV: str(ctl)})
+    try:
+        helper = helpers.launch(reaper, "headers", "--root", root, stdout=console,
+                                stderr=console, new_session=True, env=env,
+                                pass_fds=() if ctl is None else (ctl,))
+    finally:
+        os.close(console)
+    if background:
+        reaper.untrack(helper.popen.pid)
+        reaper.sweep()  # in case it ended while still tracked
+        _launched.append(helper)
     return helper
 
 

@@ -122,10 +122,3 @@ async def finish(reaper, helper, *, timeout):
         lines = err.decode("utf-8", "replace").strip().splitlines()
         raise HelperFailed(lines[-1] if lines else f"{helper.module} helper exited with {popen.returncode}")
 
-
-async def run_helper(reaper, module, *args, timeout):
-    """launch + finish, from trio (the spawn runs in a worker thread)."""
-    import trio
-
-    helper = await trio.to_thread.run_sync(launch, reaper, module, *args)
-    await finish(reaper, helper, timeout=timeout)

@@ -3,6 +3,8 @@ An entry `module:function` imports the module and calls the function (imports do
 
 GUEST_MODULES = [
     "initsys.main",
+    "initsys.boot",
+    "initsys.network_helper",
     "initsys.config",
     "initsys.devices",
     "initsys.program",

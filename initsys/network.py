@@ -110,7 +110,7 @@ def main(argv):
             ifname = argv[2] if len(argv) > 2 else "eth0"
         configure(settings, root, ifname)
     except Exception as e:  # reported to PID 1 in one line
-        from initsys.main import describe
+        from initsys.failure import describe
         sys.stderr.write(f"{describe(e)}\n")
         return 1
     return 0

@@ -8,13 +8,12 @@ import errno
 import os
 import signal
 import subprocess
-import time
 
 import trio
 
 from initsys import control, libc, powerbutton, protocol
 from initsys.mounts import NEWROOT
-from initsys.timeline import record
+from initsys.timeline import Stage
 
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
 
@@ -88,23 +87,26 @@ async def _forward_signals(proc):
                 pass
 
 
-async def run(cfg, reaper):
-    """Run the program to completion; returns (exit code, message)."""
-    started = time.monotonic()
+async def _start(cfg, reaper):
+    """(the Process, None), or (None, exit code) when exec failed."""
     try:
-        proc = await spawn(cfg.argv, cfg.program_env(), cfg.workdir, reaper)
+        return await spawn(cfg.argv, cfg.program_env(), cfg.workdir, reaper), None
     except FileNotFoundError:
-        code = protocol.EXIT_COMMAND_NOT_FOUND
-        return code, protocol.exit_message(code)
+        return None, protocol.EXIT_COMMAND_NOT_FOUND
     except PermissionError:
-        code = protocol.EXIT_NOT_EXECUTABLE
-        return code, protocol.exit_message(code)
+        return None, protocol.EXIT_NOT_EXECUTABLE
     except OSError as e:
         if e.errno in (errno.ENOEXEC, errno.EISDIR, errno.ENOTDIR):
-            code = protocol.EXIT_NOT_EXECUTABLE
-            return code, protocol.exit_message(code)
+            return None, protocol.EXIT_NOT_EXECUTABLE
         raise
-    record("program-start", started, time.monotonic())  # PROGRAM-START: printed by the child
+
+
+async def run(cfg, reaper):
+    """Run the program to completion; returns (exit code, message)."""
+    with Stage("program-start"):  # PROGRAM-START: printed by the child
+        proc, code = await _start(cfg, reaper)
+    if proc is None:
+        return code, protocol.exit_message(code)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_forward_signals, proc)
         nursery.start_soon(powerbutton.forward_presses, proc)

@@ -16,27 +16,20 @@ command line overrides it):
     baseline    the benchmarks' "before" (bench/create_running.py): network,
                 then volumes, one after another -- the order of the seed
                 implementation; PID 1 also waits for the headers worker and
-                polls the agent's ready file (initsys/main.py, agent_gate.py)
+                polls the agent's ready file (initsys/boot.py, agent_gate.py)
 
 Every stage prints its KINDLING-STAGE line; a failure names its stage in the
-KINDLING-FATAL line.
+KINDLING-FATAL line.  The network stage waits for the network helper
+(initsys/network_helper.py), which the setup thread may have launched already.
 """
 
 import os
-import time
 
-from initsys import helpers, volumes
-from initsys.timeline import record
+from initsys import volumes
+from initsys.failure import BootFailed
+from initsys.timeline import Stage
 
-NETWORK_TIMEOUT = 30.0
 VOLUME_TIMEOUT = 10.0
-
-
-class StageFailed(Exception):
-    def __init__(self, stage, error):
-        from initsys.main import describe
-        super().__init__(describe(error))
-        self.stage = stage
 
 
 def shadows_etc(path):
@@ -80,7 +73,13 @@ def strategy_of(cfg, environ=os.environ):
     return strategy
 
 
-async def volume_stage(cfg, reaper, newroot, launched=None):
+def network_starts_early(cfg, strategy):
+    """Whether the network helper may be launched as soon as the config is read (from
+    the setup thread, while PID 1 still imports trio): it waits for nothing."""
+    return strategy == "concurrent" and ("network", ()) in plan(cfg)
+
+
+async def volume_stage(cfg, newroot):
     import trio
 
     from initsys.devices import BlockWatcher
@@ -99,100 +98,44 @@ async def volume_stage(cfg, reaper, newroot, launched=None):
         bind_into_newroot(newroot)  # a volume over / hides the first bind mounts
 
 
-def launch_network_early(cfg, reaper, newroot, prestarted=None):
-    """The network helper can start as soon as the config is read -- from the setup
-    thread, while PID 1 still imports trio -- unless it must wait for the volumes.
-    Its Python start-up and pyroute2 import (~1 s under TCG) then overlap the rest
-    of the boot; the network stage only waits for it.  With `prestarted` (a deferred
-    helper PID 1 started at boot because the host said `kindling_net=1`), the imports
-    are done already and it is only released.  Returns the Helper for the stage, or None."""
-    if not cfg.network_enabled:
-        if prestarted is not None:
-            prestarted.cancel(reaper)
-        return None
-    if ("network", ("volumes",)) in plan(cfg):
-        return prestarted  # released by the network stage, after the volumes
-    if prestarted is not None:
-        prestarted.release(_go_data(cfg, newroot))
-        return prestarted
-    return helpers.launch(reaper, "network", *network_args(cfg, newroot))
+async def _run_stage(name, cfg, newroot, network, timings):
+    with Stage(name) as stage:
+        if name == "volumes":
+            await volume_stage(cfg, newroot)
+        else:
+            await network.finish()
+            stage.start = min(stage.start, network.started)  # its work began when launched
+    timings[name] = (stage.start, stage.end)
 
 
-def _go_data(cfg, newroot):
-    import json
-
-    root, settings = network_args(cfg, newroot)
-    return json.dumps([root, json.loads(settings)]).encode()
-
-
-def network_args(cfg, newroot):
-    import json
-
-    from initsys.network import settings_of
-    return newroot, json.dumps(settings_of(cfg))
-
-
-async def network_stage(cfg, reaper, newroot, launched=None):
-    if launched is None:
-        await helpers.run_helper(reaper, "network", *network_args(cfg, newroot), timeout=NETWORK_TIMEOUT)
-        return
-    if not launched.released:
-        launched.release(_go_data(cfg, newroot))
-    await helpers.finish(reaper, launched, timeout=NETWORK_TIMEOUT)
-
-
-RUNNERS = {"volumes": volume_stage, "network": network_stage}
-
-
-async def _run_stage(name, cfg, reaper, newroot, timings, launched):
-    helper = launched.get(name)
-    start = time.monotonic()
-    try:
-        await RUNNERS[name](cfg, reaper, newroot, helper)
-        if helper is not None:
-            start = min(start, helper.started)  # its work began when it was released
-    except Exception as e:
-        raise StageFailed(name, e) from None
-    end = time.monotonic()
-    timings[name] = (start, end)
-    record(name, start, end)
-
-
-async def run(cfg, reaper, newroot, strategy="concurrent", launched=None):
+async def run(cfg, newroot, network, strategy="concurrent"):
     """Run the planned stages; returns {stage: (start, end)} on the guest clock.
-
-    `launched`: {stage: Helper} already started early (launch_network_early).
-    """
+    `network`: the NetworkHelper, settled with this config.  A failure raises the
+    BootFailed of the first stage that failed (never a group: the others are cancelled)."""
     import trio  # not at the top: the setup thread imports this module while trio loads
 
     timings = {}
-    launched = launched or {}
     if strategy != "concurrent":
         for name in sequence(cfg, strategy):
-            await _run_stage(name, cfg, reaper, newroot, timings, launched)
+            await _run_stage(name, cfg, newroot, network, timings)
         return timings
     stages = plan(cfg)
     done = {name: trio.Event() for name, _ in stages}
+    failures = []
 
     async def one(name, after):
         for dep in after:
             await done[dep].wait()
-        await _run_stage(name, cfg, reaper, newroot, timings, launched)
+        try:
+            await _run_stage(name, cfg, newroot, network, timings)
+        except BootFailed as e:  # the first failure ends the others
+            failures.append(e)
+            nursery.cancel_scope.cancel()
         done[name].set()
 
-    try:
-        async with trio.open_nursery() as nursery:
-            for name, after in stages:
-                nursery.start_soon(one, name, after)
-    except BaseExceptionGroup as group:
-        first = _first_leaf(group)
-        if isinstance(first, StageFailed):
-            raise first from None
-        raise
+    async with trio.open_nursery() as nursery:
+        for name, after in stages:
+            nursery.start_soon(one, name, after)
+    if failures:
+        raise failures[0]
     return timings
-
-
-def _first_leaf(exc):
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    return exc

@@ -1,14 +1,22 @@
-"""Boot timeline: every stage prints a KINDLING-STAGE line with its start and end.
+"""Boot timeline: the one way a boot stage is timed, named and failed.
+
+`with Stage("rootfs"): ...` marks the stage current for the calling thread (a
+KINDLING-FATAL line names it), prints a KINDLING-STAGE line with its start and
+end when it ends, and turns any error raised in it into a `BootFailed` naming
+it.  A stage that began before its code ran (a helper launched earlier, the
+kernel) moves its `start`; `finish(end)` prints a stage measured elsewhere.
+`line=False` names a stage for FATAL lines without printing it (the program,
+whose duration is not the boot's).
 
 Times are the guest's CLOCK_MONOTONIC in seconds, which starts near zero when
 the kernel starts, so the host can lay the stages of one boot on one axis.
-The stage a thread is in names the stage of a KINDLING-FATAL line.
 """
 
 import threading
 import time
 
 from initsys import console, protocol
+from initsys.failure import BootFailed
 
 _where = threading.local()
 
@@ -18,27 +26,34 @@ def current():
     return getattr(_where, "stage", "init")
 
 
-def enter(name):
-    _where.stage = name
-
-
 class Stage:
-    """Context manager timing one named stage and marking it current for this thread."""
+    """One named boot stage (a context manager; see the module docstring)."""
 
-    def __init__(self, name):
+    def __init__(self, name, start=None, line=True):
         self.name = name
-        self.start = None
+        self.start = start
+        self.end = None
+        self.line = line
+        self._outer = None
 
     def __enter__(self):
-        enter(self.name)
-        self.start = time.monotonic()
+        self._outer = current()
+        _where.stage = self.name
+        if self.start is None:
+            self.start = time.monotonic()
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            record(self.name, self.start, time.monotonic())
+        _where.stage = self._outer
+        if exc is None:
+            if self.line:
+                self.finish(time.monotonic())
+            return False
+        if isinstance(exc, Exception) and not isinstance(exc, BootFailed):  # groups too
+            raise BootFailed(self.name, exc) from exc
         return False
 
-
-def record(name, start, end):
-    console.emit(protocol.stage_line(name, start, end))
+    def finish(self, end):
+        """Print the KINDLING-STAGE line, ending at `end`."""
+        self.end = end
+        console.emit(protocol.stage_line(self.name, self.start, end))

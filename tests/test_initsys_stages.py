@@ -115,16 +115,20 @@ DRIVER = textwrap.dedent(r"""
     import json, sys, trio
     sys.path.insert(0, sys.argv[1])
     from initsys import protocol, stages
+    from initsys.failure import BootFailed
+    from initsys.network_helper import NetworkHelper
     from initsys.reaper import Reaper
     cfg = protocol.validate_config(json.loads(sys.argv[2]))
     async def main():
         reaper = Reaper()
         async with trio.open_nursery() as n:
             await n.start(reaper.run)
+            network = NetworkHelper(reaper, sys.argv[3])
+            network.settle(cfg, launch_now=stages.network_starts_early(cfg, sys.argv[4]))
             try:
-                t = await stages.run(cfg, reaper, sys.argv[3], sys.argv[4])
+                t = await stages.run(cfg, sys.argv[3], network, sys.argv[4])
                 print(json.dumps({"ok": t}))
-            except stages.StageFailed as e:
+            except BootFailed as e:
                 print(json.dumps({"failed": e.stage, "error": str(e)}))
             n.cancel_scope.cancel()
     trio.run(main)

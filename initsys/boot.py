@@ -1,0 +1,199 @@
+"""What each boot step does, and the state the steps share.
+
+The order of the steps, and where each runs, is initsys/main.py's `steps()`;
+this module only says what each one does.  Steps in the setup thread import
+their modules when they run, so those imports overlap PID 1's `import trio`
+(initsys/steps.py says why); nothing here imports trio before that.
+"""
+
+import os
+
+from initsys import kmod, mounts
+
+DISK_TIMEOUT = 10.0
+DISK_ROLES = ("rootfs", "overlay", "config")
+
+
+class Boot:
+    def __init__(self, t0, environ=os.environ):
+        from initsys.reaper import Reaper
+
+        self.t0 = t0
+        self.environ = environ
+        self.agent_mode = environ.get("kindling_agent", "vsock")
+        self.reaper = Reaper()
+        self.network = None     # the NetworkHelper (its module imports subprocess: not before it is needed)
+        self.agent = None       # the AgentProcess, after agent-spawn
+        self.setup = None       # the setup thread (initsys/steps.py)
+        self.cfg = None         # after config
+        self.strategy = None    # after config
+        self.switch = None      # systemd mode, after units
+        self._disks = None
+        self._watcher = None
+        self._headers = None
+
+    # -- conditions of steps (evaluated when the step comes) --
+    def agent_on(self):
+        return self.agent_mode != "off"
+
+    def agent_on_serial(self):
+        return self.agent_mode == "serial"
+
+    def control_requested(self):
+        """The host attached the control port (kernel argument kindling_control=1)."""
+        from initsys import control
+        return control.requested()
+
+    def network_hinted(self):
+        """The host's prestart hint, kernel argument kindling_net=1 (initsys/network_helper.py)."""
+        return self.environ.get("kindling_net") == "1"
+
+    def systemd_mode(self):
+        return self.cfg.init_mode == "systemd"
+
+    def exec_mode(self):
+        return self.cfg.init_mode == "exec"
+
+    def baseline(self):
+        return self.strategy == "baseline"
+
+    def agent_gates_program(self):
+        return self.exec_mode() and self.agent is not None and not self.cfg.skip_guest_agent
+
+    # -- main thread, before trio --
+    def expect_control(self):
+        if self.control_requested():
+            from initsys import control
+            control.expect()
+
+    def spawn_agent(self):
+        from initsys.agent_gate import AgentProcess
+        self.agent = AgentProcess(self.reaper)  # imports trio + the agent on the other vCPU meanwhile
+
+    def _network_helper(self):
+        if self.network is None:
+            from initsys.network_helper import NetworkHelper
+            self.network = NetworkHelper(self.reaper, mounts.NEWROOT)
+        return self.network
+
+    def prestart_network(self):
+        self._network_helper().prestart()
+
+    # -- the setup thread --
+    def load_modules(self):
+        from initsys import devices
+        self._watcher = devices.BlockWatcher()  # listening before the block driver loads
+        kmod.load_all()
+
+    def wait_for_disks(self):
+        disks = self._watcher.wait_for_roles(DISK_ROLES, DISK_TIMEOUT)
+        if disks is None:
+            raise OSError(f"disks not found within {DISK_TIMEOUT:.0f} s: "
+                          + ", ".join(self._watcher.missing(DISK_ROLES)))
+        self._disks = disks
+
+    def wait_for_agent_port(self):
+        from initsys import agent_gate, ports
+        if ports.wait_for_port(agent_gate.SERIAL_NAME, agent_gate.READY_TIMEOUT) is None:
+            raise OSError(f"virtio-serial port {agent_gate.SERIAL_NAME} did not appear within "
+                          f"{agent_gate.READY_TIMEOUT:.0f} s (kindling_agent=serial)")
+
+    def open_control(self):
+        from initsys import control
+        control.open_port()
+
+    def assemble_root(self):
+        from initsys import rootfs
+        rootfs.assemble(self._disks["rootfs"], self._disks["overlay"])
+
+    def read_config(self):
+        """Read config.json and settle what it decides at once: the strategy and the agent."""
+        from initsys import config, stages
+        self.cfg = config.load(self._disks["config"])
+        self.strategy = stages.strategy_of(self.cfg, self.environ)
+        if self.agent is None and not self.cfg.skip_guest_agent:
+            raise OSError("the agent is disabled on the kernel command line (kindling_agent=off)"
+                          " but config.json does not set skip_guest_agent")
+        if self.agent is not None and self.systemd_mode():
+            self.agent.kill()    # systemd starts its own from the unit: spare the CPU now
+        elif self.agent is not None and self.cfg.skip_guest_agent:
+            self.agent.cancel()  # not wanted: it exits
+
+    def settle_network(self):
+        from initsys import stages
+        self._network_helper().settle(self.cfg, launch_now=stages.network_starts_early(self.cfg, self.strategy))
+
+    def time_kernel_and_python(self):
+        """The `kernel` and `python` stages, from the kernel log (here, off the critical path)."""
+        from initsys import libc
+        from initsys.timeline import Stage
+
+        started = init_exec_time(libc.kernel_log())
+        if started is not None and started <= self.t0:
+            Stage("kernel", start=0.0).finish(started)
+            Stage("python", start=started).finish(self.t0)  # interpreter start-up, to /init's first line
+        else:
+            Stage("kernel", start=0.0).finish(self.t0)
+
+    # -- trio --
+    async def start_background(self, nursery):
+        """What runs beside the steps for the whole trio part: the reaper, the agent's reaping."""
+        await nursery.start(self.reaper.run)
+        if self.agent is not None:
+            nursery.start_soon(self.agent.supervise, self.reaper)
+
+    async def join_setup(self):
+        import trio
+        await trio.to_thread.run_sync(self.setup.join)
+        if self.setup.error is not None:
+            raise self.setup.error
+
+    async def volumes_and_network(self):
+        from initsys import stages
+        await stages.run(self.cfg, mounts.NEWROOT, self.network, self.strategy)
+
+    async def install_units(self):
+        from initsys import agent_gate, systemd_mode
+        self.switch = systemd_mode.prepare(self.cfg, agent_gate.transport_from_cmdline(self.environ))
+
+    def headers_in_background(self):
+        from initsys import headers_launch
+        return self.exec_mode() and headers_launch.wanted(self.cfg)
+
+    async def spawn_headers(self):
+        from initsys import headers_launch
+        self._headers = headers_launch.start(self.cfg, self.reaper, mounts.NEWROOT,
+                                             background=not self.baseline())
+
+    def headers_awaited(self):
+        return self._headers is not None and self.baseline()
+
+    async def wait_for_headers(self):
+        from initsys import headers_launch
+        await headers_launch.wait(self.reaper, self._headers)
+
+    async def wait_for_agent(self):
+        from initsys import agent_gate
+        wait_ready = self.agent.release_and_poll if self.baseline() else self.agent.release_and_wait
+        await wait_ready(mounts.NEWROOT, self.cfg.program_env(), agent_gate.transport_from_cmdline(self.environ))
+
+    async def run_program(self):
+        import gc
+
+        from initsys import console, program, protocol
+        gc.enable()  # disabled by /init for the boot (fewer collections while importing)
+        code, message = await program.run(self.cfg, self.reaper)
+        console.emit_own_line(protocol.exit_line(code, message))
+
+    # -- main thread, after trio --
+    def switch_root(self):
+        self.switch.exec()  # never returns
+
+
+def init_exec_time(kernel_log):
+    """When the kernel exec'd /init: the timestamp of its "Run /init as init
+    process" message (printed even with `quiet`, into the ring buffer), or None."""
+    import re
+
+    m = re.search(r"\[\s*(\d+\.\d+)\] Run /init as init process", kernel_log)
+    return float(m.group(1)) if m else None

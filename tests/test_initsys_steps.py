@@ -1,0 +1,244 @@
+"""The boot as a list of steps (initsys/main.py `steps`, run by initsys/steps.py),
+its one timing mechanism (initsys/timeline.py `Stage`) and its one failure type
+(initsys/failure.py), on the host: no VM, fake step actions."""
+
+import re
+import threading
+from pathlib import Path
+
+import pytest
+import trio
+
+from initsys import failure, main, protocol, steps, timeline
+from initsys.boot import Boot
+from initsys.failure import BootFailed
+from initsys.steps import MAIN, SETUP, TRIO, Step
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "protocol.md"
+
+
+def stage_lines(text):
+    return [protocol.parse_line(line).fields["name"] for line in text.splitlines()
+            if line.startswith("KINDLING-STAGE")]
+
+
+def test_stage_prints_its_line_names_the_thread_and_restores_the_outer():
+    assert timeline.current() == "init"
+    with timeline.Stage("outer"):
+        with timeline.Stage("inner") as inner:
+            assert timeline.current() == "inner"
+        assert timeline.current() == "outer"
+    assert timeline.current() == "init"
+    assert inner.start <= inner.end
+
+
+def test_stage_turns_an_error_into_bootfailed_naming_it(capfd):
+    with pytest.raises(BootFailed) as caught:
+        with timeline.Stage("rootfs"):
+            with timeline.Stage("quiet", line=False):
+                pass
+            raise OSError("overlay: no such device")
+    assert caught.value.stage == "rootfs"
+    assert str(caught.value) == "overlay: no such device"
+    assert stage_lines(capfd.readouterr().out) == []   # a failed stage prints no line; line=False none
+
+
+def test_stage_keeps_an_inner_bootfailed_and_lets_cancellation_through():
+    with pytest.raises(BootFailed) as caught:
+        with timeline.Stage("outer"):
+            with timeline.Stage("disks"):
+                raise ValueError("x")
+    assert caught.value.stage == "disks"
+    with pytest.raises(KeyboardInterrupt):
+        with timeline.Stage("outer"):
+            raise KeyboardInterrupt
+
+
+def test_stage_with_an_earlier_start_and_finish(capfd):
+    timeline.Stage("kernel", start=0.0).finish(1.5)
+    line = capfd.readouterr().out.strip()
+    assert line.startswith("KINDLING-STAGE name=kernel start=0.000000 end=1.500000")
+
+
+def test_describe():
+    assert failure.describe(OSError("disk gone")) == "disk gone"
+    assert failure.describe(protocol.ConfigError("workdir", "an absolute path", "x")).startswith(
+        "config.json field 'workdir'")
+    assert failure.describe(ValueError("bad")) == "ValueError: bad"
+    assert failure.describe(RuntimeError()) == "RuntimeError"
+    group = ExceptionGroup("g", [OSError("a"), ExceptionGroup("h", [KeyError("k")])])
+    assert failure.describe(group) == "a; KeyError: 'k'"
+
+
+class Recorder:
+    """A fake Boot: records which step ran on which thread, and starts nothing."""
+
+    def __init__(self):
+        self.ran = []
+        self.setup = None
+
+    def act(self, name, error=None):
+        def action():
+            self.ran.append((name, threading.current_thread().name))
+            if error:
+                raise error
+        return action
+
+    def act_async(self, name):
+        async def action():
+            self.ran.append((name, "trio"))
+        return action
+
+    async def start_background(self, nursery):
+        pass
+
+    async def join(self):
+        await trio.to_thread.run_sync(self.setup.join)
+        if self.setup.error is not None:
+            raise self.setup.error
+
+
+def test_runner_runs_main_setup_and_trio_steps_in_order_and_skips(capfd):
+    r = Recorder()
+    gate = threading.Event()
+    plan = (
+        Step(MAIN, "a", r.act("a")),
+        Step(SETUP, "s1", lambda: (gate.wait(10), r.act("s1")())),
+        Step(SETUP, "s2", r.act("s2")),
+        Step(MAIN, "b", lambda: (r.act("b")(), gate.set())),   # runs while the thread waits
+        Step(TRIO, "join", r.join),
+        Step(TRIO, "skipped", r.act_async("skipped"), when=lambda: False),
+        Step(TRIO, "c", r.act_async("c")),
+    )
+    steps.run(plan, r)
+    assert r.ran == [("a", "MainThread"), ("b", "MainThread"), ("s1", "setup"), ("s2", "setup"),
+                     ("c", "trio")]
+    assert stage_lines(capfd.readouterr().out) == ["a", "b", "s1", "s2", "join", "c"]
+
+
+def test_a_setup_failure_surfaces_at_the_join_naming_its_stage():
+    r = Recorder()
+    plan = (
+        Step(SETUP, "disks", r.act("disks", OSError("disks not found within 10 s: config"))),
+        Step(SETUP, "rootfs", r.act("rootfs")),
+        Step(TRIO, "setup-join", r.join),
+        Step(TRIO, "later", r.act_async("later")),
+    )
+    with pytest.raises(ExceptionGroup) as caught:   # trio.run's nursery: a flat group
+        steps.run(plan, r)
+    (failed,) = caught.value.exceptions
+    assert isinstance(failed, BootFailed) and failed.stage == "disks"
+    assert [name for name, _ in r.ran] == ["disks"]
+
+
+def test_main_reports_the_failed_stage_in_one_fatal_line(monkeypatch):
+    fatal = []
+
+    class Stop(BaseException):
+        pass
+
+    def fake_fatal(stage, error):
+        fatal.append((stage, error))
+        raise Stop  # power.fatal never returns
+
+    def failing_run(plan, boot):
+        raise ExceptionGroup("trio", [BootFailed("config", OSError("no config.json"))])
+    monkeypatch.setattr(main.power, "fatal", fake_fatal)
+    monkeypatch.setattr(main, "run", failing_run)
+    monkeypatch.setattr(main.signal, "signal", lambda *a: None)
+    with pytest.raises(BaseExceptionGroup):
+        main.main(0.0)
+    assert fatal == [("config", "no config.json")]
+
+
+def boot_steps():
+    return main.steps(Boot(0.0, environ={}))
+
+
+def test_the_steps_name_every_stage_in_order():
+    names = []
+    for step in boot_steps():
+        names += list(step.name) if isinstance(step.name, tuple) else [step.name]
+    assert names == ["mounts", "agent-spawn", "network-spawn", "modules", "disks", "ports", "rootfs",
+                     "config", "newroot", "network", "kernel", "python", "imports", "setup-join",
+                     "volumes", "network", "units", "headers-spawn", "headers-wait", "agent",
+                     "program", "systemd"]
+    where = {step.name: step.where for step in boot_steps()}
+    assert where["imports"] == MAIN and where["modules"] == SETUP and where[("volumes", "network")] == TRIO
+
+
+def test_every_stage_name_is_documented():
+    table = DOCS.read_text().split("### `KINDLING-STAGE")[1].split("### systemd mode")[0]
+    documented = set(re.findall(r"^\| `([a-z-]+)`(?:, `([a-z-]+)`)?", table, re.M))
+    documented = {n for pair in documented for n in pair if n}
+    for step in boot_steps():
+        for name in step.name if isinstance(step.name, tuple) else (step.name,):
+            assert name in documented, name
+
+
+class FakeAgent:
+    def __init__(self):
+        self.fate = "kept"
+
+    def kill(self):
+        self.fate = "killed"
+
+    def cancel(self):
+        self.fate = "cancelled"
+
+
+def read_config(monkeypatch, config, agent, environ=None):
+    from initsys import config as config_mod
+    monkeypatch.setattr(config_mod, "load", lambda device: protocol.validate_config(
+        {"entrypoint": ["/sbin/init"], **config}))
+    b = Boot(0.0, environ=environ or {})
+    b.agent = agent
+    b._disks = {"config": "/dev/vdc"}
+    b.read_config()
+    return b
+
+
+@pytest.mark.parametrize("config, fate", [
+    ({}, "kept"), ({"init_mode": "systemd"}, "killed"), ({"skip_guest_agent": True}, "cancelled"),
+])
+def test_the_config_step_settles_the_agent(monkeypatch, config, fate):
+    agent = FakeAgent()
+    b = read_config(monkeypatch, config, agent)
+    assert agent.fate == fate
+    assert b.agent_gates_program() is (fate == "kept")
+
+
+def test_the_config_step_refuses_agent_off_without_skip_guest_agent(monkeypatch):
+    with pytest.raises(OSError, match="kindling_agent=off"):
+        read_config(monkeypatch, {}, None, {"kindling_agent": "off"})
+    assert read_config(monkeypatch, {"skip_guest_agent": True}, None).strategy == "concurrent"
+
+
+@pytest.mark.parametrize("strategy, volume_path, early", [
+    ("concurrent", "/data", True), ("concurrent", "/etc/app", False),
+    ("sequential", "/data", False), ("baseline", "/data", False),
+])
+def test_the_network_helper_starts_early_only_when_it_waits_for_nothing(monkeypatch, strategy, volume_path, early):
+    net = {"network_enabled": True, "guest_ip": "10.0.0.2", "guest_cidr": 24, "boot_strategy": strategy,
+           "volume_mounts": [{"device": "/dev/vdd", "path": volume_path}]}
+    b = read_config(monkeypatch, net, FakeAgent())
+    launched = []
+    from initsys import network_helper
+    monkeypatch.setattr(network_helper.NetworkHelper, "launch", lambda self: launched.append(self.cfg))
+    b.settle_network()
+    assert bool(launched) is early
+
+
+def test_every_kernel_argument_is_documented():
+    """Each argument of the host's base command line, and each `kindling_*` argument the
+    host passes or the guest reads, appears in docs/protocol.md §1."""
+    from host_shim import qemu
+
+    section = DOCS.read_text().split("## 1. Disks and kernel command line")[1].split("## 2.")[0]
+    root = DOCS.parent.parent
+    sources = [*root.glob("initsys/*.py"), root / "initsys" / "init", root / "host_shim" / "prepare.py",
+               root / "host_shim" / "qemu.py"]
+    ours = {m for p in sources for m in re.findall(r"""["'](kindling_[a-z_]+)(?:=|["'])""", p.read_text())}
+    assert {"kindling_agent", "kindling_net", "kindling_strategy", "kindling_importtime"} <= ours
+    for arg in sorted(ours) + [a.split("=")[0] for a in qemu.BASE_CMDLINE] + ["tsc_early_khz"]:
+        assert f"`{arg}" in section, arg
