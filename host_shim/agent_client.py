@@ -104,6 +104,33 @@ def _checked(fn, *args, **kwargs):
         raise AgentProtocolError(f"the agent sent an invalid message: {e}") from None
 
 
+async def _drain(proc, ch: str, sink, buf: bytearray, max_capture: int, name: str) -> None:
+    """One output channel of an exec: to `sink`, or captured into `buf` (bounded)."""
+    while data := await proc.receive(ch):
+        if sink is not None:
+            await sink(data)
+            continue
+        if len(buf) + len(data) > max_capture:
+            stream = "stdout" if ch == "out" else "stderr"
+            raise AgentError(f"{stream} of {name} exceeded {max_capture} bytes;"
+                             f" pass {stream}= to stream it")
+        buf += data
+
+
+async def _feed(proc, stdin) -> None:
+    """An exec's stdin: bytes or an async iterable of bytes, then end of input."""
+    try:
+        if isinstance(stdin, (bytes, bytearray, memoryview)):
+            if stdin:
+                await proc.send_stdin(bytes(stdin))
+        else:
+            async for chunk in stdin:
+                await proc.send_stdin(chunk)
+    except AgentError:
+        return      # the command ended before reading all of it
+    await proc.close_stdin()
+
+
 class ExecProcess:
     """A running command.  Get one from AgentClient.open_exec()."""
 
@@ -260,28 +287,10 @@ class AgentClient:
         async with self.open_exec(argv, env=env, cwd=cwd, user=user, stdin=stdin is not None,
                                   tty=tty, rows=rows, cols=cols, timeout=timeout) as proc:
             async def drain(ch, sink):
-                while data := await proc.receive(ch):
-                    if sink is not None:
-                        await sink(data)
-                    else:
-                        buf = captured[ch]
-                        if len(buf) + len(data) > max_capture:
-                            name = "stdout" if ch == "out" else "stderr"
-                            raise AgentError(f"{name} of {argv[0]} exceeded {max_capture} bytes;"
-                                             f" pass {name}= to stream it")
-                        buf += data
+                await _drain(proc, ch, sink, captured[ch], max_capture, argv[0])
 
             async def feed():
-                try:
-                    if isinstance(stdin, (bytes, bytearray, memoryview)):
-                        if stdin:
-                            await proc.send_stdin(bytes(stdin))
-                    else:
-                        async for chunk in stdin:
-                            await proc.send_stdin(chunk)
-                except AgentError:
-                    return      # the command ended before reading all of it
-                await proc.close_stdin()
+                await _feed(proc, stdin)
 
             failure = None
             async with trio.open_nursery() as nursery:

@@ -159,7 +159,7 @@ def test_the_steps_name_every_stage_in_order():
     names = []
     for step in boot_steps():
         names += list(step.name) if isinstance(step.name, tuple) else [step.name]
-    assert names == ["mounts", "agent-spawn", "network-spawn", "modules", "disks", "ports", "rootfs",
+    assert names == ["mounts", "agent-spawn", "network-spawn", "modules", "disks", "ports", "control", "rootfs",
                      "config", "newroot", "network", "kernel", "python", "imports", "setup-join",
                      "volumes", "network", "units", "headers-spawn", "headers-wait", "agent",
                      "program", "systemd"]
