@@ -7,7 +7,9 @@ are read over QMP (`query-cpus-fast`, `info registers -a`) into the instance
 directory, then `kindling run` gets SIGTERM (it stops the VM), then SIGKILL.
 Instances of boots that exited 0 are removed as the soak goes.
 
-Reported: raw hang rate (outer timeout hit), user-visible failure rate (any boot
+Reported: raw hang rate (outer timeout hit; how many of those hangs the guest
+kernel itself reported as a stalled CPU, which tells a hang from a slow boot on
+a loaded host), user-visible failure rate (any boot
 that did not exit 0 within the timeout), the median wall time of the good boots,
 and the last console lines of every hung boot.
 
@@ -36,6 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 VERBOSE_KERNEL_ARGS = ("ignore_loglevel", "earlyprintk=serial,ttyS0", "keep_bootcon")
 TAIL_LINES = 12
 TERM_GRACE_S = 30
+RCU_STALL = "detected stalls on CPUs"
 
 
 @dataclass
@@ -44,6 +47,7 @@ class Boot:
     wall_s: float
     returncode: int | None          # None: the outer timeout ended it
     instance: str | None = None     # kept only for boots that did not exit 0
+    rcu_stall: bool = False         # the guest kernel reported a stalled CPU: a hang, not slowness
     last_console_lines: list[str] = field(default_factory=list)
 
 
@@ -116,6 +120,7 @@ def one_boot(index: int, args, home: Path) -> Boot:
         kept.parent.mkdir(exist_ok=True)
         instance.rename(kept)
         boot.instance, boot.last_console_lines = str(kept), console_tail(kept)
+        boot.rcu_stall = RCU_STALL in (kept / "logs" / "app.log").read_text(errors="replace")
     return boot
 
 
@@ -129,6 +134,7 @@ def summarize(boots: list[Boot], args) -> dict:
         "repo": str(args.repo), "kernel_args": list(args.kernel_arg),
         "timeout_s": args.timeout, "boots": n,
         "hangs": len(hung), "raw_hang_rate": len(hung) / n if n else 0.0,
+        "hangs_with_rcu_stall": sum(b.rcu_stall for b in hung),
         "user_visible_failures": len(failed),
         "user_visible_failure_rate": len(failed) / n if n else 0.0,
         "median_wall_s": statistics.median(good) if good else None,
@@ -140,7 +146,8 @@ def summarize(boots: list[Boot], args) -> dict:
 def print_summary(s: dict) -> None:
     print(f"{s['boots']} boots of `{s['command']}` (repo {s['repo']}, "
           f"kernel args {' '.join(s['kernel_args']) or '-'}, timeout {s['timeout_s']:g} s)")
-    print(f"  raw hang rate            {s['hangs']}/{s['boots']} = {s['raw_hang_rate']:.2%}")
+    print(f"  raw hang rate            {s['hangs']}/{s['boots']} = {s['raw_hang_rate']:.2%} "
+          f"({s['hangs_with_rcu_stall']} with a kernel RCU stall report)")
     print(f"  user-visible failures    {s['user_visible_failures']}/{s['boots']} = "
           f"{s['user_visible_failure_rate']:.2%}")
     if s["median_wall_s"] is not None:
@@ -148,6 +155,7 @@ def print_summary(s: dict) -> None:
               f"({s['min_wall_s']:.2f}..{s['max_wall_s']:.2f})")
     for b in s["failed_boots"]:
         what = "hung" if b["returncode"] is None else f"exit {b['returncode']}"
+        what += " (RCU stall)" if b["rcu_stall"] else ""
         print(f"  boot {b['index']}: {what} after {b['wall_s']:.1f} s; kept {b['instance']}")
         for line in b["last_console_lines"]:
             print(f"    | {line}")
