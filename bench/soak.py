@@ -96,8 +96,10 @@ def end_boot(proc: subprocess.Popen) -> None:
 
 
 def one_boot(index: int, args, home: Path) -> Boot:
+    # `run --timeout` above the outer one: only the outer timeout decides what is a hang.
     argv = [sys.executable, "-m", "host_shim.cli", "run", "--accel", "tcg", "--no-headers",
-            "--keep", *(f"--kernel-arg={a}" for a in args.kernel_arg), "--", "true"]
+            "--keep", f"--timeout={2 * args.timeout:g}",
+            *(f"--kernel-arg={a}" for a in args.kernel_arg), "--", "true"]
     env = dict(os.environ, KINDLING_HOME=str(home), PYTHONPATH=str(args.repo))
     start = time.monotonic()
     with open(home / "soak-cli.log", "a") as cli_log:
