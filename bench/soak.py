@@ -132,7 +132,7 @@ def summarize(boots: list[Boot], args) -> dict:
     failed = [b for b in boots if b.returncode != 0]
     good = [b.wall_s for b in boots if b.returncode == 0]
     return {
-        "command": "kindling run --accel tcg --no-headers -- true",
+        "command": f"kindling run --accel tcg --no-headers --timeout {2 * args.timeout:g} -- true",
         "repo": str(args.repo), "kernel_args": list(args.kernel_arg),
         "timeout_s": args.timeout, "boots": n,
         "hangs": len(hung), "raw_hang_rate": len(hung) / n if n else 0.0,
