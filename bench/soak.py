@@ -18,6 +18,7 @@ and the last console lines of every hung boot.
 
 `--verbose-kernel` boots without the effect of `quiet` (`ignore_loglevel`) and with
 `earlyprintk=serial,ttyS0 keep_bootcon`, so a hang shows where the kernel stopped.
+Ctrl-C or SIGTERM ends the soak with a summary of the finished boots.
 `--repo` runs the CLI of another Kindling checkout (e.g. /work/main) to compare.
 """
 
@@ -107,6 +108,9 @@ def one_boot(index: int, args, home: Path) -> Boot:
                                 stderr=subprocess.STDOUT, start_new_session=True)
         try:
             returncode = proc.wait(timeout=args.timeout)
+        except KeyboardInterrupt:       # the boot is not counted; its VM is not left behind
+            end_boot(proc)
+            raise
         except subprocess.TimeoutExpired:
             returncode = None
             instance = newest_instance(home)
@@ -185,11 +189,16 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` summarizes like Ctrl-C
     home = args.home or Path(tempfile.mkdtemp(prefix="kindling-soak-"))
     home.mkdir(parents=True, exist_ok=True)
     boots = []
     for i in range(args.boots):
-        boots.append(one_boot(i, args, home))
+        try:
+            boots.append(one_boot(i, args, home))
+        except KeyboardInterrupt:
+            print(f"interrupted: summary of the {len(boots)} finished boots", file=sys.stderr)
+            break
         b = boots[-1]
         state = "ok" if b.returncode == 0 else ("HUNG" if b.returncode is None else
                                                  f"exit {b.returncode}")
