@@ -18,6 +18,24 @@ firmware tables to walk; its virtio devices sit on MMIO.  Measured under TCG
 and the virtio modules load in ~0.45 s instead of ~1.2 s.  It needs
 `tsc_early_khz` (the host's TSC frequency), or TSC calibration against the PIT
 hangs in a few percent of TCG boots.  `pc` stays available (`--machine pc`).
+
+Under TCG the kernel also gets `nohz=off` (TCG_CMDLINE).  QEMU runs one thread
+per vCPU (MTTCG), and the guest kernel's live code patching races with
+translation: while one vCPU patches a static key (`text_poke_bp`: an int3 first,
+then the new bytes, then the first byte), another vCPU can translate that text
+with the transient int3 in it and keep the translated block after the last
+write.  Its int3 handler then finds no int3 in memory, backs up and re-executes
+the stale block: that vCPU loops on an int3 that is no longer there, forever.
+Seen (bench/soak.py) as a boot that stops ~1 s into the kernel: an RCU stall,
+CPU 0 in `exc_int3` from `hrtimer_start_range_ns` in the idle loop, right after
+the switch to a high-resolution clocksource.  That switch makes the kernel turn
+on the `timers_nohz_active`/`timers_migration_enabled` keys, which patch exactly
+the hrtimer code every idle vCPU runs.  With `nohz=off` the kernel never turns
+them on (tick_nohz_activate returns at once), so the hottest patch site of a
+boot is never patched.  The cost is a periodic tick on idle vCPUs, which is why
+KVM guests (no translation, no race) do not get it.  `-accel tcg,thread=single`
+would remove every such race, but the two vCPUs then share one host thread: on
+this loaded host 4 of 6 boots outlived 90 s, against a 56 s median for MTTCG.
 """
 
 import os
@@ -33,6 +51,9 @@ BASE_CMDLINE = (
     "console=ttyS0", "panic=-1", "quiet", "cryptomgr.notests", "8250.nr_uarts=1",
     "tsc=reliable", "no_timer_check", "lpj=8000000",
 )
+
+# Only under TCG: no live patching of the idle loop's hrtimer code (module docstring).
+TCG_CMDLINE = ("nohz=off",)
 
 DEFAULT_MEMORY_MIB = 512
 DEFAULT_CPUS = 2  # the ordered setup thread overlaps the trio import (initsys/main.py)
@@ -151,7 +172,7 @@ def opt_value(value: str | os.PathLike) -> str:
 
 
 def kernel_cmdline(spec: VMSpec) -> str:
-    args = BASE_CMDLINE
+    args = BASE_CMDLINE + (TCG_CMDLINE if spec.accel is Accel.TCG else ())
     if machine_for(spec.machine).needs_tsc_khz and spec.tsc_khz:
         args += (f"tsc_early_khz={spec.tsc_khz}",)
     return " ".join(args + tuple(spec.cmdline_extra))

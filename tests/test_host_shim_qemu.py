@@ -44,7 +44,7 @@ def test_machine_table(machine, option_value, block, tsc):
     argv = qemu.build_argv(spec(machine=machine, tsc_khz=2596000), "qemu")
     assert option(argv, "-machine") == [option_value]
     assert all(d.startswith(block + ",") for d in option(argv, "-device"))
-    assert option(argv, "-append")[0].endswith("lpj=8000000" + tsc)
+    assert option(argv, "-append")[0].endswith("lpj=8000000 nohz=off" + tsc)
 
 
 def test_default_machine_is_microvm():
@@ -71,6 +71,14 @@ def test_cpu_per_accel(accel, cpu):
     assert option(argv, "-cpu") == [cpu]
 
 
+@pytest.mark.parametrize("machine", ["microvm", "pc"])
+@pytest.mark.parametrize("accel, nohz_off", [(Accel.TCG, True), (Accel.KVM, False)])
+def test_nohz_off_only_under_tcg(machine, accel, nohz_off):
+    """TCG: no live patching of the idle loop's hrtimer code (the int3 boot hang, issue 15)."""
+    cmdline = option(qemu.build_argv(spec(machine=machine, accel=accel), "qemu"), "-append")[0]
+    assert ("nohz=off" in cmdline.split()) is nohz_off
+
+
 def test_unresolved_accel_rejected():
     with pytest.raises(ValueError):
         spec(accel=Accel.AUTO)
@@ -90,9 +98,9 @@ def test_defaults():
 
 @pytest.mark.parametrize("extra, cmdline", [
     ((), "console=ttyS0 panic=-1 quiet cryptomgr.notests 8250.nr_uarts=1 tsc=reliable "
-         "no_timer_check lpj=8000000"),
+         "no_timer_check lpj=8000000 nohz=off"),
     (("kindling.debug=1",), "console=ttyS0 panic=-1 quiet cryptomgr.notests 8250.nr_uarts=1 "
-                            "tsc=reliable no_timer_check lpj=8000000 kindling.debug=1"),
+                            "tsc=reliable no_timer_check lpj=8000000 nohz=off kindling.debug=1"),
 ])
 def test_kernel_cmdline(extra, cmdline):
     argv = qemu.build_argv(spec(cmdline_extra=extra), "qemu")
