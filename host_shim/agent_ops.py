@@ -101,28 +101,30 @@ def split_remote(text: str) -> tuple[str | None, str]:
     return None, text
 
 
+async def _copy(ref: str, operation: str, *args, home=None) -> CopyResult:
+    """client.copy_to / copy_from on the Running instance `ref`; agent errors named
+    as `cp SRC DST`."""
+    instance = await _running(ref, "cp", home)
+    async with open_agent(instance.agent_socket, timeout=CONNECT_TIMEOUT) as client:
+        try:
+            return await getattr(client, operation)(*args)
+        except AgentError as e:
+            src, dst = args if operation == "copy_to" else (f"{ref}:{args[0]}", args[1])
+            dst = f"{ref}:{dst}" if operation == "copy_to" else dst
+            die(f"cp {src} {dst}: {e}")
+
+
 async def copy_in(ref: str, local: str | os.PathLike, remote: str, home=None) -> CopyResult:
     """Copy the local file or tree `local` so that it becomes `remote` in the guest."""
     local = os.fspath(local)
     if not os.path.lexists(local):
         die(f"cp: {local}: no such file or directory")
-    instance = await _running(ref, "cp", home)
-    async with open_agent(instance.agent_socket, timeout=CONNECT_TIMEOUT) as client:
-        try:
-            return await client.copy_to(local, remote)
-        except AgentError as e:
-            die(f"cp {local} {ref}:{remote}: {e}")
+    return await _copy(ref, "copy_to", local, remote, home=home)
 
 
 async def copy_out(ref: str, remote: str, local: str | os.PathLike, home=None) -> CopyResult:
     """Copy the guest's file or tree `remote` so that it becomes `local` on the host."""
-    local = os.fspath(local)
-    instance = await _running(ref, "cp", home)
-    async with open_agent(instance.agent_socket, timeout=CONNECT_TIMEOUT) as client:
-        try:
-            return await client.copy_from(remote, local)
-        except AgentError as e:
-            die(f"cp {ref}:{remote} {local}: {e}")
+    return await _copy(ref, "copy_from", remote, os.fspath(local), home=home)
 
 
 async def copy(src: str, dst: str, home=None) -> CopyResult:

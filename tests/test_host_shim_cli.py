@@ -7,10 +7,8 @@ would start, so none needs one.
 """
 
 import json
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -23,13 +21,9 @@ COMMANDS = ("run", "create", "start", "stop", "delete", "list", "inspect", "logs
 
 
 @pytest.fixture(autouse=True)
-def home(monkeypatch):
-    """A private, short KINDLING_HOME (the QMP socket path must fit in sun_path)."""
-    path = Path(tempfile.mkdtemp(prefix="kh-"))
-    monkeypatch.setenv("KINDLING_HOME", str(path))
-    monkeypatch.delenv("KINDLING_ACCEL", raising=False)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+def _private_home(home):
+    """Every test here gets its own KINDLING_HOME (tests/conftest.py)."""
+    return home
 
 
 # --- user errors -------------------------------------------------------------

@@ -1,8 +1,6 @@
 """The init mode (config.json `init_mode`) and the command a VM runs, without a VM:
 host_shim/initmode.py's decision table, and what create/run put into config.json."""
 
-import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -123,13 +121,6 @@ def test_no_command_hint_names_the_debian_base():
 
 
 # --- the CLI -----------------------------------------------------------------------
-
-@pytest.fixture
-def home(monkeypatch):
-    path = Path(tempfile.mkdtemp(prefix="kh-"))
-    monkeypatch.setenv("KINDLING_HOME", str(path))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.mark.parametrize("command", ["run", "create"])

@@ -8,8 +8,6 @@ flows are in tests/test_host_shim_lifecycle_vm.py and tests/test_host_shim_vm.py
 """
 
 import json
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -24,13 +22,6 @@ from host_shim.state import State
 
 INSTANCE_KEYS = set(InstanceInfo.__dataclass_fields__)
 
-
-@pytest.fixture
-def home(monkeypatch):
-    path = Path(tempfile.mkdtemp(prefix="kh-"))
-    monkeypatch.setenv("KINDLING_HOME", str(path))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def stopped_instance(home: Path, name: str = "web", volumes: tuple = ()) -> tuple[Instance, Metadata]:

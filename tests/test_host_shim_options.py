@@ -5,8 +5,6 @@ import argparse
 import dataclasses
 import inspect
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,14 +16,6 @@ from host_shim.instance import Instance
 from host_shim.metadata import Metadata
 from host_shim.state import State
 
-
-@pytest.fixture
-def home(monkeypatch):
-    path = Path(tempfile.mkdtemp(prefix="kh-"))
-    monkeypatch.setenv("KINDLING_HOME", str(path))
-    monkeypatch.delenv("KINDLING_ACCEL", raising=False)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def subparser(command: str) -> argparse.ArgumentParser:
