@@ -2,14 +2,15 @@
 is ready, and wait for its FD handshake (PROTOCOL.md §4) before the program.
 
 The agent writes one byte to an inherited pipe once it can serve.  PID 1 sleeps
-on the read end (trio wait_readable: event-driven, no polling) with a 10 s
-limit.  A byte counts even when the agent exits right after writing it; EOF
+on the read end (trio wait_readable: event-driven, no polling) with a 30 s
+limit (READY_TIMEOUT: generous, since it only matters when something is wrong;
+under TCG with eight guests on two host cores the agent's own start took over 10 s).  A byte counts even when the agent exits right after writing it; EOF
 without a byte means the agent died first.  Either failure is fatal: the
 program never runs.
 
 The `baseline` boot strategy (the benchmarks' "before", initsys/stages.py)
 deliberately detects readiness the naive way instead: it polls the ready file
-every 100 ms (`release_and_poll`), with the same 10 s limit, and ignores the byte.
+every 100 ms (`release_and_poll`), with the same 30 s limit, and ignores the byte.
 """
 
 import json
@@ -18,7 +19,7 @@ import signal
 
 from initsys import console, control, helpers, protocol
 
-READY_TIMEOUT = 10.0
+READY_TIMEOUT = 30.0
 BASELINE_POLL_INTERVAL = 0.1  # baseline only: a naive implementation's poll interval
 READY_FILE = "/run/kindling/agent.ready"  # inside the new root (its /run is a tmpfs)
 SERIAL_NAME = "org.kindling.agent.0"

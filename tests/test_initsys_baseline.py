@@ -56,11 +56,11 @@ async def test_poll_sees_the_ready_file_at_the_next_100ms_tick(tmp_path, autojum
     os.close(agent.ready_w)
 
 
-async def test_poll_gives_up_after_the_same_10s_limit(tmp_path, autojump_clock):
+async def test_poll_gives_up_after_the_same_30s_limit(tmp_path, autojump_clock):
     agent = gate()
     start = trio.current_time()
-    with pytest.raises(agent_gate.AgentFailed, match="agent.ready did not appear within 10 s"):
-        with trio.fail_after(60):
+    with pytest.raises(agent_gate.AgentFailed, match="agent.ready did not appear within 30 s"):
+        with trio.fail_after(120):
             await agent.release_and_poll(str(tmp_path), {}, {"transport": "serial"})
     assert trio.current_time() - start == pytest.approx(agent_gate.READY_TIMEOUT, abs=0.11)
     os.close(agent.ready_w)
