@@ -278,9 +278,11 @@ def holds_open(pid: int, path: Path) -> bool:
 
 
 def test_rotation_under_a_writing_guest_loses_nothing(home):
-    """The guest writes numbered lines and stage markers while the log is rotated every
-    second at 8 KiB (keeping 2 copies): `logs -f` sees every line exactly once, in order,
-    and every marker is persisted, including those in files that were since deleted."""
+    """The guest writes numbered lines and stage-marker-shaped lines while the log is
+    rotated every second at 8 KiB (keeping 2 copies): `logs -f` sees every line exactly
+    once, in order -- the program's marker-shaped lines too: they are its output, not
+    PID 1's markers (the control channel vouches for none of them) -- and PID 1's own
+    stages are persisted, though the file that held them was since deleted."""
     batches, per_batch = 40, 50
     program = ("i=0; b=0; while [ $b -lt %d ]; do j=0; while [ $j -lt %d ]; do "
                "echo \"line $i\"; i=$((i+1)); j=$((j+1)); done; "
@@ -291,9 +293,12 @@ def test_rotation_under_a_writing_guest_loses_nothing(home):
     followed = kindling(home, "logs", "-f", created["id"], timeout=600).stdout.splitlines()
     numbers = [int(l.split()[1]) for l in followed if l.startswith("line ")]
     assert numbers == list(range(batches * per_batch))
+    forged = [l.split()[1] for l in followed if l.startswith("KINDLING-STAGE ")]
+    assert forged == [f"name=batch{b}" for b in range(batches)]
     info = kindling_json(home, "analyze", created["id"])
     stages = {s["name"] for s in info["timeline"]["stages"]}
-    assert {f"batch{b}" for b in range(batches)} <= stages
+    assert {"mounts", "modules", "rootfs", "program-start"} <= stages
+    assert not {f"batch{b}" for b in range(batches)} & stages
     logs_dir = Path(created["dir"]) / "logs"
     names = sorted(p.name for p in logs_dir.iterdir())
     assert "app.log.1" in names and "app.log.3" not in names, names   # rotated, capped
