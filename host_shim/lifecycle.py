@@ -118,6 +118,16 @@ async def _scan(instance: Instance, meta: Metadata, now: int, *, final: bool = F
     meta.markers.scanned_at = now
 
 
+UNCLEAN_EXIT = "QEMU was killed (SIGKILL or a crash: it exited without removing its pidfile)"
+
+
+def unclean_exit(instance: Instance) -> str | None:
+    """How QEMU ended, as far as a process that is not its parent can tell: QEMU removes
+    its pidfile on every orderly exit (a guest power-off, `quit`, SIGTERM), so a pidfile
+    nobody holds a lock on means it was killed.  None after an orderly exit."""
+    return UNCLEAN_EXIT if instance.pidfile.exists() else None
+
+
 async def _observe_locked(instance: Instance, meta: Metadata, *, live: MarkerRecord | None = None,
                           scan: bool = True, events: tuple[tuple[str, int], ...] = ()) -> None:
     probe = await vmm.probe(instance)
@@ -139,8 +149,9 @@ async def _observe_locked(instance: Instance, meta: Metadata, *, live: MarkerRec
         await _scan(instance, meta, now, final=True)
         meta.logs_final = True
         status = run_mod.reap_detached(meta.pid) if meta.pid else None
-        if status is not None and meta.vmm_exit is None:
-            meta.vmm_exit = f"QEMU {run_mod.describe_returncode(status)}"
+        if meta.vmm_exit is None:
+            meta.vmm_exit = (f"QEMU {run_mod.describe_returncode(status)}" if status is not None
+                             else unclean_exit(instance))
     _note_marker_events(meta)
     if (probe.vmm is Vmm.ABSENT and meta.last_known in (State.CREATED, State.INITIALIZING)
             and meta.markers.ready(meta.agent_skipped)):
@@ -299,8 +310,9 @@ async def stop(instance: Instance, *, timeout: float = DEFAULT_STOP_TIMEOUT,
     async with metadata.update(instance) as meta:
         await _observe_locked(instance, meta)
         if how is not None:
+            said = meta.vmm_exit if meta.vmm_exit != UNCLEAN_EXIT else None   # `how` says it
             meta.vmm_exit = f"{how} by {by}" + (
-                f" (QEMU {meta.vmm_exit.removeprefix('QEMU ')})" if meta.vmm_exit else "")
+                f" (QEMU {said.removeprefix('QEMU ')})" if said else "")
     return meta
 
 
