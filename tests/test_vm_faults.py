@@ -190,8 +190,9 @@ def test_overlay_full_while_headers_install(home):
     try:
         waited = kindling(home, "wait", "tiny", "--for", "stopped",
                           "--timeout", str(HEADERS_TIMEOUT))
-        assert waited.stdout.strip() == "5"
-        assert "headers failed" in kindling(home, "logs", "tiny").stdout
+        logs = kindling(home, "logs", "tiny").stdout
+        assert waited.stdout.strip() == "5", (inspect(home, "tiny"), logs[-3000:])
+        assert "headers failed" in logs
         kindling(home, "analyze", "tiny")
         info = inspect(home, "tiny")
         assert info["exit"]["code"] == 5, info
