@@ -5,7 +5,9 @@ is turned into one by `build_errors` (every call into image_build goes through i
 cli.main converts any that escaped the same way).
 """
 
+import errno
 from contextlib import contextmanager
+from pathlib import Path
 from typing import NoReturn
 
 # Exit status for every failure of Kindling itself, usage errors included.  Like
@@ -48,6 +50,22 @@ def build_errors(what: str | None = None):
         yield
     except BuildError as e:
         raise from_build_error(e, what) from e
+
+
+@contextmanager
+def disk_full_errors(where: Path):
+    """A full disk (ENOSPC, EDQUOT) while writing under `where` as a KindlingError
+    naming the file and the directory whose disk is full."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        path = e.filename2 or e.filename      # a copy's destination is filename2
+        writing = f" (writing {path})" if path else ""
+        raise KindlingError(f"no space left on the disk of {where}{writing}",
+                            hint=f"free some space there, or set $KINDLING_HOME to a "
+                                 f"directory on a disk with more room") from e
 
 
 def kindling_error_in(group: BaseExceptionGroup) -> KindlingError | None:

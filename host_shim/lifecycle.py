@@ -27,7 +27,7 @@ from . import accel as accel_mod
 from . import console, control, locks, logfiles, markers, metadata, netns, options, prepare, qemu, vmm
 from . import run as run_mod
 from . import timeline as tl
-from .errors import EXIT_KINDLING, KindlingError, NoSuchInstance, die
+from .errors import EXIT_KINDLING, KindlingError, NoSuchInstance, die, disk_full_errors
 from .follow import POLL_INTERVAL, ConsoleFollower, Progress
 from .instance import LOCK_TIMEOUT, Instance, check_name, home_lock, kindling_home
 from .markers import MarkerRecord
@@ -118,6 +118,16 @@ async def _scan(instance: Instance, meta: Metadata, now: int, *, final: bool = F
     meta.markers.scanned_at = now
 
 
+UNCLEAN_EXIT = "QEMU was killed (SIGKILL or a crash: it exited without removing its pidfile)"
+
+
+def unclean_exit(instance: Instance) -> str | None:
+    """How QEMU ended, as far as a process that is not its parent can tell: QEMU removes
+    its pidfile on every orderly exit (a guest power-off, `quit`, SIGTERM), so a pidfile
+    nobody holds a lock on means it was killed.  None after an orderly exit."""
+    return UNCLEAN_EXIT if instance.pidfile.exists() else None
+
+
 async def _observe_locked(instance: Instance, meta: Metadata, *, live: MarkerRecord | None = None,
                           scan: bool = True, events: tuple[tuple[str, int], ...] = ()) -> None:
     probe = await vmm.probe(instance)
@@ -139,8 +149,9 @@ async def _observe_locked(instance: Instance, meta: Metadata, *, live: MarkerRec
         await _scan(instance, meta, now, final=True)
         meta.logs_final = True
         status = run_mod.reap_detached(meta.pid) if meta.pid else None
-        if status is not None and meta.vmm_exit is None:
-            meta.vmm_exit = f"QEMU {run_mod.describe_returncode(status)}"
+        if meta.vmm_exit is None:
+            meta.vmm_exit = (f"QEMU {run_mod.describe_returncode(status)}" if status is not None
+                             else unclean_exit(instance))
     _note_marker_events(meta)
     if (probe.vmm is Vmm.ABSENT and meta.last_known in (State.CREATED, State.INITIALIZING)
             and meta.markers.ready(meta.agent_skipped)):
@@ -170,10 +181,36 @@ def _config_value(config: dict | bytes | None) -> dict | str | None:
     return config
 
 
+def _new_instance(home: Path, opts: options.CreateOptions, name: str | None, config,
+                  accel: accel_mod.Accel, requested: int) -> Instance:
+    """Claim the name and make the instance's directory with its first metadata.json
+    (state Stopped, no QEMU command line yet); nothing is left if that fails."""
+    with home_lock(home):
+        if name is not None:
+            for _, other in metadata.load_all(home):
+                if other.name == name:
+                    die(f"the name {name!r} is already in use by instance {other.id}",
+                        hint=f"choose another --name, or `kindling delete {name}` first")
+        instance = Instance.create(home)
+        try:
+            command = config["entrypoint"] + config["cmd"] if isinstance(config, dict) else opts.command
+            meta = Metadata(id=instance.id, name=name or instance.id, created_at=requested,
+                            command=list(command), config=_config_value(config),
+                            agent_skipped=prepare.agent_skipped(config), argv=[],
+                            accel=accel.value, log_max_bytes=opts.log_max_size,
+                            log_keep=opts.log_files, options=options.to_json(opts))
+            meta.record_state(State.STOPPED, at_ns=requested)
+            metadata.save(instance, meta)
+        except BaseException:
+            instance.remove()
+            raise
+    return instance
+
+
 async def create(opts: options.CreateOptions, home: Path | None = None, *,
                  verbose: Callable[[str], None] | None = None) -> tuple[Instance, Metadata]:
     """Make an instance and boot it; returns once the guest has been started
-    (state Initializing: markers come later)."""
+    (state Initializing: markers come later).  A failure removes what was made."""
     requested = now_ns()
     home = Path(home or kindling_home())
     opts = options.checked(opts, home)
@@ -182,43 +219,30 @@ async def create(opts: options.CreateOptions, home: Path | None = None, *,
     config = prepare.config_for(opts)
     binary = qemu.find_qemu()
     accel = accel_mod.resolve(opts.accel)
-    with home_lock(home):
-        if name is not None:
-            for _, other in metadata.load_all(home):
-                if other.name == name:
-                    die(f"the name {name!r} is already in use by instance {other.id}",
-                        hint=f"choose another --name, or `kindling delete {name}` first")
-        instance = Instance.create(home)
-        command = config["entrypoint"] + config["cmd"] if isinstance(config, dict) else opts.command
-        meta = Metadata(id=instance.id, name=name or instance.id, created_at=requested,
-                        command=list(command), config=_config_value(config),
-                        agent_skipped=prepare.agent_skipped(config), argv=[],
-                        accel=accel.value, log_max_bytes=opts.log_max_size,
-                        log_keep=opts.log_files, options=options.to_json(opts))
-        meta.record_state(State.STOPPED, at_ns=requested)
-        metadata.save(instance, meta)
-    try:
-        if opts.net:
-            netns.create(instance.id)
-        artifacts = prepare.build_artifacts(opts, instance.images_dir)
-        images_ready = now_ns()
-        config = prepare.settle_headers(config, artifacts, opts)
-        disks = prepare.make_disks(instance, artifacts, config, opts)
-        disks_ready = now_ns()
-        argv = prepare.qemu_argv(instance, artifacts, disks, accel, opts, binary)
-        if verbose is not None:
-            verbose(f"instance {instance.dir}")
-            verbose(f"running: {run_mod.format_command(argv)}")
-        async with metadata.update(instance) as meta:
-            meta.argv = argv
-            meta.config = _config_value(config)
-        meta = await _boot(instance, requested,
-                           ((tl.IMAGES_READY, images_ready), (tl.DISKS_READY, disks_ready)))
-    except BaseException:
-        with trio.CancelScope(shield=True):
-            await vmm.stop(instance, graceful=0)
-        instance.remove()
-        raise
+    with disk_full_errors(home):
+        instance = _new_instance(home, opts, name, config, accel, requested)
+        try:
+            if opts.net:
+                netns.create(instance.id)
+            artifacts = prepare.build_artifacts(opts, instance.images_dir)
+            images_ready = now_ns()
+            config = prepare.settle_headers(config, artifacts, opts)
+            disks = prepare.make_disks(instance, artifacts, config, opts)
+            disks_ready = now_ns()
+            argv = prepare.qemu_argv(instance, artifacts, disks, accel, opts, binary)
+            if verbose is not None:
+                verbose(f"instance {instance.dir}")
+                verbose(f"running: {run_mod.format_command(argv)}")
+            async with metadata.update(instance) as meta:
+                meta.argv = argv
+                meta.config = _config_value(config)
+            meta = await _boot(instance, requested,
+                               ((tl.IMAGES_READY, images_ready), (tl.DISKS_READY, disks_ready)))
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await vmm.stop(instance, graceful=0)
+            instance.remove()
+            raise
     return instance, meta
 
 
@@ -286,8 +310,9 @@ async def stop(instance: Instance, *, timeout: float = DEFAULT_STOP_TIMEOUT,
     async with metadata.update(instance) as meta:
         await _observe_locked(instance, meta)
         if how is not None:
+            said = meta.vmm_exit if meta.vmm_exit != UNCLEAN_EXIT else None   # `how` says it
             meta.vmm_exit = f"{how} by {by}" + (
-                f" (QEMU {meta.vmm_exit.removeprefix('QEMU ')})" if meta.vmm_exit else "")
+                f" (QEMU {said.removeprefix('QEMU ')})" if said else "")
     return meta
 
 
