@@ -22,7 +22,8 @@ import pytest
 from host_shim import cli, runner, vmm
 from initsys import protocol
 
-from tests.vm import KINDLING, ROOT, never_ready_args, qemu_pids_using, require_qemu
+from tests.vm import (KINDLING, ROOT, never_ready_args, qemu_pids_using, require_qemu,
+                      tiny_initrd)
 
 pytestmark = pytest.mark.vm
 
@@ -254,13 +255,24 @@ def _in_process_run(monkeypatch, home: Path, *args: str) -> int:
     return cli.main(["run", *args])
 
 
-def test_guest_that_does_not_power_off_is_stopped(home, monkeypatch, capsys):
-    """A program that prints an EXIT sentinel and keeps running: the guest never powers
-    off, so after POWEROFF_GRACE kindling stops QEMU and passes the code on."""
+# An /init (tests/vm.py tiny_initrd) that starts "the program", reports its exit, and then
+# neither powers off nor ends.  Our PID 1 always powers off after EXIT, and a program's own
+# EXIT line is not believed (the control channel vouches for none), so only a PID 1 of its
+# own makes this guest; an --initrd boot has no control port, its console markers count.
+NO_POWEROFF_INIT = (b"#!/bin/sh\n"
+                    b'echo "HYPEMAN-PROGRAM-START ts=$(date -u +%Y-%m-%dT%H:%M:%S).000000000Z '
+                    b'mode=exec"\n'
+                    b'echo \'HYPEMAN-EXIT code=3 message="exit code 3"\'\n'
+                    b"exec /bin/sleep 1000\n")
+
+
+def test_guest_that_does_not_power_off_is_stopped(home, monkeypatch, capsys, tmp_path):
+    """A guest whose init reports EXIT and keeps running: it never powers off, so after
+    POWEROFF_GRACE kindling stops QEMU and passes the code on."""
     monkeypatch.setattr(runner, "POWEROFF_GRACE", 1.0)
-    exit_line = protocol.exit_line(3, "exit code 3")
-    code = _in_process_run(monkeypatch, home, "--", "sh", "-c",
-                           f"echo '{exit_line}'; sleep 1000")
+    initrd = tiny_initrd(tmp_path, NO_POWEROFF_INIT, "initrd-no-poweroff.img")
+    code = _in_process_run(monkeypatch, home, "--initrd", str(initrd), "--agent", "none",
+                           "--no-headers", "--", "true")
     err = capsys.readouterr().err
     assert code == 3, err
     assert 'kindling: exited code=3 "exit code 3"' in err

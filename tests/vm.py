@@ -91,11 +91,8 @@ def eventually(check, what: str, timeout: float = 60):
 NEVER_READY_INIT = b"#!/bin/sh\nexec /bin/sleep 3600\n"
 
 
-def never_ready_initrd(directory: Path) -> Path:
-    """bench/floor.py's initrd with an /init that never prints a marker: booted with
-    `create --initrd ... --agent none --no-headers`, the guest stays Initializing for as
-    long as it runs, however fast the machine is (KVM or TCG).  For tests of what
-    happens during Initializing, which a real guest may already have left."""
+def tiny_initrd(directory: Path, init: bytes, name: str) -> Path:
+    """bench/floor.py's initrd (busybox sh, date, sleep) with `init` as its /init."""
     from image_build import busybox, cpio
     from image_build.cache import default_cache_dir
     if str(ROOT / "bench") not in sys.path:
@@ -105,12 +102,19 @@ def never_ready_initrd(directory: Path) -> Path:
     _, binary = busybox.fetch(default_cache_dir())
     entries = floor.entries(binary)
     assert [e.name for e in entries].count("init") == 1, "bench/floor.py has no single /init"
-    entries = [cpio.data("init", NEVER_READY_INIT, 0o755) if e.name == "init" else e
-               for e in entries]
-    path = directory / "initrd-never-ready.img"
+    entries = [cpio.data("init", init, 0o755) if e.name == "init" else e for e in entries]
+    path = directory / name
     with open(path, "wb") as f:
         cpio.write(entries, f)
     return path
+
+
+def never_ready_initrd(directory: Path) -> Path:
+    """An /init that never prints a marker: booted with `create --initrd ... --agent none
+    --no-headers`, the guest stays Initializing for as long as it runs, however fast the
+    machine is (KVM or TCG).  For tests of what happens during Initializing, which a real
+    guest may already have left."""
+    return tiny_initrd(directory, NEVER_READY_INIT, "initrd-never-ready.img")
 
 
 def never_ready_args(directory: Path) -> list[str]:
