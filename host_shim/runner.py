@@ -149,10 +149,6 @@ class Supervisor:
         self.gate.push(batch.lines)
         for line, at in self.gate.decide(trio.current_time(), batch.final):
             self.on_vouched(line, at)
-        self.outcome.last_lines.append(line)
-        item = console.classify(line, self.phase)
-        self._display(item)
-        return False if item.marker is None else self.on_marker(item.marker)
 
     def on_vouched(self, line: str, at: int | None) -> None:
         """Show a console line decided by the control channel: PID 1's marker starts at
