@@ -399,7 +399,7 @@ async def _wait_until(instance: Instance, outcome: Callable[[Metadata], bool],
             batch = await follower.next()
             seen = now_ns()
             dog.see(batch)
-            if reason := dog.due(seen):
+            if reason := dog.due(seen, lambda: watchdog.qemu_cpu_seconds(meta.pid)):
                 meta = await relaunch(instance, boot, reason)
                 progress.reset()
                 return await _wait_until(instance, outcome, progress)

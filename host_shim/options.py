@@ -126,8 +126,13 @@ def _seconds(value, opt: Option, home) -> float:
 
 def _seconds_or_off(value, opt: Option, home) -> float:
     """Seconds, or 0 for off."""
-    if value in (0, "0"):
-        return 0.0
+    try:
+        if float(value) == 0:
+            return 0.0
+        if float(value) < 0:
+            die(f"{opt.flag} {value}: must be positive, or 0 (off)")
+    except (TypeError, ValueError):
+        pass        # _seconds names what is expected
     return _seconds(value, opt, home)
 
 

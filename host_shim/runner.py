@@ -28,6 +28,7 @@ import signal
 import sys
 from collections import deque
 from dataclasses import dataclass, field, replace
+from functools import partial
 
 import trio
 
@@ -228,7 +229,8 @@ class Supervisor:
                 if final:
                     return False
                 dog.see(batch)
-                if (reason := dog.due(lifecycle.now_ns())) and await self._relaunch(reason):
+                cpu = partial(watchdog.qemu_cpu_seconds, self.meta.pid)
+                if (reason := dog.due(lifecycle.now_ns(), cpu)) and await self._relaunch(reason):
                     return True
                 if changed or trio.current_time() >= next_observe:
                     next_observe = trio.current_time() + lifecycle.OBSERVE_EVERY
