@@ -6,8 +6,10 @@ comes, however fast the machine is.  The watchdog ends that launch and launches 
 instance again with its own command line, and the program runs to its end.
 The relaunch is on stderr, in `inspect --json` and in the state history.
 
-A loaded host may make the relaunched boot slow enough for a second relaunch; the
-tests allow it (the last launch allowed is never ended by the watchdog)."""
+BOUND is a third of the default, so that the tests take ~1 min: a loaded host may then
+make the relaunched (normal) boot slow enough for a second relaunch (seen at load 8: a
+normal boot used ~6 s of QEMU CPU time and 10-20 s before its first stage line); the
+tests allow it, since the last launch allowed is never ended by the watchdog."""
 
 import json
 import re
@@ -33,7 +35,9 @@ def check_relaunched(info: dict) -> None:
     first = relaunches[0]
     assert first["boot"] == 1, info
     assert first["reason"].startswith(f"{watchdog.REASON_PREFIX}: no boot stage line "), first
-    assert "the console stayed silent" in first["reason"], first
+    # quiet: the kernel prints little or nothing before it stops, and never a marker
+    assert ("the console stayed silent" in first["reason"]
+            or " console lines, none from PID 1" in first["reason"]), first
     assert info["boot"] == 1 + len(relaunches), info
     stopped = [h for h in info["history"] if h["boot"] == 1 and h["state"] == "Stopped"]
     assert [h.get("reason") for h in stopped] == [first["reason"]], info["history"]
