@@ -275,14 +275,12 @@ async def relaunch(instance: Instance, boot: int, reason: str) -> Metadata:
         if (meta.boot != boot or meta.markers.markers or meta.markers.stages
                 or meta.state not in (State.CREATED, State.INITIALIZING)):
             return meta
-        how = await vmm.stop(instance, graceful=0)
+        await vmm.stop(instance, graceful=0)
         await _observe_locked(instance, meta)
-        meta.vmm_exit = f"{how} by the early-boot watchdog"
-        at = now_ns()
         if meta.state is State.STOPPED and meta.history[-1]["boot"] == boot:
             meta.history[-1]["reason"] = reason
-        meta.relaunches.append({"boot": boot, "at": at, "requested": meta.boot_requested_at,
-                                "reason": reason})
+        meta.relaunches.append({"boot": boot, "at": now_ns(),
+                                "requested": meta.boot_requested_at, "reason": reason})
         log.note(f"{reason}; the VM was ended and is launched again (relaunch "
                  f"{watchdog.relaunches_of_request(meta)} of {watchdog.MAX_RELAUNCHES})")
         await _boot_locked(instance, meta, meta.boot_requested_at, (), None)
