@@ -230,8 +230,10 @@ class Supervisor:
                     return False
                 dog.see(batch)
                 cpu = partial(watchdog.qemu_cpu_seconds, self.meta.pid)
-                if (reason := dog.due(lifecycle.now_ns(), cpu)) and await self._relaunch(reason):
-                    return True
+                if reason := dog.due(lifecycle.now_ns(), cpu):
+                    if await self._relaunch(reason):
+                        return True
+                    dog.armed = False       # the instance moved on without us
                 if changed or trio.current_time() >= next_observe:
                     next_observe = trio.current_time() + lifecycle.OBSERVE_EVERY
                     await self.observe()
