@@ -9,7 +9,9 @@ Instances of boots that exited 0 are removed as the soak goes.
 
 Reported: raw hang rate (outer timeout hit; how many of those hangs the guest
 kernel itself reported as a stalled CPU, which tells a hang from a slow boot on
-a loaded host), user-visible failure rate (any boot
+a loaded host), the early-boot watchdog's relaunches (host_shim/watchdog.py: each one
+a boot hung before PID 1 that the user did not see fail, with its reason, read from
+the instance's metadata.json), user-visible failure rate (any boot
 that did not exit 0 within the timeout), the median wall time of the good boots,
 and the last console lines of every hung boot.
 
@@ -49,6 +51,7 @@ class Boot:
     returncode: int | None          # None: the outer timeout ended it
     instance: str | None = None     # kept only for boots that did not exit 0
     rcu_stall: bool = False         # the guest kernel reported a stalled CPU: a hang, not slowness
+    relaunches: list[str] = field(default_factory=list)   # the early-boot watchdog's reasons
     last_console_lines: list[str] = field(default_factory=list)
 
 
@@ -63,6 +66,15 @@ def console_tail(instance: Path, n: int = TAIL_LINES) -> list[str]:
     except OSError as e:
         return [f"(no console log: {e})"]
     return [line for line in text.splitlines() if line.strip()][-n:]
+
+
+def relaunch_reasons(instance: Path) -> list[str]:
+    """The early-boot watchdog's relaunches of the boot (host_shim/watchdog.py), if any."""
+    try:
+        meta = json.loads((instance / "metadata.json").read_text())
+    except (OSError, ValueError):
+        return []
+    return [r.get("reason", "?") for r in meta.get("relaunches") or []]
 
 
 def dump_vcpus(repo: Path, instance: Path) -> None:
@@ -119,6 +131,8 @@ def one_boot(index: int, args, home: Path) -> Boot:
             end_boot(proc)
     boot = Boot(index, time.monotonic() - start, returncode)
     instance = newest_instance(home)
+    if instance is not None:
+        boot.relaunches = relaunch_reasons(instance)
     if instance is not None and returncode == 0:
         shutil.rmtree(instance)
     elif instance is not None:
@@ -141,6 +155,9 @@ def summarize(boots: list[Boot], args) -> dict:
         "timeout_s": args.timeout, "boots": n,
         "hangs": len(hung), "raw_hang_rate": len(hung) / n if n else 0.0,
         "hangs_with_rcu_stall": sum(b.rcu_stall for b in hung),
+        "relaunches": sum(len(b.relaunches) for b in boots),
+        "boots_relaunched": sum(1 for b in boots if b.relaunches),
+        "relaunch_reasons": [f"boot {b.index}: {r}" for b in boots for r in b.relaunches],
         "user_visible_failures": len(failed),
         "user_visible_failure_rate": len(failed) / n if n else 0.0,
         "median_wall_s": statistics.median(good) if good else None,
@@ -154,6 +171,10 @@ def print_summary(s: dict) -> None:
           f"kernel args {' '.join(s['kernel_args']) or '-'}, timeout {s['timeout_s']:g} s)")
     print(f"  raw hang rate            {s['hangs']}/{s['boots']} = {s['raw_hang_rate']:.2%} "
           f"({s['hangs_with_rcu_stall']} with a kernel RCU stall report)")
+    print(f"  early-boot relaunches    {s['relaunches']} in {s['boots_relaunched']} boots "
+          "(hangs the watchdog caught: the boot then exited 0 unless listed below)")
+    for reason in s["relaunch_reasons"]:
+        print(f"    {reason}")
     print(f"  user-visible failures    {s['user_visible_failures']}/{s['boots']} = "
           f"{s['user_visible_failure_rate']:.2%}")
     if s["median_wall_s"] is not None:

@@ -23,7 +23,8 @@ import trio
 
 from initsys import protocol
 
-from . import agent_ops, chart, events, lifecycle, metadata, options, runner, sizes, volumes
+from . import (agent_ops, chart, events, lifecycle, metadata, options, runner, sizes, volumes,
+               watchdog)
 from .errors import (EXIT_KINDLING, KindlingError, build_errors, die, from_build_error,
                      kindling_error_in)
 from .info import InstanceInfo
@@ -177,6 +178,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                       " ".join(f"{k}={protocol.go_quote(v)}" for k, v in m["fields"].items())))
     if info.vmm_exit:
         lines.append(("VMM exit", info.vmm_exit))
+    lines.append(("relaunches", str(len(info.relaunches))))
+    lines += [("relaunched", watchdog.describe(r)) for r in info.relaunches]
     lines.append(("directory", str(info.dir)))
     width = max(len(k) for k, _ in lines)
     for key, value in lines:

@@ -36,6 +36,8 @@ class InstanceInfo:
     options: dict = field(default_factory=dict)  # create's options (host_shim/options.py)
     timeline: Timeline = field(repr=False, default_factory=Timeline)
     history: tuple[dict, ...] = field(repr=False, default=())
+    # the early-boot watchdog's relaunches: {"boot", "at", "reason"} (host_shim/watchdog.py)
+    relaunches: tuple[dict, ...] = ()
 
     @classmethod
     def of(cls, instance: Instance, meta: Metadata) -> "InstanceInfo":
@@ -62,6 +64,8 @@ class InstanceInfo:
             vmm_exit=meta.vmm_exit, dir=instance.dir, options=dict(meta.options),
             timeline=meta.timeline(),
             history=tuple(meta.history),
+            relaunches=tuple({k: r.get(k) for k in ("boot", "at", "reason")}
+                             for r in meta.relaunches),
         )
 
     def to_json(self) -> dict:
@@ -74,4 +78,5 @@ class InstanceInfo:
             "exit": self.exit, "fatal": self.fatal, "vmm_exit": self.vmm_exit,
             "dir": str(self.dir), "options": self.options, "timeline": self.timeline.to_json(),
             "history": [dict(h, at=protocol.format_ts(h["at"])) for h in self.history],
+            "relaunches": [dict(r, at=protocol.format_ts(r["at"])) for r in self.relaunches],
         }

@@ -25,6 +25,7 @@ from initsys import protocol
 
 from . import accel as accel_mod
 from . import console, control, locks, logfiles, markers, metadata, netns, options, prepare, qemu, vmm
+from . import log, watchdog
 from . import run as run_mod
 from . import timeline as tl
 from .errors import EXIT_KINDLING, KindlingError, NoSuchInstance, die, disk_full_errors
@@ -237,7 +238,8 @@ async def create(opts: options.CreateOptions, home: Path | None = None, *,
                 meta.argv = argv
                 meta.config = _config_value(config)
             meta = await _boot(instance, requested,
-                               ((tl.IMAGES_READY, images_ready), (tl.DISKS_READY, disks_ready)))
+                               ((tl.IMAGES_READY, images_ready), (tl.DISKS_READY, disks_ready)),
+                               argv=qemu.with_kernel_args(argv, opts.first_launch_kernel_args))
         except BaseException:
             with trio.CancelScope(shield=True):
                 await vmm.stop(instance, graceful=0)
@@ -247,35 +249,65 @@ async def create(opts: options.CreateOptions, home: Path | None = None, *,
 
 
 async def _boot(instance: Instance, requested: int,
-                prep_events: tuple[tuple[str, int], ...] = ()) -> Metadata:
-    """Start a new boot of a stopped instance: fresh log, QEMU with -S, then cont."""
+                prep_events: tuple[tuple[str, int], ...] = (), *,
+                argv: list[str] | None = None) -> Metadata:
+    """Start a new boot of a stopped instance: fresh log, QEMU with -S, then cont.
+    `argv`: this launch's command line (default: the instance's, meta.argv)."""
     async with metadata.update(instance) as meta:
         if vmm.pid_of(instance) is not None:
             await _observe_locked(instance, meta)     # someone else started it meanwhile
             return meta
-        if not meta.argv:
-            die(f"instance {meta.name} was never completely created (its create was "
-                "interrupted)", hint=f"delete it with `kindling delete {meta.name}`")
-        meta.boot += 1
-        meta.boot_requested_at = requested
-        meta.events = []
-        meta.markers = MarkerRecord()
-        meta.time_to_running = None
-        meta.vmm_exit = None
-        meta.logs_final = False
-        meta.pid = None
-        meta.mark(tl.REQUESTED, requested)
-        for name, at in prep_events:
-            meta.mark(name, at)
-        meta.log_since = logfiles.start_fresh_log(instance, meta.log_keep)
-        instance.qmp_socket.unlink(missing_ok=True)     # left by a killed QEMU
-        meta.mark(tl.LAUNCH)
-        meta.pid = await vmm.launch(instance, meta.argv)
-        meta.mark(tl.VMM_READY)
-        await _observe_locked(instance, meta, scan=False)     # Created (-S)
-        await vmm.cont(instance)
-        meta.mark(tl.GUEST_STARTED)
-        await _observe_locked(instance, meta, scan=False)     # Initializing
+        await _boot_locked(instance, meta, requested, prep_events, argv)
+    return meta
+
+
+async def _boot_locked(instance: Instance, meta: Metadata, requested: int,
+                       prep_events: tuple[tuple[str, int], ...], argv: list[str] | None):
+    if not meta.argv:
+        die(f"instance {meta.name} was never completely created (its create was "
+            "interrupted)", hint=f"delete it with `kindling delete {meta.name}`")
+    meta.boot += 1
+    meta.boot_requested_at = requested
+    meta.events = []
+    meta.markers = MarkerRecord()
+    meta.time_to_running = None
+    meta.vmm_exit = None
+    meta.logs_final = False
+    meta.pid = None
+    meta.mark(tl.REQUESTED, requested)
+    for name, at in prep_events:
+        meta.mark(name, at)
+    meta.log_since = logfiles.start_fresh_log(instance, meta.log_keep)
+    instance.qmp_socket.unlink(missing_ok=True)     # left by a killed QEMU
+    meta.mark(tl.LAUNCH)
+    meta.pid = await vmm.launch(instance, argv or meta.argv)
+    meta.mark(tl.VMM_READY)
+    await _observe_locked(instance, meta, scan=False)     # Created (-S)
+    await vmm.cont(instance)
+    meta.mark(tl.GUEST_STARTED)
+    await _observe_locked(instance, meta, scan=False)     # Initializing
+
+
+async def relaunch(instance: Instance, boot: int, reason: str) -> Metadata:
+    """The early-boot watchdog's action (host_shim/watchdog.py): end boot `boot`, which
+    showed no sign of PID 1, and launch the instance again with the same disks and
+    command line, as part of the same start request.  Recorded in meta.relaunches and
+    on the history's Stopped entry.  Does nothing if the instance is no longer in that
+    boot or PID 1 has been seen (another waiter acted, or the guest got going)."""
+    async with metadata.update(instance) as meta:
+        await _observe_locked(instance, meta)
+        if (meta.boot != boot or meta.markers.markers or meta.markers.stages
+                or meta.state not in (State.CREATED, State.INITIALIZING)):
+            return meta
+        await vmm.stop(instance, graceful=0)
+        await _observe_locked(instance, meta)
+        if meta.state is State.STOPPED and meta.history[-1]["boot"] == boot:
+            meta.history[-1]["reason"] = reason
+        meta.relaunches.append({"boot": boot, "at": now_ns(),
+                                "requested": meta.boot_requested_at, "reason": reason})
+        log.note(f"{reason}; the VM was ended and is launched again (relaunch "
+                 f"{watchdog.relaunches_of_request(meta)} of {watchdog.MAX_RELAUNCHES})")
+        await _boot_locked(instance, meta, meta.boot_requested_at, (), None)
     return meta
 
 
@@ -383,11 +415,17 @@ async def _wait_until(instance: Instance, outcome: Callable[[Metadata], bool],
     follower = ConsoleFollower(instance, meta.log_since, progress=progress,
                                trusted=control.enabled(meta.argv))
     boot = meta.boot
+    dog = watchdog.EarlyBootWatchdog.for_boot(meta)
     async with follower:
         next_observe = trio.current_time() + OBSERVE_EVERY
         while True:
             batch = await follower.next()
             seen = now_ns()
+            dog.see(batch)
+            if reason := dog.due(seen, lambda: watchdog.qemu_cpu_seconds(meta.pid)):
+                meta = await relaunch(instance, boot, reason)
+                progress.reset()
+                return await _wait_until(instance, outcome, progress)
             events: list[tuple[str, int]] = []
             changed = False
             for marker in batch.markers:

@@ -50,6 +50,8 @@ class Metadata:
     vmm_exit: str | None = None           # how QEMU ended, when known
     logs_final: bool = False              # the boot's log was scanned after QEMU ended
     options: dict = field(default_factory=dict)  # create's options (options.to_json)
+    # early-boot watchdog relaunches (host_shim/watchdog.py): {"boot", "at", "requested", "reason"}
+    relaunches: list[dict] = field(default_factory=list)
 
     # -- timeline --
 
@@ -92,6 +94,7 @@ class Metadata:
             "events": [{"name": e.name, "at": e.at} for e in self.events],
             "time_to_running": self.time_to_running, "vmm_exit": self.vmm_exit,
             "logs_final": self.logs_final, "options": self.options,
+            "relaunches": self.relaunches,
         }
 
     @classmethod
@@ -110,6 +113,7 @@ class Metadata:
             events=[HostEvent(e["name"], float(e["at"])) for e in obj.get("events") or []],
             time_to_running=obj.get("time_to_running"), vmm_exit=obj.get("vmm_exit"),
             logs_final=bool(obj.get("logs_final")), options=dict(obj.get("options") or {}),
+            relaunches=list(obj.get("relaunches") or []),
         )
 
 

@@ -41,6 +41,7 @@ DEFAULT_OVERLAY_SIZE = 256 << 20
 MIN_MEMORY_MIB = 64
 DEFAULT_RUN_TIMEOUT = 120.0
 DEFAULT_BOOT_TIMEOUT = 300.0   # run's --boot-timeout and wait --for running's default deadline
+DEFAULT_EARLY_BOOT_TIMEOUT = 30.0   # the early-boot watchdog's bound (host_shim/watchdog.py: why)
 GROUPS = ("image", "virtual machine", "program", "network and volumes", "serial log", "run")
 DESTINATIONS = ("config", "qemu", "build", "run", "metadata")
 
@@ -121,6 +122,18 @@ def _seconds(value, opt: Option, home) -> float:
     if not seconds > 0:
         die(f"{opt.flag} {value}: must be positive")
     return seconds
+
+
+def _seconds_or_off(value, opt: Option, home) -> float:
+    """Seconds, or 0 for off."""
+    try:
+        if float(value) == 0:
+            return 0.0
+        if float(value) < 0:
+            die(f"{opt.flag} {value}: must be positive, or 0 (off)")
+    except (TypeError, ValueError):
+        pass        # _seconds names what is expected
+    return _seconds(value, opt, home)
 
 
 def _memory(value, opt: Option, home) -> int:
@@ -223,6 +236,12 @@ OPTIONS: tuple[Option, ...] = (
            "starts qemu-ga in a systemd-mode Debian guest, in exec mode start it yourself",
            ("--qga",), group="virtual machine", action="true", convert=_bool,
            goes_to=("qemu",)),
+    Option("early_boot_timeout", float, DEFAULT_EARLY_BOOT_TIMEOUT, "the early-boot "
+           "watchdog: a guest that prints no boot stage line within S seconds of its start "
+           "is ended and launched again with the same disks (at most twice; recorded, and "
+           "shown by `inspect`), by `run` and by `wait`; 0: off (default: "
+           f"{DEFAULT_EARLY_BOOT_TIMEOUT:g})", ("--early-boot-timeout",), "S",
+           "virtual machine", convert=_seconds_or_off, goes_to=("metadata",)),
     Option("env", tuple[tuple[str, str], ...], (), "set an environment variable "
            "(repeatable)", ("--env", "-e"), "NAME=VALUE", "program", "append",
            convert=_env, goes_to=("config",)),
@@ -250,7 +269,7 @@ OPTIONS: tuple[Option, ...] = (
            f"{logfiles.DEFAULT_KEEP})", ("--log-files",), "N", "serial log",
            convert=_count, goes_to=("metadata",)),
     # Test hooks: extra kernel arguments, a raw (unvalidated) config.json, a ready-made
-    # config disk, the overlay disk's size.
+    # config disk, the overlay disk's size, kernel arguments of the first launch only.
     Option("kernel_args", tuple[str, ...], (), "extra kernel command line arguments",
            ("--kernel-arg",), action="append", convert=_strings, goes_to=("qemu",),
            hidden=True),
@@ -261,6 +280,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("overlay_size", int, DEFAULT_OVERLAY_SIZE, "the overlay disk's size",
            ("--overlay-size",), "SIZE", convert=_bytes(sizes.MIB), goes_to=("qemu",),
            hidden=True),
+    Option("first_launch_kernel_args", tuple[str, ...], (), "extra kernel arguments for the "
+           "first launch only, not a relaunch (tests/test_vm_watchdog.py)",
+           ("--first-launch-kernel-arg",), action="append", convert=_strings,
+           goes_to=("qemu",), hidden=True),
     Option("timeout", float, DEFAULT_RUN_TIMEOUT, "stop the VM after S seconds "
            f"(default: {DEFAULT_RUN_TIMEOUT:g})", ("--timeout",), "S", "run",
            convert=_seconds, goes_to=("run",), run_only=True),

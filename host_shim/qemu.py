@@ -222,6 +222,14 @@ def build_argv(spec: VMSpec, binary: str) -> list[str]:
     return argv
 
 
+def with_kernel_args(argv: list[str], extra: tuple[str, ...]) -> list[str]:
+    """`argv` (from `command_line`) with `extra` appended to its kernel command line."""
+    if not extra:
+        return list(argv)
+    at = argv.index("-append") + 1
+    return [*argv[:at], " ".join((argv[at], *extra)), *argv[at + 1:]]
+
+
 def find_qemu(arch_name: str | None = None) -> str:
     arch = arch_for(arch_name or host_arch())
     path = shutil.which(arch.binary)

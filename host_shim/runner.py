@@ -28,13 +28,14 @@ import signal
 import sys
 from collections import deque
 from dataclasses import dataclass, field, replace
+from functools import partial
 
 import trio
 
 from initsys import protocol
 from initsys.protocol import Marker
 
-from . import agent_ops, console, control, follow, initmode, lifecycle, log, vmm
+from . import agent_ops, console, control, follow, initmode, lifecycle, log, vmm, watchdog
 from . import run as run_mod
 from . import timeline as tl
 from .agent_client import AgentError, open_agent
@@ -109,6 +110,7 @@ class Supervisor:
         self.running = trio.Event()       # the host has seen the guest Running
         self.booted = trio.Event()        # the boot deadline is met (see _boot_deadline)
         self.gate = control.ConsoleGate()   # with a control channel: which lines are PID 1's
+        self.relaunch_lock = trio.Lock()    # held while the early-boot watchdog relaunches
 
     def elapsed(self) -> float:
         return (lifecycle.now_ns() - self.meta.boot_requested_at) / 1e9
@@ -203,6 +205,13 @@ class Supervisor:
         self.show_state(self.meta)
 
     async def follow_console(self, done: trio.Event) -> None:
+        while await self._follow_boot(done):
+            pass        # relaunched by the early-boot watchdog: the new boot, from its start
+
+    async def _follow_boot(self, done: trio.Event) -> bool:
+        """Follow this boot's console until `done`; True when the early-boot watchdog
+        relaunched the VM instead (host_shim/watchdog.py)."""
+        dog = watchdog.EarlyBootWatchdog.for_boot(self.meta)
         async with follow.ConsoleFollower(self.instance, self.meta.log_since,
                                           progress=self.progress,
                                           trusted=control.enabled(self.meta.argv)) as follower:
@@ -218,10 +227,28 @@ class Supervisor:
                 for marker in batch.markers:
                     changed |= self.on_marker(marker)
                 if final:
-                    return
+                    return False
+                dog.see(batch)
+                cpu = partial(watchdog.qemu_cpu_seconds, self.meta.pid)
+                if reason := dog.due(lifecycle.now_ns(), cpu):
+                    if await self._relaunch(reason):
+                        return True
+                    dog.armed = False       # the instance moved on without us
                 if changed or trio.current_time() >= next_observe:
                     next_observe = trio.current_time() + lifecycle.OBSERVE_EVERY
                     await self.observe()
+
+    async def _relaunch(self, reason: str) -> bool:
+        """End the hung boot and launch again (lifecycle.relaunch); True if it did."""
+        async with self.relaunch_lock:
+            boot = self.meta.boot
+            self.meta = await lifecycle.relaunch(self.instance, boot, reason)
+            if self.meta.boot == boot:
+                return False
+            self.live, self.events, self.phase = MarkerRecord(), [], console.Phase.BOOT
+            self.gate = control.ConsoleGate()
+            self.progress.reset()
+            return True
 
     # -- the run --
 
@@ -255,7 +282,12 @@ class Supervisor:
             if self.program:
                 vm_nursery.start_soon(self._agent_program)
             with timeout_scope:
-                self.outcome.qemu_returncode = await vmm.wait_exit(self.meta.pid)
+                while True:
+                    pid = self.meta.pid
+                    self.outcome.qemu_returncode = await vmm.wait_exit(pid)
+                    async with self.relaunch_lock:
+                        if self.meta.pid == pid:     # not ended by the early-boot watchdog
+                            break
             vm_nursery.cancel_scope.cancel()
 
     async def _poweroff_grace(self) -> None:
@@ -300,7 +332,8 @@ class Supervisor:
     async def stop_vm(self) -> None:
         """QMP quit, then SIGTERM, then SIGKILL (shielded).  Never leaves QEMU behind."""
         with trio.CancelScope(shield=True):
-            how = await vmm.stop(self.instance, graceful=0)
+            async with self.relaunch_lock:      # a relaunch in progress completes first
+                how = await vmm.stop(self.instance, graceful=0)
             if how is not None and self.outcome.qemu_stopped is None:
                 self.outcome.qemu_stopped = how
             if self.outcome.qemu_returncode is None:
