@@ -101,17 +101,15 @@ def split_remote(text: str) -> tuple[str | None, str]:
     return None, text
 
 
-async def _copy(ref: str, operation: str, *args, home=None) -> CopyResult:
-    """client.copy_to / copy_from on the Running instance `ref`; agent errors named
-    as `cp SRC DST`."""
+async def _copy(ref: str, operation: str, src: str, dst: str, shown: str, home=None) -> CopyResult:
+    """client.copy_to / copy_from (src, dst) on the Running instance `ref`; agent errors
+    are named by `shown` (`cp SRC DST` as the user would write it)."""
     instance = await _running(ref, "cp", home)
     async with open_agent(instance.agent_socket, timeout=CONNECT_TIMEOUT) as client:
         try:
-            return await getattr(client, operation)(*args)
+            return await getattr(client, operation)(src, dst)
         except AgentError as e:
-            src, dst = args if operation == "copy_to" else (f"{ref}:{args[0]}", args[1])
-            dst = f"{ref}:{dst}" if operation == "copy_to" else dst
-            die(f"cp {src} {dst}: {e}")
+            die(f"{shown}: {e}")
 
 
 async def copy_in(ref: str, local: str | os.PathLike, remote: str, home=None) -> CopyResult:
@@ -119,12 +117,13 @@ async def copy_in(ref: str, local: str | os.PathLike, remote: str, home=None) ->
     local = os.fspath(local)
     if not os.path.lexists(local):
         die(f"cp: {local}: no such file or directory")
-    return await _copy(ref, "copy_to", local, remote, home=home)
+    return await _copy(ref, "copy_to", local, remote, f"cp {local} {ref}:{remote}", home=home)
 
 
 async def copy_out(ref: str, remote: str, local: str | os.PathLike, home=None) -> CopyResult:
     """Copy the guest's file or tree `remote` so that it becomes `local` on the host."""
-    return await _copy(ref, "copy_from", remote, os.fspath(local), home=home)
+    local = os.fspath(local)
+    return await _copy(ref, "copy_from", remote, local, f"cp {ref}:{remote} {local}", home=home)
 
 
 async def copy(src: str, dst: str, home=None) -> CopyResult:

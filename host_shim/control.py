@@ -169,6 +169,13 @@ class ConsoleGate:
             decided.append((item[0], at))
         return decided
 
+    def take(self, batch, now: float) -> list[tuple[str, int | None]]:
+        """One follower batch (host_shim/follow.py Batch: its console `lines`, its
+        `control` lines, `final`) in, the console lines decided so far out."""
+        self.vouch(batch.control)
+        self.push(batch.lines)
+        return self.decide(now, batch.final)
+
     def held_markers(self) -> list[Marker]:
         """The markers of the console lines not decided yet."""
         return [m for line, found, _ in self.pending

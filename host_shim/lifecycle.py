@@ -541,9 +541,7 @@ def _show_batch(batch, gate: control.ConsoleGate, write: Callable[[str], None],
     if batch.control is None:
         _print_lines(batch.lines, write, source)
         return
-    gate.vouch(batch.control)
-    gate.push(batch.lines)
-    for line, at in gate.decide(trio.current_time(), batch.final):
+    for line, at in gate.take(batch, trio.current_time()):
         text = line.rstrip("\r") if at is None else line[:at].rstrip()
         if text:
             write(text)

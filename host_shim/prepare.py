@@ -64,13 +64,12 @@ def image_command_for(opts: CreateOptions) -> list[str] | None:
     return image_command(opts.base or "busybox", opts.rootfs)
 
 
-def control_args(instance: Instance, opts: "CreateOptions",
+def control_args(instance: Instance, opts: "CreateOptions", machine: qemu.Machine,
                  devices: list[str]) -> tuple[list[str], tuple[str, ...]]:
     """The control port (host_shim/control.py) and its kernel argument -- not for a
     given --initrd, which may not speak it (its markers then come from the console)."""
     if opts.initrd is not None:
         return [], ()
-    machine = qemu.machine_for(qemu.DEFAULT_MACHINE)
     bus = [] if machine.serial_device in devices else ["-device", machine.serial_device]
     return bus + control.qemu_args(instance.logs_dir), (control.KERNEL_ARG,)
 
@@ -243,14 +242,16 @@ def make_disks(instance: Instance, artifacts, config: dict | bytes | None,
 
 def qemu_argv(instance: Instance, artifacts, disks: tuple[qemu.Disk, ...], accel: accel_mod.Accel,
               opts: CreateOptions, binary: str) -> list[str]:
+    machine_name = qemu.DEFAULT_MACHINE  # the one machine every device below is placed on
+    machine = qemu.machine_for(machine_name)
     network, net_args = None, ()
     if opts.net:  # QEMU runs inside the instance's namespace, where its tap is
         network = netns.Network(netns.namespace_for(instance.id))
-        net_args = tuple(network.netdev_args(qemu.machine_for(qemu.DEFAULT_MACHINE).net_device))
-    agent_devices, agent_karg = agent_args(instance, opts.agent, qemu.machine_for(qemu.DEFAULT_MACHINE),
-                                          opts.qga)
-    control_devices, control_karg = control_args(instance, opts, agent_devices)
+        net_args = tuple(network.netdev_args(machine.net_device))
+    agent_devices, agent_karg = agent_args(instance, opts.agent, machine, opts.qga)
+    control_devices, control_karg = control_args(instance, opts, machine, agent_devices)
     spec = qemu.VMSpec(
+        machine=machine_name,
         kernel=os.fspath(artifacts.kernel),
         initrd=os.fspath(artifacts.initrd),
         disks=disks,

@@ -147,9 +147,7 @@ class Supervisor:
             for line in batch.lines:
                 self.show_line(line)
             return
-        self.gate.vouch(batch.control)
-        self.gate.push(batch.lines)
-        for line, at in self.gate.decide(trio.current_time(), batch.final):
+        for line, at in self.gate.take(batch, trio.current_time()):
             self.on_vouched(line, at)
 
     def on_vouched(self, line: str, at: int | None) -> None:

@@ -105,6 +105,11 @@ def test_copy_tree_with_modes_and_symlink_and_stat(vm, tmp_path):
     assert os.readlink(back / "link") == "sub/data"
     assert (back / "sub" / "data").read_text() == "data"
     assert os.stat(back / "run.sh").st_mode & 0o777 == 0o750
+    # an agent error is named as the user wrote the copy, in both directions
+    r = kindling(vm, "cp", "ag:/no/such", str(tmp_path / "x"))
+    assert r.returncode == 125 and f"cp ag:/no/such {tmp_path / 'x'}: ".encode() in r.stderr, r.stderr
+    r = kindling(vm, "cp", str(tree / "run.sh"), "ag:/no/such/dir/f")
+    assert r.returncode == 125 and f"cp {tree / 'run.sh'} ag:/no/such/dir/f: ".encode() in r.stderr, r.stderr
 
 
 def test_agent_that_dies_before_ready_stops_the_boot(tmp_path):
