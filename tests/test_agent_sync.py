@@ -161,3 +161,19 @@ def test_apply_without_the_random_device(kernel, monkeypatch, tmp_path):
 def test_hello_announces_sync():
     from agent import wire
     assert "sync" in wire.agent_hello(b"n" * 16, ops=Agent(base_env={}).ops)[2]["ops"]
+
+
+def test_the_systemd_unit_keeps_the_capabilities_sync_needs():
+    """In systemd mode the agent runs from systemd_units/kindling-agent.service: as root, with
+    CAP_SYS_TIME (clock_settime) and CAP_SYS_ADMIN (the ioctls).  Any of these settings would
+    take one away (ProtectClock= drops CAP_SYS_TIME; ProtectKernelTunables= and friends)."""
+    from pathlib import Path
+
+    import systemd_units
+    unit = (Path(systemd_units.UNIT_DIR) / "kindling-agent.service").read_text()
+    settings = {line.split("=", 1)[0].strip() for line in unit.splitlines()
+                if "=" in line and not line.lstrip().startswith("#")}
+    taking = {"User", "DynamicUser", "CapabilityBoundingSet", "AmbientCapabilities", "ProtectClock",
+              "PrivateDevices", "SystemCallFilter", "PrivateUsers", "DevicePolicy", "DeviceAllow"}
+    assert settings & taking == set()
+    assert "ExecStart" in settings
