@@ -12,7 +12,7 @@ import os
 
 import trio
 
-from agent import execs, files, wire
+from agent import execs, files, sync, wire
 from agent.mux import Closed, Mux
 from agent.wire import ProtocolError, field
 
@@ -42,7 +42,7 @@ class Agent:
         self.max_frame = max_frame
         self.stopping = trio.Event()
         self.ops = {"exec": execs.run_exec, "stat": files.run_stat, "put": files.run_put,
-                    "get": files.run_get, "shutdown": self._shutdown}
+                    "get": files.run_get, "sync": sync.run_sync, "shutdown": self._shutdown}
 
     async def _shutdown(self, session, body, agent):
         try:

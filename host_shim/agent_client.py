@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from dataclasses import dataclass
 
 import trio
@@ -47,6 +48,11 @@ class AgentError(KindlingError):
 
 class AgentProtocolError(AgentError):
     """The guest broke the protocol or sent something unsafe (e.g. a '..' name)."""
+
+
+class ConnectionLost(AgentError):
+    """The connection ended under a request: the peer disconnected (on virtio-serial: QEMU
+    went away) or a send failed."""
 
 
 class RemoteError(AgentError):
@@ -85,6 +91,14 @@ class CopyResult:
     entries: int
     bytes: int
     skipped: int = 0
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    clock_step_ns: int        # the guest's new time minus its time just before the step
+    entropy_bytes: int        # credited to the kernel's pool ...
+    entropy_bits: int
+    reseeded: bool            # ... and the CRNG reseeded from it
 
 
 def _remote_error(body):
@@ -213,7 +227,9 @@ class AgentClient:
 
     def _check_connection(self):
         if self._mux.closed:
-            raise AgentError(f"connection to the agent lost: {self.lost or self._mux.closed}")
+            if self.lost:
+                raise AgentProtocolError(f"connection to the agent lost: {self.lost}")
+            raise ConnectionLost(f"connection to the agent lost: {self._mux.closed}")
 
     async def _open(self, body):
         self._check_connection()
@@ -387,6 +403,21 @@ class AgentClient:
             await self._abandon(session)
         return CopyResult(entries, nbytes, _checked(field, body, "skipped", int, default=0, where="result"))
 
+    async def sync(self, entropy: bytes) -> SyncResult:
+        """Set the guest's CLOCK_REALTIME to the host's and add `entropy` to its kernel RNG
+        (credited, then a forced reseed): the `sync` operation, sent after a restore.
+        The host's time is read as the request is built, right before it is sent."""
+        session = await self._open({"op": "sync", "time_ns": time.time_ns(), "entropy": bytes(entropy)})
+        try:
+            body = await self._terminal(session, "sync")
+        finally:
+            await self._abandon(session)
+        return SyncResult(
+            clock_step_ns=_checked(field, body, "clock_step_ns", int, required=True, where="sync"),
+            entropy_bytes=_checked(field, body, "entropy_bytes", int, required=True, where="sync"),
+            entropy_bits=_checked(field, body, "entropy_bits", int, required=True, where="sync"),
+            reseeded=_checked(field, body, "reseeded", bool, required=True, where="sync"))
+
     async def shutdown(self):
         """Ask the agent to stop serving (it exits; its running commands are killed)."""
         session = await self._open({"op": "shutdown"})
@@ -548,5 +579,5 @@ async def _client(stream, decoder, params, window):
         await trio.aclose_forcefully(stream)
 
 
-__all__ = ["AgentClient", "AgentError", "AgentProtocolError", "CopyResult", "ExecProcess",
-           "ExecResult", "RemoteError", "StatResult", "open_agent", "open_agent_stream", "open_agent_via"]
+__all__ = ["AgentClient", "AgentError", "AgentProtocolError", "ConnectionLost", "CopyResult", "ExecProcess",
+           "ExecResult", "RemoteError", "StatResult", "SyncResult", "open_agent", "open_agent_stream", "open_agent_via"]

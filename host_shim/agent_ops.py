@@ -16,7 +16,7 @@ from collections.abc import AsyncIterable, Awaitable, Callable
 import trio
 
 from . import lifecycle, metadata
-from .agent_client import AgentError, CopyResult, ExecResult, StatResult, open_agent
+from .agent_client import AgentError, ConnectionLost, CopyResult, ExecResult, StatResult, open_agent
 from .errors import die
 from .instance import Instance, kindling_home
 from .state import State, require_running
@@ -52,9 +52,15 @@ async def run_exec(ref: str, argv: list[str], *, env=None, cwd=None, user=None, 
     when it could not start."""
     instance = await _running(ref, "exec", home, started)
     async with open_agent(instance.agent_socket, timeout=CONNECT_TIMEOUT) as client:
-        return await client.exec(argv, env=env, cwd=cwd, user=user, tty=tty, rows=rows,
-                                 cols=cols, timeout=timeout, stdin=stdin, stdout=stdout,
-                                 stderr=stderr)
+        try:
+            return await client.exec(argv, env=env, cwd=cwd, user=user, tty=tty, rows=rows,
+                                     cols=cols, timeout=timeout, stdin=stdin, stdout=stdout,
+                                     stderr=stderr)
+        except ConnectionLost as e:
+            lost = e        # raised below, outside the client's nursery (no ExceptionGroup)
+    # QEMU closes the agent socket when it ends: standby (after the snapshot) or stop
+    die(f"exec {argv[0]} in {ref}: the instance's VM went away (standby or stop) during exec",
+        hint=f"{lost}; its commands are gone; `kindling inspect {ref}` shows its state")
 
 
 async def _write(fd: int, data: bytes) -> None:  # blocking is fine for a CLI's stdout
