@@ -40,16 +40,17 @@ def insecure_hosts(given=(), home: Path | None = None) -> set[str]:
     return hosts | set(listed)
 
 
-def _insecure(ref: str, given=()) -> bool:
+def _insecure(ref: str, given=(), home: Path | None = None) -> bool:
     from image_build.oci import refs
     with build_errors():
-        return refs.registry_of(refs.normalize(ref)) in insecure_hosts(given)
+        return refs.registry_of(refs.normalize(ref)) in insecure_hosts(given, home)
 
 
-def pull(ref: str, *, insecure=(), platform: str | None = None):
+def pull(ref: str, *, insecure=(), platform: str | None = None, home: Path | None = None):
     from image_build.oci import images
     with build_errors():
-        return images.pull(ref, cache_dir(), insecure=_insecure(ref, insecure), platform_text=platform)
+        return images.pull(ref, cache_dir(), insecure=_insecure(ref, insecure, home),
+                           platform_text=platform)
 
 
 def ensure(ref: str, *, insecure=()):
