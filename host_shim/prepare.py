@@ -58,11 +58,18 @@ def agent_args(instance: Instance, agent: str, machine: qemu.Machine,
     return devices, karg
 
 
+def check_image_alone(opts: CreateOptions) -> None:
+    if opts.image is not None and (opts.base is not None or opts.rootfs is not None):
+        die(f"--image {opts.image} and --{'base' if opts.base else 'rootfs'} cannot be used "
+            "together: the image is the root filesystem")
+
+
 def image_command_for(opts: CreateOptions) -> list[str] | None:
     """The image's own command (/sbin/init for --base debian, Entrypoint + Cmd of an
     --image), None when it has none."""
     from image_build.build import image_command
     if opts.image is not None:
+        check_image_alone(opts)     # before pulling anything
         return images.image_command(opts)
     return image_command(opts.base or "busybox", opts.rootfs)
 
@@ -107,9 +114,7 @@ def check_inputs(opts: CreateOptions) -> None:
     from image_build.build import check_base
     with build_errors():
         check_base(opts.base, opts.rootfs)
-    if opts.image is not None and (opts.base is not None or opts.rootfs is not None):
-        die(f"--image {opts.image} and --{'base' if opts.base else 'rootfs'} cannot be used "
-            "together: the image is the root filesystem")
+    check_image_alone(opts)
     if hooks and (opts.command or opts.env or opts.workdir or opts.init_mode != "auto"
                   or opts.entrypoint is not None or opts.user or opts.image):
         die(f"{hooks[0]} replaces the generated config.json: give no command, --env, --workdir,"

@@ -19,6 +19,9 @@ import tarfile
 import time
 from pathlib import Path
 
+import pytest
+
+from image_build import busybox, cache
 from image_build.run import run
 
 TIMEOUT = 120
@@ -135,10 +138,12 @@ class Registry:
             timeout=TIMEOUT)
         return ref
 
-    def blob_gets(self) -> int:
-        """How many blob downloads (GET .../blobs/sha256:...) the registry has served."""
+    def blob_gets(self, digests=None) -> int:
+        """How many blob downloads (GET .../blobs/sha256:...) the registry has served
+        (of `digests` only, if given), from its access log."""
         return sum(1 for line in self.log.read_text(errors="replace").splitlines()
-                   if '"GET /v2/' in line and "/blobs/sha256:" in line)   # the access log
+                   if '"GET /v2/' in line and "/blobs/sha256:" in line
+                   and (digests is None or any(d in line for d in digests)))
 
     def blob_data(self, digest: str) -> Path:
         hexpart = digest.split(":", 1)[1]
@@ -151,3 +156,33 @@ class Registry:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout=10)
+
+
+# --- pytest fixtures (import them into a test module to use them) -----------------------------
+
+@pytest.fixture(scope="module")
+def oci_work(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("oci")
+
+
+@pytest.fixture(scope="module")
+def app_layout(oci_work) -> Path:
+    """The 3-layer test image as an OCI layout (tag `1`) on the busybox tree."""
+    _, binary = busybox.fetch(cache.default_cache_dir())
+    tree = oci_work / "busybox"
+    tree.mkdir()
+    busybox.stage(tree, binary)
+    return make_image(oci_work / "layout", "1", app_layers(oci_work, tree))
+
+
+@pytest.fixture(scope="module")
+def registry(oci_work):
+    reg = Registry(oci_work)
+    yield reg
+    reg.stop()
+
+
+@pytest.fixture(scope="module")
+def app_ref(registry, app_layout) -> str:
+    """The test image pushed to the registry as test/app:1."""
+    return registry.push(f"oci:{app_layout}:1", "test/app:1")

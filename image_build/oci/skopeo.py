@@ -59,9 +59,10 @@ def tls_args(flag: str, insecure: bool) -> list[str]:
     return [f"{flag}=false"] if insecure else []
 
 
-def inspect_raw(ref: str, transport_ref: str, *, insecure: bool,
-                timeout: float = INSPECT_TIMEOUT) -> dict:
+def inspect_raw(ref: str, transport_ref: str, *, insecure: bool, timeout: float | None = None,
+                ) -> dict:
     """The manifest or index as the source has it (no platform chosen)."""
+    timeout = INSPECT_TIMEOUT if timeout is None else timeout
     argv = _base(timeout) + ["inspect", "--raw", *tls_args("--tls-verify", insecure), transport_ref]
     try:
         out = run(argv, timeout=timeout + RUN_SLACK).stdout
