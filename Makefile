@@ -37,6 +37,7 @@ bench-smoke: deps
 	mkdir -p $(BENCH_OUT)
 	$(VENV)/bin/python bench/footprint.py --runs 1 --json $(BENCH_OUT)/smoke-footprint.json
 	$(VENV)/bin/python bench/scale.py --vms 2 --runs 1 --json $(BENCH_OUT)/smoke-scale.json
+	$(VENV)/bin/python bench/oci.py --iterations 1 --json $(BENCH_OUT)/smoke-oci.json
 
 deps: apt venv
 
