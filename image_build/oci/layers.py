@@ -3,7 +3,7 @@
 umoci 0.4.7 does not refuse a layer entry named `../x` or `/x`: it clamps it
 into the root (securejoin) and unpacks it.  The issue asks for such a layer to be
 refused, so every layer is read here first (names and hard-link targets); the
-rules are the rootfs tarball's (image_build/rootfs.py `_safe_name`).  gzip and
+rules are the rootfs tarball's (image_build/rootfs.py `safe_member_name`).  gzip and
 plain tar are read by tarfile; zstd is decompressed by the zstd tool first
 (Python 3.11's tarfile has no zstd).
 """
@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from image_build.errors import BuildError
-from image_build.rootfs import _safe_name
+from image_build.rootfs import safe_member_name
 from image_build.run import run
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -24,9 +24,9 @@ ZSTD_TIMEOUT = 600
 
 def _check_members(tar: tarfile.TarFile, what: str) -> None:
     for member in tar:
-        _safe_name(member, what)
+        safe_member_name(member, what)
         if member.islnk():
-            _safe_name(tarfile.TarInfo(member.linkname), f"{what} (hard link {member.name!r})")
+            safe_member_name(tarfile.TarInfo(member.linkname), f"{what} (hard link {member.name!r})")
 
 
 def _check_tar(path: Path, what: str) -> None:
