@@ -116,9 +116,9 @@ def check_inputs(opts: CreateOptions) -> None:
         check_base(opts.base, opts.rootfs)
     check_image_alone(opts)
     if hooks and (opts.command or opts.env or opts.workdir or opts.init_mode != "auto"
-                  or opts.entrypoint is not None or opts.user or opts.image):
+                  or opts.entrypoint is not None or opts.user):
         die(f"{hooks[0]} replaces the generated config.json: give no command, --env, --workdir,"
-            " --entrypoint, --user, --image or --init-mode")
+            " --entrypoint, --user or --init-mode")
     if not hooks and not program(opts)[0]:
         die("no command given", hint=f"kindling {opts.verb} [OPTIONS] -- CMD [ARG...]  (or "
                                      f"kindling {opts.verb} --base debian, whose image boots its "
