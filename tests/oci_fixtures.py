@@ -4,7 +4,8 @@
   umoci (init/new, raw add-layer, config): layer 1 is the busybox tree plus
   /etc/passwd, /doomed and /data/{old1,old2}; layer 2 deletes /doomed (whiteout) and
   replaces /data (opaque whiteout, new /data/new); layer 3 adds /app/show, a script
-  printing what the VM test checks.  Config: Entrypoint, Cmd, Env, WorkingDir and the
+  printing what the VM test checks, /app/owned (1000:1000, 0640), a hard link and a
+  symlink to show.  Config: Entrypoint, Cmd, Env, WorkingDir and the
   non-root User 1000:1000.
 - `Registry`: `docker-registry serve CONFIG.yml` on 127.0.0.1, a free port, a temp
   storage dir; `push(layout, tag, name)` pushes with skopeo.
@@ -39,24 +40,30 @@ done
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes | None = None, mode: int = 0o644,
-         kind: bytes = tarfile.REGTYPE) -> None:
+         kind: bytes = tarfile.REGTYPE, link: str = "", owner: int = 0) -> None:
     info = tarfile.TarInfo(name)
     info.type = kind
+    info.linkname = link
+    info.uid = info.gid = owner
     info.mode = 0o755 if kind == tarfile.DIRTYPE else mode
     info.mtime = 1_700_000_000
     info.size = len(data or b"")
     tar.addfile(info, io.BytesIO(data or b"") if data is not None else None)
 
 
-def write_layer(path: Path, entries, base: Path | None = None) -> Path:
-    """A layer tarball (plain: umoci raw add-layer compresses it): the tree `base` (if given), then `entries` (name, data|None for
-    a directory, mode)."""
+def write_layer(path: Path, entries, base: Path | None = None, links=()) -> Path:
+    """A layer tarball (plain: umoci raw add-layer compresses it): the tree `base` (if
+    given), then `entries` (name, data|None for a directory, mode), then `links`
+    (name, kind, target)."""
     with tarfile.open(path, "w") as tar:   # umoci gzips it
         if base is not None:
             for child in sorted(base.iterdir()):
                 tar.add(child, arcname=child.name)
         for name, data, mode in entries:
-            _add(tar, name, data, mode, tarfile.DIRTYPE if data is None else tarfile.REGTYPE)
+            _add(tar, name, data, mode, tarfile.DIRTYPE if data is None else tarfile.REGTYPE,
+                 owner=1000 if name == "app/owned" else 0)
+        for name, kind, target in links:
+            _add(tar, name, kind=kind, link=target, mode=0o777)
     return path
 
 
@@ -93,7 +100,10 @@ def app_layers(work: Path, busybox_tree: Path) -> list[Path]:
     two = write_layer(work / "l2.tar", [
         (".wh.doomed", b"", 0o644), ("data", None, 0), ("data/.wh..wh..opq", b"", 0o644),
         ("data/new", b"new\n", 0o644)])
-    three = write_layer(work / "l3.tar", [("app", None, 0), ("app/show", SHOW, 0o755)])
+    three = write_layer(work / "l3.tar", [("app", None, 0), ("app/show", SHOW, 0o755),
+                                          ("app/owned", b"mine\n", 0o640)],
+                        links=[("app/hard", tarfile.LNKTYPE, "app/show"),
+                               ("app/sym", tarfile.SYMTYPE, "show")])
     return [one, two, three]
 
 

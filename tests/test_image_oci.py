@@ -5,6 +5,7 @@ The VM side is tests/test_vm_oci.py."""
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -34,7 +35,16 @@ def test_a_pull_applies_whiteouts_and_keeps_the_config(app_ref, tmp_path):
     tree = extract(image.rootfs, tmp_path / "tree")
     assert not (tree / "doomed").exists()                         # whiteout
     assert sorted(os.listdir(tree / "data")) == ["new"]           # opaque whiteout
-    assert (tree / "app/show").stat().st_mode & 0o111
+    show = (tree / "app/show").stat()
+    assert show.st_mode & 0o777 == 0o755
+    # a hard link: one inode in the erofs (fsck.erofs --extract writes two files)
+    nids = {path: re.search(r"NID: (\d+) +Links: (\d+)", run(
+        ["dump.erofs", f"--path={path}", image.rootfs], timeout=60).stdout).groups()
+        for path in ("/app/show", "/app/hard")}
+    assert nids["/app/show"] == nids["/app/hard"] and nids["/app/show"][1] == "2"
+    assert os.readlink(tree / "app/sym") == "show"
+    owned = (tree / "app/owned").stat()
+    assert (owned.st_uid, owned.st_gid, owned.st_mode & 0o777) == (1000, 1000, 0o640)
     assert (tree / "bin/busybox").is_file()
     assert image.config == {"Entrypoint": APP_CONFIG["entrypoint"], "Cmd": APP_CONFIG["cmd"],
                             "Env": ["GREETING=hello-oci"], "WorkingDir": "/work/dir",
