@@ -11,6 +11,7 @@ PYTHON     ?= /usr/bin/python3
 VENV       := .venv
 ACCEL      ?= tcg
 APT_PACKAGES := python3 python3-venv python3.11 libudev1 qemu-system-x86 erofs-utils \
+                skopeo umoci docker-registry \
                 e2fsprogs kmod iproute2 lz4 zstd systemd mmdebstrap binutils
 
 .PHONY: demo test bench bench-smoke deps apt venv clean
@@ -36,6 +37,7 @@ bench-smoke: deps
 	mkdir -p $(BENCH_OUT)
 	$(VENV)/bin/python bench/footprint.py --runs 1 --json $(BENCH_OUT)/smoke-footprint.json
 	$(VENV)/bin/python bench/scale.py --vms 2 --runs 1 --json $(BENCH_OUT)/smoke-scale.json
+	$(VENV)/bin/python bench/oci.py --iterations 1 --json $(BENCH_OUT)/smoke-oci.json
 
 deps: apt venv
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import trio
 
-from . import agent_ops, api_args, lifecycle, metadata, options, runner, volumes
+from . import agent_ops, api_args, images, lifecycle, metadata, options, runner, volumes
 from .agent_client import CopyResult, ExecResult, StatResult
 from .errors import die, kindling_error_in
 from .info import InstanceInfo
@@ -205,6 +205,29 @@ class Kindling:
         if not isinstance(name, str):
             die(f"name: expected a volume name (str), got {name!r}")
         return volumes.remove(self.home, name)
+
+    # --- OCI images (host_shim/images.py) ---------------------------------------
+
+    def image_pull(self, ref: str, *, insecure_registries=(), platform: str | None = None) -> dict:
+        """Pull `ref` from its registry into the image store (`kindling image pull`);
+        `insecure_registries`: hosts reached over plain http."""
+        return images.describe(images.pull(ref, insecure=tuple(insecure_registries),
+                                           platform=platform, home=self.home))
+
+    def image_import(self, source: str | Path, *, name: str | None = None,
+                     platform: str | None = None) -> dict:
+        """An OCI layout directory, OCI archive or docker-archive into the store as `name`."""
+        return images.describe(images.import_image(source, name=name, platform=platform))
+
+    def image_list(self) -> list[dict]:
+        return [images.describe(i) for i in images.list_images()]
+
+    def image_inspect(self, ref: str) -> dict:
+        return images.describe(images.inspect(ref))
+
+    def image_rm(self, ref: str) -> dict:
+        """Remove the name `ref`, its rootfs and the blobs no other image uses."""
+        return images.describe(images.remove(ref))
 
     # --- run -------------------------------------------------------------------
 

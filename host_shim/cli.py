@@ -23,7 +23,7 @@ import trio
 
 from initsys import protocol
 
-from . import (agent_ops, chart, events, lifecycle, metadata, options, runner, sizes, volumes,
+from . import (agent_ops, chart, events, image_cli, lifecycle, metadata, options, runner, sizes, volumes,
                watchdog)
 from .errors import (EXIT_KINDLING, KindlingError, build_errors, die, from_build_error,
                      kindling_error_in)
@@ -461,6 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     builder.add_arguments(build)
     _add_agent_commands(sub)
     _add_volume_commands(sub)
+    image_cli.add_commands(sub, _command)
     return parser
 
 

@@ -205,6 +205,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("rootfs", Path | None, None, "root filesystem for the program: a directory or a "
            "tarball (default: the builder's busybox system)", ("--rootfs",), "DIR|TARBALL",
            "image", convert=_path, goes_to=("build",)),
+    Option("image", str | None, None, "an OCI image to run: its rootfs, and its Entrypoint, "
+           "Cmd, Env, WorkingDir and User as defaults (pulled when missing, like docker run; "
+           "see `kindling image`)", ("--image",), "REF", "image", convert=_text,
+           goes_to=("build", "config")),
+    Option("insecure_registries", tuple[str, ...], (), "a registry HOST[:PORT] that --image "
+           "may reach over plain http, unverified (repeatable; also `insecure` in "
+           "$KINDLING_HOME/registries.json)", ("--insecure-registry",), "HOST", "image",
+           "append", convert=_strings, goes_to=("build",)),
     Option("base", str | None, None, BASE_HELP, ("--base",), "busybox|debian", "image",
            convert=_base, goes_to=("build", "config")),
     Option("kernel", Path | None, None, "guest kernel (default: Debian's cloud kernel)",
@@ -247,6 +255,14 @@ OPTIONS: tuple[Option, ...] = (
            convert=_env, goes_to=("config",)),
     Option("workdir", str | None, None, "working directory in the guest (default: /)",
            ("--workdir", "-w"), "DIR", "program", convert=_text, goes_to=("config",)),
+    Option("entrypoint", str | None, None, "the program to run instead of the image's "
+           "Entrypoint; the image's Cmd is dropped too, the command given is its arguments "
+           "(docker's --entrypoint)", ("--entrypoint",), "PROG", "program", convert=_text,
+           goes_to=("config",)),
+    Option("user", str | None, None, "run the program as USER[:GROUP] (names from the "
+           "image's /etc/passwd and /etc/group, or numbers; default: the image's User, "
+           "else root)", ("--user", "-u"), "USER[:GROUP]", "program", convert=_text,
+           goes_to=("config",)),
     Option("init_mode", str, "auto", "exec: PID 1 runs CMD as the program; systemd: CMD is an "
            "init that PID 1 hands the machine to; auto (default): systemd when CMD -- or "
            "without one, the image's own command -- is "

@@ -17,7 +17,7 @@ from pathlib import Path
 from initsys import protocol
 
 from . import accel as accel_mod
-from . import control, initmode, netns, qemu
+from . import control, images, initmode, netns, qemu
 from . import volumes as volumes_mod
 from .errors import build_errors, die
 from .instance import Instance, cache_dir
@@ -58,9 +58,19 @@ def agent_args(instance: Instance, agent: str, machine: qemu.Machine,
     return devices, karg
 
 
+def check_image_alone(opts: CreateOptions) -> None:
+    if opts.image is not None and (opts.base is not None or opts.rootfs is not None):
+        die(f"--image {opts.image} and --{'base' if opts.base else 'rootfs'} cannot be used "
+            "together: the image is the root filesystem")
+
+
 def image_command_for(opts: CreateOptions) -> list[str] | None:
-    """The image's own command (/sbin/init for --base debian), None when it has none."""
+    """The image's own command (/sbin/init for --base debian, Entrypoint + Cmd of an
+    --image), None when it has none."""
     from image_build.build import image_command
+    if opts.image is not None:
+        check_image_alone(opts)     # before pulling anything
+        return images.image_command(opts)
     return image_command(opts.base or "busybox", opts.rootfs)
 
 
@@ -75,7 +85,10 @@ def control_args(instance: Instance, opts: "CreateOptions", machine: qemu.Machin
 
 
 def program(opts: CreateOptions) -> tuple[tuple[str, ...], str]:
-    """The command the VM runs -- the user's, else the image's own -- and its init mode."""
+    """The command the VM runs -- the user's, else the image's own; for an --image or
+    with --entrypoint, docker's rules (host_shim/images.py) -- and its init mode."""
+    if opts.image is not None or opts.entrypoint is not None:
+        return initmode.choose(images.command(opts), None, opts.init_mode)
     return initmode.choose(opts.command, image_command_for(opts), opts.init_mode)
 
 
@@ -100,9 +113,11 @@ def check_inputs(opts: CreateOptions) -> None:
     from image_build.build import check_base
     with build_errors():
         check_base(opts.base, opts.rootfs)
-    if hooks and (opts.command or opts.env or opts.workdir or opts.init_mode != "auto"):
-        die(f"{hooks[0]} replaces the generated config.json: give no command, --env, --workdir"
-            " or --init-mode")
+    check_image_alone(opts)
+    if hooks and (opts.command or opts.env or opts.workdir or opts.init_mode != "auto"
+                  or opts.entrypoint is not None or opts.user):
+        die(f"{hooks[0]} replaces the generated config.json: give no command, --env, --workdir,"
+            " --entrypoint, --user or --init-mode")
     if not hooks and not program(opts)[0]:
         die("no command given", hint=f"kindling {opts.verb} [OPTIONS] -- CMD [ARG...]  (or "
                                      f"kindling {opts.verb} --base debian, whose image boots its "
@@ -116,8 +131,7 @@ def make_config(opts: CreateOptions) -> dict:
         "entrypoint": list(command[:1]),
         "cmd": list(command[1:]),
         "init_mode": init_mode,
-        "env": dict(opts.env),
-        "workdir": opts.workdir or "/",
+        **images.program_defaults(opts),
         "skip_guest_agent": opts.agent == "none",
         "skip_kernel_headers": not opts.headers,   # and see settle_headers()
     }
@@ -184,7 +198,9 @@ def build_artifacts(opts: CreateOptions, out_dir: Path):
     """
     from image_build.build import BuildOptions, build_all
     with build_errors("building the VM image failed"):
+        rootfs_image = images.ensure(opts.image, insecure=opts.insecure_registries).rootfs if opts.image else None
         artifacts = build_all(BuildOptions(out_dir=out_dir, cache_dir=cache_dir(), rootfs=opts.rootfs,
+                                           rootfs_image=rootfs_image,
                                            kernel=opts.kernel, modules=opts.modules,
                                            base=opts.base or "busybox", headers=opts.headers))
     if opts.initrd is None:

@@ -38,6 +38,7 @@ REPRODUCIBLE_EPOCH = {"busybox": 0, "debian": debian.SOURCE_DATE_EPOCH}
 class BuildOptions:
     out_dir: Path
     rootfs: Path | None = None
+    rootfs_image: Path | None = None   # a finished rootfs image (an OCI image's, image_build/oci)
     base: str = "busybox"  # the built-in rootfs when `rootfs` is None: one of BASES
     kernel: Path | None = None
     modules: Path | None = None
@@ -220,6 +221,9 @@ def build_initrd(opts: BuildOptions, cache_dir: Path, kern: kernel_mod.Kernel,
 
 
 def build_rootfs(opts: BuildOptions, cache_dir: Path) -> tuple[Path, dict]:
+    if opts.rootfs_image is not None:
+        return Path(opts.rootfs_image), {"source": str(opts.rootfs_image), "format": "erofs",
+                                         "cached": True}
     h = cache.Hasher("rootfs").add("builder", builder_hash()).add("format", opts.rootfs_format)
     bb_binary = boot = None
     if opts.rootfs is None and opts.base == "debian":

@@ -52,7 +52,7 @@ def source_key(rootfs: Path, kind: str) -> str:
     return cache.file_sha256(rootfs)
 
 
-def _safe_name(member: tarfile.TarInfo, tarball: Path) -> str:
+def safe_member_name(member: tarfile.TarInfo, tarball: Path) -> str:
     name = member.name
     if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
         raise BuildError(f"{tarball}: member {name!r} has an absolute path; refusing to extract it")
@@ -80,7 +80,7 @@ def extract_tarball(tarball: Path, dest: Path) -> None:
     try:
         with tarfile.open(tarball) as tar:
             for member in tar:
-                rel = _safe_name(member, tarball)
+                rel = safe_member_name(member, tarball)
                 if not rel:
                     dirs.append(member)  # the root itself ("./")
                     member.name = "."
@@ -89,7 +89,7 @@ def extract_tarball(tarball: Path, dest: Path) -> None:
                 # never write through a symlink extracted earlier
                 _no_symlink_parents(dest, rel, f"{tarball}: member {rel!r} would be written")
                 if member.islnk():
-                    target = _safe_name(tarfile.TarInfo(member.linkname), tarball)
+                    target = safe_member_name(tarfile.TarInfo(member.linkname), tarball)
                     member.linkname = target
                     if not target:
                         raise BuildError(f"{tarball}: hard link {rel!r} points to the root directory")

@@ -57,6 +57,9 @@ APT_HINTS = {
     "mmdebstrap": "mmdebstrap",
     "ip": "iproute2",
     "qemu-system-x86_64": "qemu-system-x86",
+    "skopeo": "skopeo",
+    "umoci": "umoci",
+    "docker-registry": "docker-registry",
 }
 
 _TAIL_LINES = 25

@@ -11,7 +11,7 @@ import subprocess
 
 import trio
 
-from initsys import control, libc, powerbutton, protocol
+from initsys import control, libc, powerbutton, protocol, users
 from initsys.mounts import NEWROOT
 from initsys.timeline import Stage
 
@@ -29,8 +29,9 @@ def _runnable(argv0, env):
                for p in (os.path.join(d, argv0) for d in dirs))
 
 
-def _enter_root(newroot, workdir, argv0, env):
-    """The child's last steps before exec: chroot, workdir, and HYPEMAN-PROGRAM-START.
+def _enter_root(newroot, workdir, argv0, env, ids=None):
+    """The child's last steps before exec: chroot, workdir, the user (`ids`: uid, gid,
+    groups; after the chroot, which needs root), and HYPEMAN-PROGRAM-START.
 
     The child prints PROGRAM-START itself, on its own console descriptor, right
     before exec: so the line always precedes the program's first output on the
@@ -42,6 +43,10 @@ def _enter_root(newroot, workdir, argv0, env):
     def preexec():
         os.chroot(newroot)
         os.makedirs(workdir, exist_ok=True)  # like docker, a missing workdir is created
+        if ids is not None:
+            os.setgroups(ids[2])
+            os.setgid(ids[1])
+            os.setuid(ids[0])
         os.chdir(workdir)
         if _runnable(argv0, env):
             line = protocol.program_start_line("exec")
@@ -54,7 +59,23 @@ def oom_killed(pid):
     return f"Killed process {pid} " in libc.kernel_log()
 
 
-async def spawn(argv, env, workdir, reaper, *, newroot=NEWROOT, pass_fds=()):
+def user_ids(cfg, env, newroot=NEWROOT):
+    """config.json's `user` as (uid, gid, groups) from the new root's /etc/passwd and
+    /etc/group, and `env` with HOME the user's (unless config.json's env sets it);
+    (None, env) when no user is set."""
+    if cfg.user is None:
+        return None, env
+    try:
+        uid, gid, groups, home = users.resolve_user(
+            cfg.user, os.path.join(newroot, "etc/passwd"), os.path.join(newroot, "etc/group"))
+    except users.UserError as e:
+        raise ProgramError(f"config.json user {cfg.user!r}: {e}") from None
+    if "HOME" not in cfg.env:
+        env = dict(env, HOME=home or "/")
+    return (uid, gid, groups), env
+
+
+async def spawn(argv, env, workdir, reaper, *, newroot=NEWROOT, pass_fds=(), ids=None):
     """Start argv chrooted in newroot with its own console and /dev/null stdin.
 
     Returns a trio Process, or raises FileNotFoundError/PermissionError (exec
@@ -67,10 +88,11 @@ async def spawn(argv, env, workdir, reaper, *, newroot=NEWROOT, pass_fds=()):
             try:
                 proc = await trio.lowlevel.open_process(
                     argv, env=env, stdin=stdin, stdout=out, stderr=out,
-                    preexec_fn=_enter_root(newroot, workdir, argv[0], env), start_new_session=True,
+                    preexec_fn=_enter_root(newroot, workdir, argv[0], env, ids), start_new_session=True,
                     pass_fds=pass_fds)
             except subprocess.SubprocessError:
-                raise ProgramError(f"workdir {workdir!r}: cannot create or enter it in the new root") from None
+                raise ProgramError(f"workdir {workdir!r}: cannot create or enter it in the new root"
+                                   + (f" as user {ids[0]}:{ids[1]}" if ids else "")) from None
             reaper.track(proc.pid)
     finally:
         os.close(stdin)
@@ -89,8 +111,9 @@ async def _forward_signals(proc):
 
 async def _start(cfg, reaper):
     """(the Process, None), or (None, exit code) when exec failed."""
+    ids, env = user_ids(cfg, cfg.program_env())
     try:
-        return await spawn(cfg.argv, cfg.program_env(), cfg.workdir, reaper), None
+        return await spawn(cfg.argv, env, cfg.workdir, reaper, ids=ids), None
     except FileNotFoundError:
         return None, protocol.EXIT_COMMAND_NOT_FOUND
     except PermissionError:

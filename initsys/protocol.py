@@ -359,7 +359,7 @@ class Config:
     __slots__ = ("entrypoint", "cmd", "workdir", "env", "network_enabled", "guest_ip",
                  "guest_cidr", "guest_gw", "guest_dns", "volume_mounts", "init_mode",
                  "skip_kernel_headers", "skip_guest_agent", "hostname", "mtu", "hosts",
-                 "boot_strategy")
+                 "boot_strategy", "user")
 
     @property
     def argv(self):
@@ -488,6 +488,9 @@ def validate_config(obj):
     c.boot_strategy = _get(obj, "boot_strategy", str, strategies, "concurrent")
     if c.boot_strategy not in STRATEGIES:
         raise ConfigError("boot_strategy", f"{strategies}, got {c.boot_strategy!r}")
+    c.user = _get(obj, "user", str, "USER[:GROUP], names or numbers", None)
+    if c.user is not None and (not c.user.split(":", 1)[0] or "\0" in c.user or c.user.count(":") > 1):
+        raise ConfigError("user", f"USER[:GROUP], names or numbers, got {c.user!r}")
     if c.init_mode == "exec" and not c.argv:
         raise ConfigError("entrypoint", "a non-empty program argv (entrypoint + cmd) in exec mode")
     return c

@@ -105,8 +105,11 @@ def test_an_init_of_the_users_rootfs_is_systemd_mode(tmp_path):
     ({"init_mode": "runit", "command": ("true",)},
      "--init-mode 'runit': expected one of auto, exec, systemd"),
     ({"config_json": Path("/"), "init_mode": "exec"},
-     "--config-json replaces the generated config.json: give no command, --env, --workdir or "
-     "--init-mode"),
+     "--config-json replaces the generated config.json: give no command, --env, --workdir, "
+     "--entrypoint, --user or --init-mode"),
+    ({"config_json": Path("/"), "user": "app"},
+     "--config-json replaces the generated config.json: give no command"),
+    ({"image": "x:1", "base": "debian"}, "--image x:1 and --base cannot be used together"),
 ])
 def test_check_inputs_errors(options, message):
     with pytest.raises(KindlingError) as info:

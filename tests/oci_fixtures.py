@@ -1,0 +1,198 @@
+"""Test images built from local files with real tools, and a real registry.
+
+- `make_app_image(layout_dir, busybox_tree)`: the 3-layer image of issue 13, made with
+  umoci (init/new, raw add-layer, config): layer 1 is the busybox tree plus
+  /etc/passwd, /doomed and /data/{old1,old2}; layer 2 deletes /doomed (whiteout) and
+  replaces /data (opaque whiteout, new /data/new); layer 3 adds /app/show, a script
+  printing what the VM test checks, /app/owned (1000:1000, 0640), a hard link and a
+  symlink to show.  Config: Entrypoint, Cmd, Env, WorkingDir and the
+  non-root User 1000:1000.
+- `Registry`: `docker-registry serve CONFIG.yml` on 127.0.0.1, a free port, a temp
+  storage dir; `push(layout, tag, name)` pushes with skopeo.
+"""
+
+from __future__ import annotations
+
+import io
+import socket
+import subprocess
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+from image_build import busybox, cache
+from image_build.run import run
+
+TIMEOUT = 120
+APP_CONFIG = {"entrypoint": ["/bin/sh", "/app/show"], "cmd": ["from-cmd"],
+              "env": {"GREETING": "hello-oci"}, "workdir": "/work/dir", "user": "1000:1000"}
+SHOW = b"""#!/bin/sh
+echo "ARGS=$*"
+echo "GREETING=$GREETING"
+echo "PWD=$(pwd)"
+echo "ID=$(id -u):$(id -g)"
+for f in /doomed /data/old1 /data/old2 /data/new; do
+  if [ -e "$f" ]; then echo "HAS $f"; else echo "NO $f"; fi
+done
+"""
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes | None = None, mode: int = 0o644,
+         kind: bytes = tarfile.REGTYPE, link: str = "", owner: int = 0) -> None:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = link
+    info.uid = info.gid = owner
+    info.mode = 0o755 if kind == tarfile.DIRTYPE else mode
+    info.mtime = 1_700_000_000
+    info.size = len(data or b"")
+    tar.addfile(info, io.BytesIO(data or b"") if data is not None else None)
+
+
+def write_layer(path: Path, entries, base: Path | None = None, links=()) -> Path:
+    """A layer tarball (plain: umoci raw add-layer compresses it): the tree `base` (if
+    given), then `entries` (name, data|None for a directory, mode), then `links`
+    (name, kind, target)."""
+    with tarfile.open(path, "w") as tar:   # umoci gzips it
+        if base is not None:
+            for child in sorted(base.iterdir()):
+                tar.add(child, arcname=child.name)
+        for name, data, mode in entries:
+            _add(tar, name, data, mode, tarfile.DIRTYPE if data is None else tarfile.REGTYPE,
+                 owner=1000 if name == "app/owned" else 0)
+        for name, kind, target in links:
+            _add(tar, name, kind=kind, link=target, mode=0o777)
+    return path
+
+
+def umoci(*args, timeout: float = TIMEOUT):
+    return run(["umoci", *args], timeout=timeout)
+
+
+def make_image(layout: Path, tag: str, layer_files, config=APP_CONFIG, arch: str = "amd64") -> Path:
+    """An OCI layout holding `tag` made of the given layer tarballs, with `config`."""
+    if not (layout / "oci-layout").exists():
+        umoci("init", "--layout", layout)
+    umoci("new", "--image", f"{layout}:{tag}")
+    for layer in layer_files:
+        umoci("raw", "add-layer", "--image", f"{layout}:{tag}", layer)
+    argv = ["config", "--image", f"{layout}:{tag}", "--architecture", arch,
+            "--config.workingdir", config["workdir"], "--config.user", config["user"]]
+    for part in config["entrypoint"]:
+        argv += ["--config.entrypoint", part]
+    for part in config["cmd"]:
+        argv += ["--config.cmd", part]
+    for key, value in config["env"].items():
+        argv += ["--config.env", f"{key}={value}"]
+    umoci(*argv)
+    return layout
+
+
+def app_layers(work: Path, busybox_tree: Path) -> list[Path]:
+    """The three layers of the test image."""
+    passwd = b"root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n"
+    one = write_layer(work / "l1.tar", [
+        ("etc/passwd", passwd, 0o644), ("etc/group", b"root:x:0:\napp:x:1000:\n", 0o644),
+        ("doomed", b"delete me\n", 0o644), ("data", None, 0),
+        ("data/old1", b"1\n", 0o644), ("data/old2", b"2\n", 0o644)], base=busybox_tree)
+    two = write_layer(work / "l2.tar", [
+        (".wh.doomed", b"", 0o644), ("data", None, 0), ("data/.wh..wh..opq", b"", 0o644),
+        ("data/new", b"new\n", 0o644)])
+    three = write_layer(work / "l3.tar", [("app", None, 0), ("app/show", SHOW, 0o755),
+                                          ("app/owned", b"mine\n", 0o640)],
+                        links=[("app/hard", tarfile.LNKTYPE, "app/show"),
+                               ("app/sym", tarfile.SYMTYPE, "show")])
+    return [one, two, three]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Registry:
+    """A real distribution registry (Debian's docker-registry) on 127.0.0.1."""
+
+    def __init__(self, work: Path):
+        self.storage = work / "storage"
+        self.port = free_port()
+        self.host = f"127.0.0.1:{self.port}"
+        self.log = work / "registry.log"
+        config = work / "registry.yml"
+        config.write_text(f"version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n"
+                          f"    rootdirectory: {self.storage}\nhttp:\n  addr: {self.host}\n")
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(["docker-registry", "serve", str(config)],
+                                         stdout=log, stderr=subprocess.STDOUT)
+        self._wait_listening()
+
+    def _wait_listening(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"docker-registry exited: {self.log.read_text()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.05)   # polling for the listening socket, not a fixed wait
+        raise RuntimeError(f"docker-registry did not listen on {self.host} in {timeout}s")
+
+    def push(self, source: str, name: str) -> str:
+        """skopeo copy SOURCE docker://HOST/NAME; returns the reference."""
+        ref = f"{self.host}/{name}"
+        run(["skopeo", "copy", "--quiet", "--dest-tls-verify=false", source, f"docker://{ref}"],
+            timeout=TIMEOUT)
+        return ref
+
+    def blob_gets(self, digests=None) -> int:
+        """How many blob downloads (GET .../blobs/sha256:...) the registry has served
+        (of `digests` only, if given), from its access log."""
+        return sum(1 for line in self.log.read_text(errors="replace").splitlines()
+                   if '"GET /v2/' in line and "/blobs/sha256:" in line
+                   and (digests is None or any(d in line for d in digests)))
+
+    def blob_data(self, digest: str) -> Path:
+        hexpart = digest.split(":", 1)[1]
+        return self.storage / "docker/registry/v2/blobs/sha256" / hexpart[:2] / hexpart / "data"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+# --- pytest fixtures (import them into a test module to use them) -----------------------------
+
+@pytest.fixture(scope="module")
+def oci_work(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("oci")
+
+
+@pytest.fixture(scope="module")
+def app_layout(oci_work) -> Path:
+    """The 3-layer test image as an OCI layout (tag `1`) on the busybox tree."""
+    _, binary = busybox.fetch(cache.default_cache_dir())
+    tree = oci_work / "busybox"
+    tree.mkdir()
+    busybox.stage(tree, binary)
+    return make_image(oci_work / "layout", "1", app_layers(oci_work, tree))
+
+
+@pytest.fixture(scope="module")
+def registry(oci_work):
+    reg = Registry(oci_work)
+    yield reg
+    reg.stop()
+
+
+@pytest.fixture(scope="module")
+def app_ref(registry, app_layout) -> str:
+    """The test image pushed to the registry as test/app:1."""
+    return registry.push(f"oci:{app_layout}:1", "test/app:1")
