@@ -74,15 +74,21 @@ async def test_agent_that_never_answers(instance):
     assert "syncing the guest's clock and RNG" in text and "1.5 s" in text
 
 
-async def test_agent_without_sync(instance, synced):
-    agent = Agent(base_env={})
-    del agent.ops["sync"]           # an agent older than the operation
+async def _refused_by(instance, agent):
+    """after_restore against `agent` serving the instance's socket: the KindlingError's info."""
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
             await nursery.start(serve, instance.agent_socket, agent.serve_stream)
             with pytest.raises(KindlingError) as info:
                 await guest_sync.after_restore(instance)
             nursery.cancel_scope.cancel()
+    return info
+
+
+async def test_agent_without_sync(instance, synced):
+    agent = Agent(base_env={})
+    del agent.ops["sync"]           # an agent older than the operation
+    info = await _refused_by(instance, agent)
     assert "syncing the guest's clock and RNG failed" in str(info.value)
     assert "unknown operation 'sync'" in str(info.value)
     assert synced == []
@@ -94,12 +100,7 @@ async def test_agent_refusing_the_clock(instance, monkeypatch):
 
     monkeypatch.setattr(sync, "apply", denied)
     agent = Agent(base_env={})
-    with trio.fail_after(20):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(serve, instance.agent_socket, agent.serve_stream)
-            with pytest.raises(KindlingError) as info:
-                await guest_sync.after_restore(instance)
-            nursery.cancel_scope.cancel()
+    info = await _refused_by(instance, agent)
     assert "clock_settime(CLOCK_REALTIME): Operation not permitted (needs CAP_SYS_TIME)" in str(info.value)
 
 
