@@ -229,21 +229,86 @@ def _parse_fields(text):
         fields.setdefault(key, value)
 
 
+# The grammar of each marker after its prefix and one space (docs/protocol.md, "Marker
+# grammar").  The HYPEMAN-* ones read exactly what hypeman's host reads, so a line one host
+# takes for a marker the other takes for one too; anything else is program output.
+_GO_SPACE = " \t\n\r\v\f\x85\xa0"       # what Go's strings.TrimSpace removes
+_GO_ATOI = re.compile(r"[+-]?[0-9]+")          # strconv.Atoi: base 10, an int64
+_STAGE_RE = re.compile(r"name=(\S+) start=([0-9]+\.[0-9]+) end=([0-9]+\.[0-9]+)")
+_FATAL_RE = re.compile(r"stage=(\S+) error=(\".*)")
+
+
+def _go_unquote_or_trim(text):
+    """hypeman's reading of `message=`: strconv.Unquote, else the text without its quotes."""
+    if len(text) >= 2 and text[0] == text[-1] == "`" and "`" not in text[1:-1]:
+        return text[1:-1]
+    try:
+        return go_unquote(text)
+    except ValueError:
+        return text.strip('"')
+
+
+def _exit_fields(rest):
+    """`code=<int>` first, then optionally ` message=<quoted>`: hypeman's host reads the
+    code up to the first space and the message only when `message=` follows that space."""
+    if not rest.startswith("code="):
+        return None
+    raw, _, tail = rest[5:].partition(" ")
+    if not _GO_ATOI.fullmatch(raw) or not -2**63 <= int(raw) < 2**63:
+        return None
+    message = _go_unquote_or_trim(tail[8:]) if tail.startswith("message=") else ""
+    return {"code": str(int(raw)), "message": message}
+
+
+def _ts_fields(rest):
+    """A timestamped marker: its `ts` is the first whitespace-separated word starting
+    `ts=` (hypeman's reading); other fields (`mode`, `error`) as key=value pairs."""
+    fields = _parse_fields(rest)
+    fields.pop("ts", None)
+    for word in rest.split():
+        if word.startswith("ts="):
+            fields["ts"] = word[3:]
+            break
+    return fields
+
+
+def _stage_fields(rest):
+    m = _STAGE_RE.fullmatch(rest)
+    return None if m is None else dict(zip(("name", "start", "end"), m.groups()))
+
+
+def _fatal_fields(rest):
+    m = _FATAL_RE.fullmatch(rest)
+    if m is None:
+        return None
+    try:
+        return {"stage": m.group(1), "error": go_unquote(m.group(2))}
+    except ValueError:
+        return None
+
+
+_GRAMMAR = {PROGRAM_START: _ts_fields, AGENT_READY: _ts_fields, HEADERS_START: _ts_fields,
+            HEADERS_READY: _ts_fields, HEADERS_FAILED: _ts_fields, EXIT: _exit_fields,
+            FATAL: _fatal_fields, STAGE: _stage_fields}
+
+
 def find_sentinel(line):
-    """Where the first sentinel in a console line starts, and its Marker: (pos, Marker),
+    """Where the first marker in a console line starts, and its Marker: (pos, Marker),
     or None.  The host uses `pos` to keep the text before it (a logger prefix, or
-    program output without a final newline).  A trailing `\\r`/newline is ignored.
+    program output without a final newline).  Like hypeman's host, only the first
+    occurrence of each prefix is read, and trailing whitespace (`\\r`) is ignored; an
+    occurrence that does not follow its marker's grammar is program output.
     """
-    line = line.rstrip("\r\n").rstrip("\r")
+    line = line.rstrip(_GO_SPACE)
     best = None
     for prefix in SENTINELS:
         pos = line.find(prefix + " ")
-        if pos >= 0 and (best is None or pos < best[0]):
-            best = (pos, prefix)
-    if best is None:
-        return None
-    pos, prefix = best
-    return pos, Marker(prefix, _parse_fields(line[pos + len(prefix) + 1:]))
+        if pos < 0 or (best is not None and pos > best[0]):
+            continue
+        fields = _GRAMMAR[prefix](line[pos + len(prefix) + 1:])
+        if fields is not None:
+            best = (pos, Marker(prefix, fields))
+    return best
 
 
 def parse_line(line):

@@ -226,10 +226,50 @@ def test_not_a_sentinel(line):
     assert not protocol.is_sentinel_line(line)
 
 
-def test_malformed_quoted_field_stops_parsing():
-    marker = protocol.parse_line('HYPEMAN-EXIT code=1 message="unterminated')
-    assert marker.kind == protocol.EXIT
-    assert marker.fields == {"code": "1"}
+# hypeman's host reads EXIT as: `code=` right after the prefix's one space, an integer
+# (strconv.Atoi) up to the next space, then `message=` + a Go-quoted string if present
+# (unquotable: the text without its quotes).  Kindling reads the same lines the same way.
+@pytest.mark.parametrize("line, fields", [
+    ('HYPEMAN-EXIT code=1 message="unterminated', {"code": "1", "message": "unterminated"}),
+    ("HYPEMAN-EXIT code=42", {"code": "42", "message": ""}),
+    ('HYPEMAN-EXIT code=+7 message="x"', {"code": "7", "message": "x"}),
+    ('HYPEMAN-EXIT code=3  message="two spaces"', {"code": "3", "message": ""}),
+    ('HYPEMAN-EXIT code=3 junk message="x"', {"code": "3", "message": ""}),
+    ('2026-02-13T15:26:27Z [INFO] [hypeman-init:entrypoint] HYPEMAN-EXIT code=137 '
+     'message="killed by signal 9 (killed) - OOM" \r', {"code": "137",
+                                                     "message": "killed by signal 9 (killed) - OOM"}),
+    ('HYPEMAN-EXIT code=0 message="\\u0026 \\"q\\""', {"code": "0", "message": '& "q"'}),
+])
+def test_exit_grammar_is_hypemans(line, fields):
+    assert protocol.parse_line(line) == Marker(protocol.EXIT, fields)
+
+
+@pytest.mark.parametrize("line", [
+    'HYPEMAN-EXIT code=abc message="error"',           # not an integer
+    'HYPEMAN-EXIT  code=0 message="success"',          # two spaces after the prefix
+    'HYPEMAN-EXIT message="success" code=0',           # fields reversed
+    'HYPEMAN-EXIT code= message="success"',            # no digits
+    'HYPEMAN-EXIT code=1.5 message="x"',
+    "HYPEMAN-EXIT code=99999999999999999999",          # not an int64
+    'HYPEMAN-EXIT code=0x1 message="x"',
+    # only the first occurrence of a prefix is read, as hypeman's strings.Index does
+    'HYPEMAN-EXIT code=abc HYPEMAN-EXIT code=0 message="success"',
+    "KINDLING-STAGE name=x start=1",
+    "KINDLING-STAGE name=x start=1.0 end=2.0 extra=1",
+    "KINDLING-STAGE end=2.0 name=x start=1.0",
+    'KINDLING-FATAL error="x" stage=config',
+    'KINDLING-FATAL stage=config error="unterminated',
+])
+def test_off_grammar_lines_are_program_output(line):
+    assert protocol.parse_line(line) is None
+    assert not protocol.is_sentinel_line(line)
+
+
+def test_ts_is_the_first_ts_word_anywhere_after_the_prefix():
+    """hypeman's host: strings.Fields after the prefix, the first word starting `ts=`."""
+    line = f"HYPEMAN-PROGRAM-START  junk mode=exec ts={TS_TEXT}"
+    assert protocol.parse_line(line).ts == TS
+    assert protocol.parse_line(f"HYPEMAN-AGENT-READY x=\"a ts=1\" ts={TS_TEXT}").ts is None
 
 
 # --- Go %q quoting -----------------------------------------------------------
