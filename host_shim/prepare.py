@@ -64,12 +64,16 @@ def image_command_for(opts: CreateOptions) -> list[str] | None:
     return image_command(opts.base or "busybox", opts.rootfs)
 
 
+TIMELINE_ON_CONSOLE = "kindling_timeline=1"
+
+
 def control_args(instance: Instance, opts: "CreateOptions",
                  devices: list[str]) -> tuple[list[str], tuple[str, ...]]:
     """The control port (host_shim/control.py) and its kernel argument -- not for a
-    given --initrd, which may not speak it (its markers then come from the console)."""
+    given --initrd, which may not speak it: its markers then come from the console, and
+    so do its boot stages, which PID 1 prints there only when asked (initsys/timeline.py)."""
     if opts.initrd is not None:
-        return [], ()
+        return [], (TIMELINE_ON_CONSOLE,)
     machine = qemu.machine_for(qemu.DEFAULT_MACHINE)
     bus = [] if machine.serial_device in devices else ["-device", machine.serial_device]
     return bus + control.qemu_args(instance.logs_dir), (control.KERNEL_ARG,)

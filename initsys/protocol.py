@@ -398,24 +398,41 @@ def _type_name(value):
 
 
 INIT_MODES = ("exec", "systemd")
-VOLUME_MODES = ("ro", "rw", "overlay")
+VOLUME_MODES = ("ro", "rw", "overlay", "nfs")
 STRATEGIES = ("concurrent", "sequential", "baseline")
 
 
 class Volume:
-    __slots__ = ("device", "path", "mode", "overlay_device")
+    """One of volume_mounts.  `nfs`: the export `nfs_host:nfs_export` (device is empty)."""
 
-    def __init__(self, device, path, mode, overlay_device=None):
+    __slots__ = ("device", "path", "mode", "overlay_device", "nfs_host", "nfs_export")
+
+    def __init__(self, device, path, mode, overlay_device=None, nfs_host=None, nfs_export=None):
         self.device = device
         self.path = path
         self.mode = mode
         self.overlay_device = overlay_device
+        self.nfs_host = nfs_host
+        self.nfs_export = nfs_export
 
     def to_json(self):
         d = {"device": self.device, "path": self.path, "mode": self.mode}
-        if self.overlay_device is not None:
-            d["overlay_device"] = self.overlay_device
+        for name in ("overlay_device", "nfs_host", "nfs_export"):
+            if getattr(self, name) is not None:
+                d[name] = getattr(self, name)
         return d
+
+
+# Every field hypeman's host writes (its vmconfig.Config), and the ones Kindling adds.
+HYPEMAN_FIELDS = ("entrypoint", "cmd", "workdir", "env", "network_enabled", "guest_ip",
+                  "guest_cidr", "guest_gw", "guest_dns", "volume_mounts", "init_mode",
+                  "skip_kernel_headers", "skip_guest_agent", "egress_proxy")
+KINDLING_FIELDS = ("hostname", "mtu", "hosts", "boot_strategy")
+VOLUME_FIELDS = ("device", "path", "mode", "overlay_device", "nfs_host", "nfs_export")
+# Fields Kindling reads but does not act on: why, for the console warning.
+NOT_HONOURED = {
+    "egress_proxy": "Kindling installs no egress-proxy CA certificate and sets no proxy",
+}
 
 
 class Config:
@@ -424,7 +441,7 @@ class Config:
     __slots__ = ("entrypoint", "cmd", "workdir", "env", "network_enabled", "guest_ip",
                  "guest_cidr", "guest_gw", "guest_dns", "volume_mounts", "init_mode",
                  "skip_kernel_headers", "skip_guest_agent", "hostname", "mtu", "hosts",
-                 "boot_strategy")
+                 "boot_strategy", "warnings")
 
     @property
     def argv(self):
@@ -438,7 +455,7 @@ class Config:
         return env
 
     def to_json(self):
-        d = {name: getattr(self, name) for name in self.__slots__}
+        d = {name: getattr(self, name) for name in self.__slots__ if name != "warnings"}
         d["volume_mounts"] = [v.to_json() for v in self.volume_mounts]
         return {k: v for k, v in d.items() if v is not None}
 
@@ -482,28 +499,75 @@ def _abs_path(field, value):
     return value
 
 
-def _volumes(obj):
+def _volume(item, where, network_enabled):
+    if not isinstance(item, dict):
+        raise ConfigError(where, "an object {device, path, mode}", item)
+    mode = _get(item, "mode", str, "one of ro, rw, overlay, nfs", "rw")
+    if mode not in VOLUME_MODES:
+        raise ConfigError(f"{where}.mode", f"one of ro, rw, overlay, nfs, got {mode!r}")
+    device = _get(item, "device", str, "a device path string", None)
+    if not device and mode != "nfs":    # hypeman writes "device": "" for nfs
+        raise ConfigError(f"{where}.device", "a device path like /dev/vdd (required)")
+    path = _get(item, "path", str, "an absolute path string", None)
+    if path is None:
+        raise ConfigError(f"{where}.path", "an absolute mount path (required)")
+    _abs_path(f"{where}.path", path)
+    overlay = _get(item, "overlay_device", str, "a device path string", None)
+    if mode == "overlay" and overlay is None:
+        raise ConfigError(f"{where}.overlay_device", "a device path (required for mode overlay)")
+    if mode != "nfs":
+        return Volume(device, path, mode, overlay if mode == "overlay" else None)
+    host = _get(item, "nfs_host", str, "an IPv4 address string", None)
+    if not host:
+        raise ConfigError(f"{where}.nfs_host", "the NFS server's IPv4 address (required for mode nfs)")
+    _ipv4({f"{where}.nfs_host": host}, f"{where}.nfs_host", True)
+    export = _get(item, "nfs_export", str, "an absolute path string", None)
+    if export is None:
+        raise ConfigError(f"{where}.nfs_export", "the exported path (required for mode nfs)")
+    _abs_path(f"{where}.nfs_export", export)
+    if not network_enabled:
+        raise ConfigError(f"{where}.mode", "nfs only with network_enabled (the export is reached over eth0)")
+    return Volume("", path, mode, nfs_host=host, nfs_export=export)
+
+
+def _volumes(obj, network_enabled):
     raw = _get(obj, "volume_mounts", list, "a list of {device, path, mode} objects", [])
-    volumes = []
-    for i, item in enumerate(raw):
-        where = f"volume_mounts[{i}]"
-        if not isinstance(item, dict):
-            raise ConfigError(where, "an object {device, path, mode}", item)
-        device = _get(item, "device", str, "a device path string", None)
-        if device is None:
-            raise ConfigError(f"{where}.device", "a device path like /dev/vdd (required)")
-        path = _get(item, "path", str, "an absolute path string", None)
-        if path is None:
-            raise ConfigError(f"{where}.path", "an absolute mount path (required)")
-        _abs_path(f"{where}.path", path)
-        mode = _get(item, "mode", str, "one of ro, rw, overlay", "rw")
-        if mode not in VOLUME_MODES:
-            raise ConfigError(f"{where}.mode", f"one of ro, rw, overlay, got {mode!r}")
-        overlay = _get(item, "overlay_device", str, "a device path string", None)
-        if mode == "overlay" and overlay is None:
-            raise ConfigError(f"{where}.overlay_device", "a device path (required for mode overlay)")
-        volumes.append(Volume(device, path, mode, overlay if mode == "overlay" else None))
-    return volumes
+    return [_volume(item, f"volume_mounts[{i}]", network_enabled) for i, item in enumerate(raw)]
+
+
+def _warnings(obj):
+    """A console line for each field Kindling does not honour (never a silent drop)."""
+    lines = []
+    for name, why in NOT_HONOURED.items():
+        if obj.get(name) is not None:
+            lines.append(f"config.json field {name!r} is not supported and is ignored: {why}")
+    for name in obj:
+        if name not in HYPEMAN_FIELDS and name not in KINDLING_FIELDS:
+            lines.append(f"config.json field {name!r} is not known to Kindling and is ignored")
+    for i, item in enumerate(obj.get("volume_mounts") or ()):
+        for name in item:
+            if name not in VOLUME_FIELDS:
+                lines.append(f"config.json field 'volume_mounts[{i}].{name}' is not known to "
+                             "Kindling and is ignored")
+    return lines
+
+
+def _extensions(obj, c):
+    """Kindling's own fields (docs/protocol.md)."""
+    c.hostname = _get(obj, "hostname", str, "a host name string", None)
+    mtu = _get(obj, "mtu", int, "an integer MTU 68..65535", None)
+    if mtu is not None and not 68 <= mtu <= 65535:
+        raise ConfigError("mtu", f"an integer MTU 68..65535, got {mtu}")
+    c.mtu = mtu
+    hosts = _get(obj, "hosts", dict, "an object mapping host names to IPv4 addresses", {})
+    for name, addr in hosts.items():
+        if not isinstance(addr, str):
+            raise ConfigError(f"hosts.{name}", "an IPv4 address string", addr)
+    c.hosts = dict(hosts)
+    strategies = f"one of {', '.join(STRATEGIES)}"
+    c.boot_strategy = _get(obj, "boot_strategy", str, strategies, "concurrent")
+    if c.boot_strategy not in STRATEGIES:
+        raise ConfigError("boot_strategy", f"{strategies}, got {c.boot_strategy!r}")
 
 
 def validate_config(obj):
@@ -513,7 +577,8 @@ def validate_config(obj):
     c = Config.__new__(Config)
     c.entrypoint = _str_list(obj, "entrypoint")
     c.cmd = _str_list(obj, "cmd")
-    c.workdir = _abs_path("workdir", _get(obj, "workdir", str, "an absolute path string", "/"))
+    # hypeman writes "workdir": "" and "init_mode": "" when unset (no omitempty): the defaults
+    c.workdir = _abs_path("workdir", _get(obj, "workdir", str, "an absolute path string", "") or "/")
     env = _get(obj, "env", dict, "an object mapping strings to strings", {})
     for key, value in env.items():
         if not isinstance(value, str):
@@ -532,29 +597,17 @@ def validate_config(obj):
     c.guest_cidr = cidr
     c.guest_gw = _ipv4(obj, "guest_gw", False)
     c.guest_dns = _ipv4(obj, "guest_dns", False)
-    c.volume_mounts = _volumes(obj)
-    c.init_mode = _get(obj, "init_mode", str, "one of exec, systemd", "exec")
+    c.volume_mounts = _volumes(obj, net)
+    c.init_mode = _get(obj, "init_mode", str, "one of exec, systemd", "") or "exec"
     if c.init_mode not in INIT_MODES:
         raise ConfigError("init_mode", f"one of exec, systemd, got {c.init_mode!r}")
     c.skip_kernel_headers = _get(obj, "skip_kernel_headers", bool, "true or false", False)
     c.skip_guest_agent = _get(obj, "skip_guest_agent", bool, "true or false", False)
-    # Kindling extensions.
-    c.hostname = _get(obj, "hostname", str, "a host name string", None)
-    mtu = _get(obj, "mtu", int, "an integer MTU 68..65535", None)
-    if mtu is not None and not 68 <= mtu <= 65535:
-        raise ConfigError("mtu", f"an integer MTU 68..65535, got {mtu}")
-    c.mtu = mtu
-    hosts = _get(obj, "hosts", dict, "an object mapping host names to IPv4 addresses", {})
-    for name, addr in hosts.items():
-        if not isinstance(addr, str):
-            raise ConfigError(f"hosts.{name}", "an IPv4 address string", addr)
-    c.hosts = dict(hosts)
-    strategies = f"one of {', '.join(STRATEGIES)}"
-    c.boot_strategy = _get(obj, "boot_strategy", str, strategies, "concurrent")
-    if c.boot_strategy not in STRATEGIES:
-        raise ConfigError("boot_strategy", f"{strategies}, got {c.boot_strategy!r}")
-    if c.init_mode == "exec" and not c.argv:
-        raise ConfigError("entrypoint", "a non-empty program argv (entrypoint + cmd) in exec mode")
+    _extensions(obj, c)
+    # entrypoint and cmd both null or empty in exec mode: hypeman's init runs
+    # `sh -c "cd WORKDIR && exec "`, which starts and exits 0; so does Kindling's
+    # (initsys/program.py)
+    c.warnings = _warnings(obj)
     return c
 
 

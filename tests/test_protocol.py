@@ -72,7 +72,6 @@ VOL = {"device": "/dev/vdd", "path": "/data", "mode": "rw"}
 BAD_FIELDS = [
     ({"entrypoint": "/bin/true"}, "entrypoint"),
     ({"entrypoint": [1]}, "entrypoint[0]"),
-    ({"entrypoint": [], "cmd": []}, "entrypoint"),
     ({"cmd": "x"}, "cmd"),
     ({"cmd": ["a", None]}, "cmd[1]"),
     ({"workdir": 5}, "workdir"),
@@ -118,6 +117,67 @@ def test_config_error_names_field(overrides, field):
 
 def test_config_systemd_mode_allows_empty_argv():
     assert protocol.validate_config({"init_mode": "systemd"}).argv == []
+
+
+# --- config.json as hypeman's host writes it (Go's encoding/json of vmconfig.Config) ---------
+
+# Go escapes <, > and & as \u003c, \u003e, \u0026; nil slices are null; workdir and init_mode
+# have no omitempty (empty strings), bools with omitempty are left out when false.
+HYPEMAN_CONFIG = (b'{"entrypoint":null,"cmd":null,"workdir":"","env":{"Q":"a\\u0026b \\u003cc\\u003e"},'
+                  b'"network_enabled":true,"guest_ip":"10.200.0.2","guest_cidr":24,'
+                  b'"guest_gw":"10.200.0.1","guest_dns":"10.200.0.1","volume_mounts":['
+                  b'{"device":"","path":"/data","mode":"nfs","nfs_host":"10.200.0.1",'
+                  b'"nfs_export":"/srv/vol-1"},{"device":"/dev/vdd","path":"/ro","mode":"ro"}],'
+                  b'"init_mode":"","egress_proxy":{"enabled":true,"proxy_url":"http://10.200.0.1:3128",'
+                  b'"ca_cert_pem":"-----BEGIN CERTIFICATE-----\\n"}}')
+
+
+def test_hypeman_written_config_is_accepted():
+    cfg = protocol.parse_config(HYPEMAN_CONFIG)
+    assert cfg.argv == [] and cfg.workdir == "/" and cfg.init_mode == "exec"
+    assert cfg.env == {"Q": "a&b <c>"}
+    nfs, ro = cfg.volume_mounts
+    assert (nfs.mode, nfs.nfs_host, nfs.nfs_export, nfs.path) == ("nfs", "10.200.0.1", "/srv/vol-1", "/data")
+    assert nfs.to_json() == {"device": "", "path": "/data", "mode": "nfs", "nfs_host": "10.200.0.1",
+                             "nfs_export": "/srv/vol-1"}
+    assert (ro.device, ro.mode) == ("/dev/vdd", "ro")
+    assert cfg.skip_guest_agent is False and cfg.skip_kernel_headers is False
+    assert cfg.warnings == ["config.json field 'egress_proxy' is not supported and is ignored: "
+                            "Kindling installs no egress-proxy CA certificate and sets no proxy"]
+    assert "warnings" not in cfg.to_json()
+
+
+def test_fields_kindling_does_not_know_are_warned_about():
+    cfg = protocol.validate_config({"entrypoint": ["x"], "future_field": 1,
+                                    "volume_mounts": [{"device": "/dev/vdd", "path": "/v",
+                                                       "mode": "rw", "readahead": 4}]})
+    assert cfg.warnings == [
+        "config.json field 'future_field' is not known to Kindling and is ignored",
+        "config.json field 'volume_mounts[0].readahead' is not known to Kindling and is ignored"]
+    assert protocol.validate_config({"entrypoint": ["x"], "hostname": "h"}).warnings == []
+
+
+@pytest.mark.parametrize("volume, field", [
+    ({"device": "", "path": "/d", "mode": "nfs", "nfs_export": "/e"}, "volume_mounts[0].nfs_host"),
+    ({"device": "", "path": "/d", "mode": "nfs", "nfs_host": "nfs.example", "nfs_export": "/e"},
+     "volume_mounts[0].nfs_host"),
+    ({"device": "", "path": "/d", "mode": "nfs", "nfs_host": "10.0.0.1"}, "volume_mounts[0].nfs_export"),
+    ({"device": "", "path": "/d", "mode": "nfs", "nfs_host": "10.0.0.1", "nfs_export": "e"},
+     "volume_mounts[0].nfs_export"),
+    ({"device": "", "path": "/d", "mode": "rw"}, "volume_mounts[0].device"),
+])
+def test_bad_nfs_volume_names_the_field(volume, field):
+    net = {"network_enabled": True, "guest_ip": "10.0.0.2", "guest_cidr": 24}
+    with pytest.raises(ConfigError) as info:
+        protocol.validate_config({"entrypoint": ["x"], **net, "volume_mounts": [volume]})
+    assert info.value.field == field
+
+
+def test_nfs_volume_needs_the_network():
+    volume = {"device": "", "path": "/d", "mode": "nfs", "nfs_host": "10.0.0.1", "nfs_export": "/e"}
+    with pytest.raises(ConfigError) as info:
+        protocol.validate_config({"entrypoint": ["x"], "volume_mounts": [volume]})
+    assert info.value.field == "volume_mounts[0].mode" and "network_enabled" in str(info.value)
 
 
 def test_config_top_level_must_be_object():
