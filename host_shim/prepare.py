@@ -156,19 +156,21 @@ def check_readable_file(flag: str, path: Path) -> None:
         die(f"{flag}: cannot read {path}: {e.strerror}")
 
 
-def config_for(opts: CreateOptions) -> dict | bytes | None:
-    """The generated config, the raw bytes of --config-json, or None for --config-disk."""
+def config_for(opts: CreateOptions) -> dict | bytes:
+    """The generated config, or the raw bytes of --config-json or of --config-disk's
+    /config.json (the host reads its skip_guest_agent: `agent_skipped`)."""
     if opts.config_json is not None:
         try:
             return Path(opts.config_json).read_bytes()
         except OSError as e:
             die(f"--config-json: cannot read {opts.config_json}: {e.strerror}")
     if opts.config_disk is not None:
-        return None
+        from . import config_disk
+        return config_disk.read(Path(opts.config_disk))
     return make_config(opts)
 
 
-def agent_skipped(config: dict | bytes | None) -> bool:
+def agent_skipped(config: dict | bytes) -> bool:
     """Whether `Running` needs only PROGRAM-START.  A config we cannot read counts as
     skipped: the guest fails in its config stage and no agent ever reports ready."""
     if isinstance(config, bytes):
