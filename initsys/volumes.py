@@ -2,15 +2,25 @@
 
 Modes (PROTOCOL.md §2): `ro` -- ext4 read-only without journal replay; `rw`;
 `overlay` -- the base device read-only with a writable overlay from
-`overlay_device` on top.  Each device is awaited on kernel uevents.  Any
-failure is fatal: a program must never start with a volume missing and write
-into the empty directory underneath.
+`overlay_device` on top; `nfs` (hypeman's newest hosts) -- the export
+`nfs_host:nfs_export` over the network, NFSv4 over TCP with hypeman's options,
+mounted once the network is up (stage `nfs`, initsys/stages.py).  Each device
+is awaited on kernel uevents.  Any failure is fatal: a program must never start
+with a volume missing and write into the empty directory underneath.
+
+NFS is mounted with mount(2) itself, as the other modes are: the kernel's NFSv4
+client needs only the server's address (`addr=`) and ours (`clientaddr=`) in the
+option string, which mount.nfs would otherwise work out; the initrd has no
+mount.nfs, and busybox's mount speaks only NFSv2/3.
 """
 
 import os
 
-from initsys import libc
+from initsys import kmod, libc
 from initsys.devices import fs_type
+
+# hypeman's guest: `mount -t nfs -o vers=4,tcp,hard,timeo=100,retrans=3 HOST:EXPORT PATH`
+NFS_OPTIONS = "vers=4,tcp,hard,timeo=100,retrans=3"
 
 STAGING = "/mnt/volumes"
 
@@ -25,9 +35,17 @@ def _device_name(device):
     return device[5:]
 
 
+def on_disks(volumes):
+    return [v for v in volumes if v.mode != "nfs"]
+
+
+def over_nfs(volumes):
+    return [v for v in volumes if v.mode == "nfs"]
+
+
 def device_names(volumes):
     names = []
-    for v in volumes:
+    for v in on_disks(volumes):
         names.append(_device_name(v.device))
         if v.overlay_device:
             names.append(_device_name(v.overlay_device))
@@ -74,5 +92,26 @@ def mount_one(index, volume, newroot):
 
 
 def mount_all(volumes, newroot):
+    """The volumes on disks (`nfs` ones: mount_nfs, once the network is up)."""
     for index, volume in enumerate(volumes):
-        mount_one(index, volume, newroot)
+        if volume.mode != "nfs":
+            mount_one(index, volume, newroot)
+
+
+def nfs_options(volume, client_ip):
+    return f"{NFS_OPTIONS},addr={volume.nfs_host},clientaddr={client_ip}"
+
+
+def mount_nfs(volumes, newroot, client_ip):
+    """The `nfs` volumes, in order; the NFS client modules are loaded first."""
+    nfs = over_nfs(volumes)
+    if nfs:
+        kmod.load_on_demand("nfs")
+    for volume in nfs:
+        source = f"{volume.nfs_host}:{volume.nfs_export}"
+        target = target_of(newroot, volume.path)
+        try:
+            os.makedirs(target, exist_ok=True)
+            libc.mount(source, target, "nfs4", 0, nfs_options(volume, client_ip))
+        except OSError as e:
+            raise VolumeError(f"volume {source} (nfs) at {volume.path}: {e}") from None
