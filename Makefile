@@ -11,7 +11,8 @@ PYTHON     ?= /usr/bin/python3
 VENV       := .venv
 ACCEL      ?= tcg
 APT_PACKAGES := python3 python3-venv python3.11 libudev1 qemu-system-x86 erofs-utils \
-                e2fsprogs kmod iproute2 lz4 zstd systemd mmdebstrap binutils
+                e2fsprogs kmod iproute2 lz4 zstd systemd mmdebstrap binutils \
+                nfs-ganesha nfs-ganesha-vfs
 
 .PHONY: demo test bench bench-smoke deps apt venv clean
 

@@ -107,10 +107,13 @@ async def volume_stage(cfg, newroot):
 async def nfs_stage(cfg, newroot):
     import trio
 
-    with trio.move_on_after(NFS_TIMEOUT) as scope:
-        # abandoned on timeout: the boot then fails and powers off, the thread with it
+    import time
+
+    deadline = time.monotonic() + NFS_TIMEOUT
+    with trio.move_on_after(NFS_TIMEOUT + 1) as scope:
+        # abandoned on timeout (a hard mount that hangs): the boot then fails and powers off
         await trio.to_thread.run_sync(volumes.mount_nfs, cfg.volume_mounts, newroot, cfg.guest_ip,
-                                      abandon_on_cancel=True)
+                                      deadline, abandon_on_cancel=True)
     if scope.cancelled_caught:
         servers = ", ".join(sorted({v.nfs_host for v in volumes.over_nfs(cfg.volume_mounts)}))
         raise volumes.VolumeError(f"NFS volumes not mounted within {NFS_TIMEOUT:.0f} s "

@@ -14,13 +14,20 @@ option string, which mount.nfs would otherwise work out; the initrd has no
 mount.nfs, and busybox's mount speaks only NFSv2/3.
 """
 
+import errno
 import os
+import time
 
 from initsys import kmod, libc
 from initsys.devices import fs_type
 
 # hypeman's guest: `mount -t nfs -o vers=4,tcp,hard,timeo=100,retrans=3 HOST:EXPORT PATH`
 NFS_OPTIONS = "vers=4,tcp,hard,timeo=100,retrans=3"
+# A server not up yet (the host may start it with the VM): the mount is tried again,
+# every NFS_RETRY s, until the stage's limit (initsys/stages.py NFS_TIMEOUT).
+NFS_NOT_YET = (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ETIMEDOUT,
+               errno.ECONNRESET, errno.EIO, errno.EAGAIN)
+NFS_RETRY = 0.5
 
 STAGING = "/mnt/volumes"
 
@@ -102,8 +109,19 @@ def nfs_options(volume, client_ip):
     return f"{NFS_OPTIONS},addr={volume.nfs_host},clientaddr={client_ip}"
 
 
-def mount_nfs(volumes, newroot, client_ip):
-    """The `nfs` volumes, in order; the NFS client modules are loaded first."""
+def _mount_nfs_retrying(source, target, options, deadline):
+    while True:
+        try:
+            return libc.mount(source, target, "nfs4", 0, options)
+        except OSError as e:
+            if e.errno not in NFS_NOT_YET or time.monotonic() + NFS_RETRY > deadline:
+                raise
+        time.sleep(NFS_RETRY)   # a retry interval: nothing in the guest says when the server is up
+
+
+def mount_nfs(volumes, newroot, client_ip, deadline):
+    """The `nfs` volumes, in order; the NFS client modules are loaded first.  A server
+    that refuses or cannot be reached is tried again until `deadline` (monotonic)."""
     nfs = over_nfs(volumes)
     if nfs:
         kmod.load_on_demand("nfs")
@@ -112,6 +130,6 @@ def mount_nfs(volumes, newroot, client_ip):
         target = target_of(newroot, volume.path)
         try:
             os.makedirs(target, exist_ok=True)
-            libc.mount(source, target, "nfs4", 0, nfs_options(volume, client_ip))
+            _mount_nfs_retrying(source, target, nfs_options(volume, client_ip), deadline)
         except OSError as e:
             raise VolumeError(f"volume {source} (nfs) at {volume.path}: {e}") from None

@@ -8,7 +8,7 @@ import pytest
 from host_shim import config_disk, prepare
 from host_shim.errors import KindlingError
 from host_shim.options import CreateOptions
-from hypeman_config import config_disk as make_disk, go_json, hypeman_config
+from tests.hypeman_config import config_disk as make_disk, go_json, hypeman_config
 
 CONFIG = hypeman_config(["/bin/sh", "-c", "echo a&b"], None, env={"X": "<y>"})
 
