@@ -5,13 +5,16 @@ The host needs the config's `skip_guest_agent` to know what `Running` takes
 AGENT-READY like any other.  The image is read without mounting it (no root, no
 loop device): ext4 with e2fsprogs' `debugfs -R "cat /config.json"`, erofs with
 erofs-utils' `fsck.erofs --extract` -- the tools the image builder already keeps.
+
+A disk the host cannot read is not refused here: it is booted as given, and the
+guest reports what is wrong with it (a FATAL in stage `config`); `--config-disk`
+exists to hand the guest any disk, broken ones included.
 """
 
 import tempfile
 from pathlib import Path
 
 from . import run
-from .errors import die
 
 READ_TIMEOUT = 30
 EXT4_MAGIC = (1080, b"\x53\xef")       # s_magic, 56 bytes into the superblock at 1024
@@ -28,26 +31,31 @@ def _kind(path: Path) -> str | None:
     return None
 
 
-def read(path: Path) -> bytes:
-    """The bytes of /config.json on the disk image at `path` (exits 125 naming the disk
-    and what is wrong when it cannot be read)."""
+def _ext4(path: Path) -> bytes | None:
+    result = run.run(["debugfs", "-R", f"cat /{CONFIG_NAME}", path], timeout=READ_TIMEOUT,
+                     check=False)
+    if result.returncode != 0 or not result.stdout:     # debugfs: exit 0, nothing, when absent
+        return None
+    return result.stdout.encode("utf-8", "surrogateescape")     # the file's bytes
+
+
+def _erofs(path: Path) -> bytes | None:
+    with tempfile.TemporaryDirectory(prefix="kindling-config-disk-") as out:
+        result = run.run(["fsck.erofs", f"--extract={out}/root", "--no-preserve", path],
+                         timeout=READ_TIMEOUT, check=False)
+        config = Path(out, "root", CONFIG_NAME)
+        return config.read_bytes() if result.returncode == 0 and config.is_file() else None
+
+
+def read(path: Path) -> bytes | None:
+    """The bytes of /config.json on the disk image at `path`; None when the host cannot
+    read them (not ext4 or erofs, no /config.json)."""
     try:
         kind = _kind(path)
-    except OSError as e:
-        die(f"--config-disk: cannot read {path}: {e.strerror}")
+    except OSError:
+        return None
     if kind == "ext4":
-        result = run.run(["debugfs", "-R", f"cat /{CONFIG_NAME}", path], timeout=READ_TIMEOUT,
-                         check=False)
-        if result.returncode == 0 and result.stdout:
-            return result.stdout.encode("utf-8", "surrogateescape")   # the file's bytes
-    elif kind == "erofs":
-        with tempfile.TemporaryDirectory(prefix="kindling-config-disk-") as out:
-            result = run.run(["fsck.erofs", f"--extract={out}/root", "--no-preserve", path],
-                             timeout=READ_TIMEOUT, check=False)
-            config = Path(out, "root", CONFIG_NAME)
-            if result.returncode == 0 and config.is_file():
-                return config.read_bytes()
-    else:
-        die(f"--config-disk: {path} is neither an ext4 nor an erofs image")
-    die(f"--config-disk: {path} has no readable /{CONFIG_NAME}",
-        hint=result.stderr.strip() or None)
+        return _ext4(path)
+    if kind == "erofs":
+        return _erofs(path)
+    return None

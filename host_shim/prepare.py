@@ -156,9 +156,10 @@ def check_readable_file(flag: str, path: Path) -> None:
         die(f"{flag}: cannot read {path}: {e.strerror}")
 
 
-def config_for(opts: CreateOptions) -> dict | bytes:
+def config_for(opts: CreateOptions) -> dict | bytes | None:
     """The generated config, or the raw bytes of --config-json or of --config-disk's
-    /config.json (the host reads its skip_guest_agent: `agent_skipped`)."""
+    /config.json (the host reads its skip_guest_agent: `agent_skipped`); None for a
+    config disk the host cannot read (the guest reports why)."""
     if opts.config_json is not None:
         try:
             return Path(opts.config_json).read_bytes()
@@ -170,7 +171,7 @@ def config_for(opts: CreateOptions) -> dict | bytes:
     return make_config(opts)
 
 
-def agent_skipped(config: dict | bytes) -> bool:
+def agent_skipped(config: dict | bytes | None) -> bool:
     """Whether `Running` needs only PROGRAM-START.  A config we cannot read counts as
     skipped: the guest fails in its config stage and no agent ever reports ready."""
     if isinstance(config, bytes):
