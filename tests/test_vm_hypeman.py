@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from host_shim import netns
+from initsys import protocol
 from tests.hypeman_config import go_json, hypeman_config
 from tests.vm import KINDLING, ROOT, env_for, private_home, qemu_pids_using
 
@@ -123,3 +124,24 @@ def test_null_entrypoint_and_cmd_start_and_exit_0(home, tmp_path):
     start = next(i for i, l in enumerate(lines) if l.startswith("HYPEMAN-PROGRAM-START ts="))
     assert 'HYPEMAN-EXIT code=0 message="success"' in lines[start + 1:]
     assert "KINDLING-STAGE" not in console
+
+
+def test_config_disk_that_enables_the_agent_waits_for_it(home, tmp_path):
+    """--config-disk with a disk as hypeman writes it (ext4 without a journal, -b 4096), its
+    config leaving the agent on (skip_guest_agent omitted): Running needs AGENT-READY."""
+    from tests.hypeman_config import config_disk
+    from tests.vm import kindling, kindling_json
+    config = hypeman_config(["/bin/sleep", "600"], None, env={"NOTE": "a&b<c>"},
+                            skip_kernel_headers=True)
+    disk = config_disk(tmp_path, go_json(config))
+    created = kindling_json(home, "create", "--name", "hd", "--config-disk", str(disk))
+    try:
+        assert created["agent_skipped"] is False
+        waited = kindling_json(home, "wait", "hd", "--for", "running", "--timeout", "300",
+                               timeout=360)
+        assert waited["state"] == "Running"
+        assert protocol.AGENT_READY in waited["markers"]
+        out = kindling(home, "exec", "hd", "--", "/bin/sh", "-c", 'echo "$NOTE"').stdout
+        assert out == "a&b<c>\n"
+    finally:
+        kindling(home, "delete", "hd", check=False)
