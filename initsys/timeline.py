@@ -12,11 +12,14 @@ Times are the guest's CLOCK_MONOTONIC in seconds, which starts near zero when
 the kernel starts, so the host can lay the stages of one boot on one axis.
 
 Where the lines go: to the control port (initsys/control.py), which only Kindling's
-host attaches and reads, and to the serial console only when the host asks with the
+host attaches and reads, and to the serial console only when the host asks: with the
 kernel argument `kindling_timeline=1` (Kindling's host sets it when it boots an
-initrd without the control port: `create --initrd`).  A hypeman host's console, and
-so its users' logs, carries the protocol's markers and the program's output, not
-~15 stage lines per boot (hypeman filters only HYPEMAN-* lines).
+initrd without the control port: `create --initrd`), and, with `kindling_control=1`,
+until the control port is open (the first stages: Kindling's early-boot watchdog,
+host_shim/watchdog.py, takes them as PID 1's first sign of life, as early as ever).
+A hypeman host asks for neither: its console, and so its users' logs, carries the
+protocol's markers and the program's output, not ~15 stage lines per boot (hypeman
+filters only HYPEMAN-* lines).
 """
 
 import os
@@ -67,7 +70,7 @@ class Stage:
         """Print the KINDLING-STAGE line, ending at `end`."""
         self.end = end
         line = protocol.stage_line(self.name, self.start, end)
-        if on_console():
+        if on_console() or control.awaited():
             console.emit(line)
         else:
             control.write(line)

@@ -2,6 +2,7 @@
 its one timing mechanism (initsys/timeline.py `Stage`) and its one failure type
 (initsys/failure.py), on the host: no VM, fake step actions."""
 
+import os
 import re
 import threading
 from pathlib import Path
@@ -73,6 +74,26 @@ def test_stage_lines_stay_off_the_console_unless_asked(capfd, monkeypatch):
     monkeypatch.setenv(timeline.CONSOLE_ARG, "1")
     timeline.Stage("kernel", start=0.0).finish(1.5)
     assert stage_lines(capfd.readouterr().out) == ["kernel"]
+
+
+def test_stage_lines_reach_the_console_until_the_control_port_is_open(capfd, monkeypatch):
+    """Kindling's host (kindling_control=1): the stages before the port opens are on the
+    console too (the early-boot watchdog's first sign of PID 1), then only on the port."""
+    from initsys import control
+    monkeypatch.delenv(timeline.CONSOLE_ARG, raising=False)
+    monkeypatch.setattr(control, "_backlog", None)
+    monkeypatch.setattr(control, "_fd", None)
+    control.expect()
+    timeline.Stage("mounts", start=0.0).finish(0.1)
+    assert stage_lines(capfd.readouterr().out) == ["mounts"]
+    r, w = os.pipe()
+    control.attach(w)
+    timeline.Stage("rootfs", start=0.2).finish(0.3)
+    assert capfd.readouterr().out == ""
+    os.close(w)
+    with os.fdopen(r) as f:
+        assert [line.split()[1] for line in f.read().splitlines()] == ["name=mounts", "name=rootfs"]
+    monkeypatch.setattr(control, "_fd", None)
 
 
 def test_stage_with_an_earlier_start_and_finish(capfd, timeline_on_console):
