@@ -72,8 +72,9 @@ def control_args(instance: Instance, opts: "CreateOptions",
     """The control port (host_shim/control.py) and its kernel argument -- not for a
     given --initrd, which may not speak it: its markers then come from the console, and
     so do its boot stages, which PID 1 prints there only when asked (initsys/timeline.py)."""
-    if opts.initrd is not None:
-        return [], (TIMELINE_ON_CONSOLE,)
+    if opts.initrd is not None:      # a --kernel-arg kindling_timeline=... wins (as a hypeman host)
+        given = any(a.startswith("kindling_timeline=") for a in opts.kernel_args)
+        return [], () if given else (TIMELINE_ON_CONSOLE,)
     machine = qemu.machine_for(qemu.DEFAULT_MACHINE)
     bus = [] if machine.serial_device in devices else ["-device", machine.serial_device]
     return bus + control.qemu_args(instance.logs_dir), (control.KERNEL_ARG,)

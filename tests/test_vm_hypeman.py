@@ -107,23 +107,35 @@ def test_nfs_volume_is_mounted_read_and_written(home, tmp_path):
     console, control = logs_of(home)
     assert ("kindling: warning: config.json field 'egress_proxy' is not supported and is ignored"
             in console)
-    # a quiet console: the stage lines went to the control port only
-    assert "KINDLING-STAGE" not in console and "KINDLING-STAGE name=nfs " in control
+    # stages after the control port opened are on it only, not on the console
+    assert "KINDLING-STAGE name=nfs " in control and "KINDLING-STAGE name=nfs " not in console
+    assert "KINDLING-STAGE name=config " not in console
     assert qemu_pids_using(home) == []
 
 
-def test_null_entrypoint_and_cmd_start_and_exit_0(home, tmp_path):
-    """hypeman's init runs `sh -c "cd / && exec "` for them: it starts and exits 0."""
+def kindling_initrd(tmp_path: Path) -> Path:
+    """The initrd Kindling builds (from the shared cache), to boot as a hypeman host would."""
+    from image_build.build import BuildOptions, build_all
+    from image_build.cache import default_cache_dir
+    return build_all(BuildOptions(out_dir=tmp_path / "images", cache_dir=default_cache_dir())).initrd
+
+
+def test_null_command_on_a_quiet_console_as_a_hypeman_host_boots_it(home, tmp_path):
+    """Booted as a hypeman host boots our initrd (no control port, no kindling_timeline):
+    null entrypoint and cmd -- hypeman's init runs `sh -c "cd / && exec "`, which starts
+    and exits 0 -- and a console with the markers, nothing of the boot timeline."""
     config = hypeman_config(None, None, skip_guest_agent=True, skip_kernel_headers=True)
     assert b'"entrypoint":null,"cmd":null' in go_json(config)
-    proc = start_run(home, config, tmp_path)
+    proc = start_run(home, config, tmp_path, "--initrd", str(kindling_initrd(tmp_path)),
+                     "--kernel-arg", "kindling_timeline=0")
     out, err = proc.communicate(timeout=RUN_TIMEOUT)
     assert proc.returncode == 0, err
-    console, _ = logs_of(home)
+    console = (next(home.glob("instances/*/logs")) / "app.log").read_text(errors="replace")
     lines = [l.rstrip("\r") for l in console.splitlines()]
     start = next(i for i, l in enumerate(lines) if l.startswith("HYPEMAN-PROGRAM-START ts="))
     assert 'HYPEMAN-EXIT code=0 message="success"' in lines[start + 1:]
     assert "KINDLING-STAGE" not in console
+    assert not [l for l in lines if l.startswith("kindling:")]      # nothing else of ours
 
 
 def test_config_disk_that_enables_the_agent_waits_for_it(home, tmp_path):
