@@ -11,7 +11,7 @@ PYTHON     ?= /usr/bin/python3
 VENV       := .venv
 ACCEL      ?= tcg
 APT_PACKAGES := python3 python3-venv python3.11 libudev1 qemu-system-x86 erofs-utils \
-                skopeo umoci docker-registry \
+                skopeo umoci docker-registry nfs-ganesha nfs-ganesha-vfs \
                 e2fsprogs kmod iproute2 lz4 zstd systemd mmdebstrap binutils
 
 .PHONY: demo test bench bench-smoke deps apt venv clean

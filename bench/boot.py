@@ -27,8 +27,14 @@ from initsys import protocol  # noqa: E402
 
 
 def stages_of(app_log):
+    """The KINDLING-STAGE lines of a boot: on the control channel (logs/control.log, next to
+    the console's app.log), or on the console when booted with kindling_timeline=1."""
     stages = {}
-    for line in app_log.read_text(errors="replace").splitlines():
+    control_log = app_log.with_name("control.log")
+    text = app_log.read_text(errors="replace")
+    if control_log.exists():
+        text += "\n" + control_log.read_text(errors="replace")
+    for line in text.splitlines():
         m = protocol.parse_line(line)
         if m is not None and m.kind == protocol.STAGE:
             stages[m.fields["name"]] = (float(m.fields["start"]), float(m.fields["end"]))

@@ -12,10 +12,15 @@ PROTOCOL.md §6 "Marker discovery on the host", point by point:
   hydrate from it when a new shim process starts (`MarkerRecord.from_json`).
 
 Rotation (host_shim/logfiles.py) cuts the log at an arbitrary byte, so one line can
-start in `app.log.1` and end in `app.log`.  `iter_lines_newest_first` joins such
-lines: it carries the first, partial line of a newer file over to the end of the
-next older one.  The last line of the newest file counts only once it ends with a
-newline (it may still be being written), unless the log is complete (`final`).
+start in `app.log.1` and end in `app.log`.  `iter_lines` joins the files oldest
+first, so such lines are whole and every line comes in the order it was printed.
+The last line of the newest file counts only once it ends with a newline (it may
+still be being written), unless the log is complete (`final`).
+
+Of several EXIT (or FATAL) lines the last one wins, as on hypeman's host: PID 1
+prints its own after the program ended, so a program's look-alike line is always
+earlier.  (A Kindling host with the control port reads markers from that channel
+instead: host_shim/control.py.)
 """
 
 import os
@@ -33,8 +38,8 @@ SCAN_INTERVAL_NS = 1_000_000_000
 # Markers whose newest timestamp is kept.
 TIMESTAMPED = (protocol.PROGRAM_START, protocol.AGENT_READY, protocol.HEADERS_START,
                protocol.HEADERS_READY, protocol.HEADERS_FAILED)
-# Markers without a timestamp: one per boot; the first one kept stays.
-ONCE = (protocol.EXIT, protocol.FATAL)
+# Markers without a timestamp: one per boot; the last one seen wins (PID 1's is last).
+LAST = (protocol.EXIT, protocol.FATAL)
 
 
 @dataclass
@@ -61,7 +66,8 @@ class MarkerRecord:
     scanned_at: int | None = None    # host ns of the last full scan
 
     def add(self, marker: Marker, seen_at: int) -> bool:
-        """Merge one marker; True when something changed."""
+        """Merge one marker (of an EXIT or FATAL, a later different one replaces the
+        earlier); True when something changed."""
         if marker.kind == protocol.STAGE:
             stage = stage_from_marker(marker)
             if stage is None or stage in self.stages:
@@ -82,13 +88,13 @@ class MarkerRecord:
                 return True
             self.markers[marker.kind] = SeenMarker(marker.kind, dict(marker.fields), ts, seen_at)
             return True
-        if marker.kind in ONCE:
+        if marker.kind in LAST:
             old = self.markers.get(marker.kind)
-            if old is None:
+            if old is None or old.fields != marker.fields:
                 self.markers[marker.kind] = SeenMarker(marker.kind, dict(marker.fields), None,
                                                        seen_at)
                 return True
-            if old.fields == marker.fields and seen_at < old.seen_at:
+            if seen_at < old.seen_at:
                 old.seen_at = seen_at
                 return True
         return False
@@ -185,31 +191,16 @@ def fresh_logs(log_dir: Path, since_ns: int | None) -> list[Path]:
     return fresh
 
 
-def iter_lines_newest_first(chunks: Iterable[bytes], final: bool = False) -> Iterator[str]:
+def iter_lines(chunks: Iterable[bytes], final: bool = False) -> Iterator[str]:
     """Complete lines of a byte stream given as chunks newest first (the files of a
-    rotated log, newest first).  Lines come out in no particular order."""
-    pending = b""             # the start of the newer part, up to its first newline
-    pending_complete = False  # whether that newline exists
-    first = True
-    for data in chunks:
-        parts = (data + pending).split(b"\n")
-        head, rest = parts[0], parts[1:]
-        if rest:
-            for line in rest[:-1]:
-                yield _decode(line)
-            # rest[-1] ends where `pending` ended: complete if a newline followed it
-            # (for the newest chunk: only when the log is final).
-            if pending_complete or (first and final):
-                if rest[-1] or pending_complete:
-                    yield _decode(rest[-1])
-            pending, pending_complete = head, True
-        else:
-            pending = head
-            if first and final and head:
-                pending_complete = True
-        first = False
-    if pending and pending_complete:
-        yield _decode(pending)
+    rotated log, newest first), oldest line first: the order the guest printed them
+    (the last EXIT is PID 1's).  A line cut by rotation is joined across its files."""
+    data = b"".join(reversed(list(chunks)))
+    lines = data.split(b"\n")
+    if not (final and lines[-1]):
+        lines.pop()    # "" after a final newline, or a line that may still be being written
+    for line in lines:
+        yield _decode(line)
 
 
 def _decode(raw: bytes) -> str:
@@ -225,9 +216,9 @@ def read_files(paths: Iterable[Path]) -> Iterator[bytes]:
 
 
 def scan(chunks: Iterable[bytes], *, final: bool = False) -> list[Marker]:
-    """Every marker in the stream (chunks newest first)."""
+    """Every marker in the stream (chunks newest first), in the order they were printed."""
     found = []
-    for line in iter_lines_newest_first(chunks, final=final):
+    for line in iter_lines(chunks, final=final):
         marker = protocol.parse_line(line)
         if marker is not None:
             found.append(marker)

@@ -74,12 +74,17 @@ def image_command_for(opts: CreateOptions) -> list[str] | None:
     return image_command(opts.base or "busybox", opts.rootfs)
 
 
+TIMELINE_ON_CONSOLE = "kindling_timeline=1"
+
+
 def control_args(instance: Instance, opts: "CreateOptions", machine: qemu.Machine,
                  devices: list[str]) -> tuple[list[str], tuple[str, ...]]:
     """The control port (host_shim/control.py) and its kernel argument -- not for a
-    given --initrd, which may not speak it (its markers then come from the console)."""
-    if opts.initrd is not None:
-        return [], ()
+    given --initrd, which may not speak it: its markers then come from the console, and
+    so do its boot stages, which PID 1 prints there only when asked (initsys/timeline.py)."""
+    if opts.initrd is not None:      # a --kernel-arg kindling_timeline=... wins (as a hypeman host)
+        given = any(a.startswith("kindling_timeline=") for a in opts.kernel_args)
+        return [], () if given else (TIMELINE_ON_CONSOLE,)
     bus = [] if machine.serial_device in devices else ["-device", machine.serial_device]
     return bus + control.qemu_args(instance.logs_dir), (control.KERNEL_ARG,)
 
@@ -166,14 +171,17 @@ def check_readable_file(flag: str, path: Path) -> None:
 
 
 def config_for(opts: CreateOptions) -> dict | bytes | None:
-    """The generated config, the raw bytes of --config-json, or None for --config-disk."""
+    """The generated config, or the raw bytes of --config-json or of --config-disk's
+    /config.json (the host reads its skip_guest_agent: `agent_skipped`); None for a
+    config disk the host cannot read (the guest reports why)."""
     if opts.config_json is not None:
         try:
             return Path(opts.config_json).read_bytes()
         except OSError as e:
             die(f"--config-json: cannot read {opts.config_json}: {e.strerror}")
     if opts.config_disk is not None:
-        return None
+        from . import config_disk
+        return config_disk.read(Path(opts.config_disk))
     return make_config(opts)
 
 

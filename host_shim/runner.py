@@ -175,13 +175,13 @@ class Supervisor:
         changed = self.live.add(marker, lifecycle.now_ns())
         if marker.kind == protocol.PROGRAM_START and not self.program:
             self.booted.set()
-        if marker.kind == protocol.EXIT and self.outcome.exit_marker is None:
+        if marker.kind == protocol.EXIT:   # the last one wins: PID 1 prints its own last
             self.outcome.exit_marker = marker
             code = marker.fields.get("code", "?")
             message = marker.fields.get("message", "")
             log.note(f"exited code={code} {protocol.go_quote(message)} ({self.elapsed():.2f} s)")
             self.finished.set()
-        elif marker.kind == protocol.FATAL and self.outcome.fatal_marker is None:
+        elif marker.kind == protocol.FATAL:
             self.outcome.fatal_marker = marker
             self.finished.set()
         if self.finished.is_set():

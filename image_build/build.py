@@ -172,6 +172,7 @@ def build_initrd(opts: BuildOptions, cache_dir: Path, kern: kernel_mod.Kernel,
         .add("release", kern.release)
         .add("modules_tree", cache.tree_fingerprint(kern.modules_dir))
         .add("wanted", kmod.WANTED_MODULES)
+        .add("on_demand", kmod.ON_DEMAND_MODULES)
         .add("pins", pyruntime.PINS)
         .add("python", cache.fingerprints(pyruntime.host_inputs()))
         .add("compression", opts.compression)
@@ -192,6 +193,7 @@ def build_initrd(opts: BuildOptions, cache_dir: Path, kern: kernel_mod.Kernel,
     basedir = kmod.module_basedir(kern.modules_dir, kern.release, cache_dir)
     with log.step("Resolving the kernel-module closure"):
         ko_paths = kmod.closure(basedir, kern.release)
+        on_demand = kmod.on_demand_closures(basedir, kern.release, ko_paths)
     with log.step(f"Building initrd ({opts.compression})"):
         work = _work_dir(cache_dir)
         try:
@@ -200,6 +202,7 @@ def build_initrd(opts: BuildOptions, cache_dir: Path, kern: kernel_mod.Kernel,
                     tmp / INITRD_NAME, work=work, compression=opts.compression,
                     repo_root=REPO_ROOT, site=site, kernel_release=kern.release,
                     ko_paths=ko_paths, module_basedir=basedir, headers=headers,
+                    on_demand=on_demand,
                 )
                 host_files = result.build_info.pop("_host_files")
                 info = {

@@ -87,12 +87,15 @@ def stage_init(stage: Path, repo_root: Path) -> Path | None:
 
 
 def stage_tree(stage: Path, *, repo_root: Path, site: Path, kernel_release: str,
-               ko_paths: list[Path], module_basedir: Path, work: Path) -> dict:
-    """Fill `stage` with everything but the device nodes; returns build info."""
+               ko_paths: list[Path], module_basedir: Path, work: Path,
+               on_demand: dict[str, list[Path]] | None = None) -> dict:
+    """Fill `stage` with everything but the device nodes; returns build info.
+    `on_demand`: module groups loaded only when the config asks (kmod.ON_DEMAND_MODULES)."""
     init_src = stage_init(stage, repo_root)
     runtime = pyruntime.stage_runtime(stage, site, repo_root, work, init_src)
     soft = kmod.soft_only(module_basedir, kernel_release)
     modules, soft_modules = kmod.stage(ko_paths, module_basedir, kernel_release, stage, soft)
+    on_demand_modules = kmod.stage_on_demand(on_demand or {}, module_basedir, kernel_release, stage)
     for d in EMPTY_DIRS:
         (stage / d).mkdir(exist_ok=True)
     for d, mode in STICKY_DIRS.items():
@@ -101,6 +104,7 @@ def stage_tree(stage: Path, *, repo_root: Path, site: Path, kernel_release: str,
         "kernel_release": kernel_release,
         "modules": modules,
         "softdep_modules": soft_modules,
+        "on_demand_modules": on_demand_modules,
         "python_version": runtime.python_version,
         "deps": runtime.deps,
         "init": str(INIT_SOURCE) if init_src else "placeholder",

@@ -18,6 +18,7 @@ from pathlib import Path
 from image_build import cache, log
 from image_build.errors import BuildError
 from image_build.run import run
+from initsys.kmod import on_demand_list
 
 WANTED_MODULES = [
     "virtio_pci",
@@ -31,6 +32,12 @@ WANTED_MODULES = [
     "button",  # ACPI power button: the host's graceful stop (initsys/powerbutton.py)
     "evdev",   # ... read by PID 1 from /dev/input/eventN
 ]
+
+# Loaded only when config.json asks for them (initsys/kmod.py `load_on_demand`), so
+# they cost the boot nothing otherwise: the NFS client for `mode: nfs` volumes (NFSv4,
+# with sunrpc, lockd, dns_resolver... as its closure says).  A kernel without them
+# (a custom --kernel) gets an initrd without the list; such a mount then fails naming it.
+ON_DEMAND_MODULES = {"nfs": ["nfsv4"]}
 
 # In the initrd (merged /usr: /lib -> usr/lib).
 INITRD_MODULES_ROOT = "/usr/lib/modules"
@@ -175,6 +182,44 @@ def _decompress(src: Path, dest: Path) -> None:
     os.chmod(dest, 0o644)
 
 
+def _place(ko: Path, basedir: Path, release: str, stage_root: Path) -> str:
+    """One module into the staging tree (decompressed); its in-initrd path."""
+    tree = (basedir / "lib" / "modules" / release).resolve()
+    try:
+        rel = ko.resolve().relative_to(tree).as_posix()
+    except ValueError:
+        rel = ko.relative_to(basedir / "lib" / "modules" / release).as_posix()
+    in_initrd = f"{INITRD_MODULES_ROOT}/{release}/{plain_name(rel)}"
+    dest = stage_root / in_initrd.lstrip("/")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    _decompress(ko, dest)
+    return in_initrd
+
+
+def on_demand_closures(basedir: Path, release: str, boot: list[Path]) -> dict[str, list[Path]]:
+    """Each ON_DEMAND_MODULES group's closure, less what the boot closure loads already;
+    a group the kernel cannot resolve is left out (warned about)."""
+    groups = {}
+    for name, wanted in ON_DEMAND_MODULES.items():
+        try:
+            groups[name] = [p for p in closure(basedir, release, wanted) if p not in boot]
+        except BuildError as e:
+            log.warn(f"kernel {release}: no {name} modules in the initrd ({e})")
+    return groups
+
+
+def stage_on_demand(groups: dict[str, list[Path]], basedir: Path, release: str,
+                    stage_root: Path) -> dict[str, list[str]]:
+    """Write each on-demand group and its load list; returns their in-initrd paths."""
+    staged = {}
+    for name, ko_paths in groups.items():
+        staged[name] = [_place(ko, basedir, release, stage_root) for ko in ko_paths]
+        lst = stage_root / on_demand_list(name).lstrip("/")
+        lst.parent.mkdir(parents=True, exist_ok=True)
+        lst.write_text("".join(p + "\n" for p in staged[name]))
+    return staged
+
+
 def stage(ko_paths: list[Path], basedir: Path, release: str, stage_root: Path,
           soft: set[Path] = frozenset()) -> tuple[list[str], list[str]]:
     """Write the closure into the staging tree (decompressed), plus
@@ -182,19 +227,10 @@ def stage(ko_paths: list[Path], basedir: Path, release: str, stage_root: Path,
 
     Returns the in-initrd paths of both lists.
     """
-    tree = (basedir / "lib" / "modules" / release).resolve()
     initrd_paths: list[str] = []
     soft_paths: list[str] = []
     for ko in ko_paths:
-        try:
-            rel = ko.resolve().relative_to(tree).as_posix()
-        except ValueError:
-            rel = ko.relative_to(basedir / "lib" / "modules" / release).as_posix()
-        rel = plain_name(rel)
-        in_initrd = f"{INITRD_MODULES_ROOT}/{release}/{rel}"
-        dest = stage_root / in_initrd.lstrip("/")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        _decompress(ko, dest)
+        in_initrd = _place(ko, basedir, release, stage_root)
         initrd_paths.append(in_initrd)
         if ko in soft:
             soft_paths.append(in_initrd)

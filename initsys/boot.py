@@ -110,6 +110,7 @@ class Boot:
         """Read config.json and settle what it decides at once: the strategy and the agent."""
         from initsys import config, stages
         self.cfg = config.load(self._disks["config"])
+        config.warn(self.cfg)
         self.strategy = stages.strategy_of(self.cfg, self.environ)
         if self.agent is None and not self.cfg.skip_guest_agent:
             raise OSError("the agent is disabled on the kernel command line (kindling_agent=off)"

@@ -1,6 +1,6 @@
 """Reading and validating config.json from the config disk (vdc)."""
 
-from initsys import protocol
+from initsys import console, protocol
 from initsys.rootfs import mount_readonly
 
 CONFIG_MOUNT = "/mnt/config"
@@ -19,3 +19,9 @@ def load(device):
     except OSError as e:
         raise OSError(f"config disk {device}: cannot read /config.json: {e.strerror}") from None
     return protocol.parse_config(data)
+
+
+def warn(cfg):
+    """One console line per config.json field Kindling does not honour (never a silent drop)."""
+    for line in cfg.warnings:
+        console.write_console(f"kindling: warning: {line}")

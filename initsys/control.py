@@ -94,6 +94,11 @@ def open_port(timeout=PORT_TIMEOUT):
     attach(os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY))
 
 
+def awaited():
+    """PID 1 expects the port (kindling_control=1) and has not opened it yet."""
+    return _backlog is not None
+
+
 def attach(fd):
     global _fd, _backlog
     with _lock:

@@ -16,6 +16,23 @@ MODULES_LIST = "/usr/lib/kindling/modules.list"
 SOFTDEP_LIST = "/usr/lib/kindling/modules.softdep"
 
 
+def on_demand_list(name):
+    """The load list of a module group loaded only when needed (image_build/kmod.py
+    ON_DEMAND_MODULES): e.g. `nfs` for the first NFS volume."""
+    return f"/usr/lib/kindling/modules.{name}"
+
+
+def load_on_demand(name):
+    """Load a group of on-demand modules (already loaded: nothing to do).  Raises OSError
+    naming the group when this initrd has none (a kernel without them)."""
+    path = on_demand_list(name)
+    if not os.path.exists(path):
+        raise OSError(f"this initrd has no {name} kernel modules ({path} is missing): "
+                      "the kernel it was built for lacks them")
+    for module in module_paths(path):
+        load(module)
+
+
 def module_paths(list_path=MODULES_LIST):
     try:
         with open(list_path) as f:

@@ -11,7 +11,7 @@ import subprocess
 
 import trio
 
-from initsys import control, libc, powerbutton, protocol, users
+from initsys import console, control, libc, powerbutton, protocol, users
 from initsys.mounts import NEWROOT
 from initsys.timeline import Stage
 
@@ -124,8 +124,19 @@ async def _start(cfg, reaper):
         raise
 
 
+def no_program():
+    """Neither entrypoint nor cmd: hypeman's init then starts `sh -c "cd WORKDIR && exec "`,
+    which does nothing and exits 0.  Kindling reports the same without a shell the image
+    may not have: PROGRAM-START, then (by the caller) EXIT code=0 "success"."""
+    with Stage("program-start"):
+        console.emit(protocol.program_start_line("exec"))
+    return 0, protocol.exit_message(0)
+
+
 async def run(cfg, reaper):
     """Run the program to completion; returns (exit code, message)."""
+    if not cfg.argv:
+        return no_program()
     with Stage("program-start"):  # PROGRAM-START: printed by the child
         proc, code = await _start(cfg, reaper)
     if proc is None:

@@ -229,21 +229,86 @@ def _parse_fields(text):
         fields.setdefault(key, value)
 
 
+# The grammar of each marker after its prefix and one space (docs/protocol.md, "Marker
+# grammar").  The HYPEMAN-* ones read exactly what hypeman's host reads, so a line one host
+# takes for a marker the other takes for one too; anything else is program output.
+_GO_SPACE = " \t\n\r\v\f\x85\xa0"       # what Go's strings.TrimSpace removes
+_GO_ATOI = re.compile(r"[+-]?[0-9]+")          # strconv.Atoi: base 10, an int64
+_STAGE_RE = re.compile(r"name=(\S+) start=([0-9]+\.[0-9]+) end=([0-9]+\.[0-9]+)")
+_FATAL_RE = re.compile(r"stage=(\S+) error=(\".*)")
+
+
+def _go_unquote_or_trim(text):
+    """hypeman's reading of `message=`: strconv.Unquote, else the text without its quotes."""
+    if len(text) >= 2 and text[0] == text[-1] == "`" and "`" not in text[1:-1]:
+        return text[1:-1]
+    try:
+        return go_unquote(text)
+    except ValueError:
+        return text.strip('"')
+
+
+def _exit_fields(rest):
+    """`code=<int>` first, then optionally ` message=<quoted>`: hypeman's host reads the
+    code up to the first space and the message only when `message=` follows that space."""
+    if not rest.startswith("code="):
+        return None
+    raw, _, tail = rest[5:].partition(" ")
+    if not _GO_ATOI.fullmatch(raw) or not -2**63 <= int(raw) < 2**63:
+        return None
+    message = _go_unquote_or_trim(tail[8:]) if tail.startswith("message=") else ""
+    return {"code": str(int(raw)), "message": message}
+
+
+def _ts_fields(rest):
+    """A timestamped marker: its `ts` is the first whitespace-separated word starting
+    `ts=` (hypeman's reading); other fields (`mode`, `error`) as key=value pairs."""
+    fields = _parse_fields(rest)
+    fields.pop("ts", None)
+    for word in rest.split():
+        if word.startswith("ts="):
+            fields["ts"] = word[3:]
+            break
+    return fields
+
+
+def _stage_fields(rest):
+    m = _STAGE_RE.fullmatch(rest)
+    return None if m is None else dict(zip(("name", "start", "end"), m.groups()))
+
+
+def _fatal_fields(rest):
+    m = _FATAL_RE.fullmatch(rest)
+    if m is None:
+        return None
+    try:
+        return {"stage": m.group(1), "error": go_unquote(m.group(2))}
+    except ValueError:
+        return None
+
+
+_GRAMMAR = {PROGRAM_START: _ts_fields, AGENT_READY: _ts_fields, HEADERS_START: _ts_fields,
+            HEADERS_READY: _ts_fields, HEADERS_FAILED: _ts_fields, EXIT: _exit_fields,
+            FATAL: _fatal_fields, STAGE: _stage_fields}
+
+
 def find_sentinel(line):
-    """Where the first sentinel in a console line starts, and its Marker: (pos, Marker),
+    """Where the first marker in a console line starts, and its Marker: (pos, Marker),
     or None.  The host uses `pos` to keep the text before it (a logger prefix, or
-    program output without a final newline).  A trailing `\\r`/newline is ignored.
+    program output without a final newline).  Like hypeman's host, only the first
+    occurrence of each prefix is read, and trailing whitespace (`\\r`) is ignored; an
+    occurrence that does not follow its marker's grammar is program output.
     """
-    line = line.rstrip("\r\n").rstrip("\r")
+    line = line.rstrip(_GO_SPACE)
     best = None
     for prefix in SENTINELS:
         pos = line.find(prefix + " ")
-        if pos >= 0 and (best is None or pos < best[0]):
-            best = (pos, prefix)
-    if best is None:
-        return None
-    pos, prefix = best
-    return pos, Marker(prefix, _parse_fields(line[pos + len(prefix) + 1:]))
+        if pos < 0 or (best is not None and pos > best[0]):
+            continue
+        fields = _GRAMMAR[prefix](line[pos + len(prefix) + 1:])
+        if fields is not None:
+            best = (pos, Marker(prefix, fields))
+    return best
 
 
 def parse_line(line):
@@ -333,24 +398,41 @@ def _type_name(value):
 
 
 INIT_MODES = ("exec", "systemd")
-VOLUME_MODES = ("ro", "rw", "overlay")
+VOLUME_MODES = ("ro", "rw", "overlay", "nfs")
 STRATEGIES = ("concurrent", "sequential", "baseline")
 
 
 class Volume:
-    __slots__ = ("device", "path", "mode", "overlay_device")
+    """One of volume_mounts.  `nfs`: the export `nfs_host:nfs_export` (device is empty)."""
 
-    def __init__(self, device, path, mode, overlay_device=None):
+    __slots__ = ("device", "path", "mode", "overlay_device", "nfs_host", "nfs_export")
+
+    def __init__(self, device, path, mode, overlay_device=None, nfs_host=None, nfs_export=None):
         self.device = device
         self.path = path
         self.mode = mode
         self.overlay_device = overlay_device
+        self.nfs_host = nfs_host
+        self.nfs_export = nfs_export
 
     def to_json(self):
         d = {"device": self.device, "path": self.path, "mode": self.mode}
-        if self.overlay_device is not None:
-            d["overlay_device"] = self.overlay_device
+        for name in ("overlay_device", "nfs_host", "nfs_export"):
+            if getattr(self, name) is not None:
+                d[name] = getattr(self, name)
         return d
+
+
+# Every field hypeman's host writes (its vmconfig.Config), and the ones Kindling adds.
+HYPEMAN_FIELDS = ("entrypoint", "cmd", "workdir", "env", "network_enabled", "guest_ip",
+                  "guest_cidr", "guest_gw", "guest_dns", "volume_mounts", "init_mode",
+                  "skip_kernel_headers", "skip_guest_agent", "egress_proxy")
+KINDLING_FIELDS = ("hostname", "mtu", "hosts", "boot_strategy", "user")
+VOLUME_FIELDS = ("device", "path", "mode", "overlay_device", "nfs_host", "nfs_export")
+# Fields Kindling reads but does not act on: why, for the console warning.
+NOT_HONOURED = {
+    "egress_proxy": "Kindling installs no egress-proxy CA certificate and sets no proxy",
+}
 
 
 class Config:
@@ -359,7 +441,7 @@ class Config:
     __slots__ = ("entrypoint", "cmd", "workdir", "env", "network_enabled", "guest_ip",
                  "guest_cidr", "guest_gw", "guest_dns", "volume_mounts", "init_mode",
                  "skip_kernel_headers", "skip_guest_agent", "hostname", "mtu", "hosts",
-                 "boot_strategy", "user")
+                 "boot_strategy", "user", "warnings")
 
     @property
     def argv(self):
@@ -373,7 +455,7 @@ class Config:
         return env
 
     def to_json(self):
-        d = {name: getattr(self, name) for name in self.__slots__}
+        d = {name: getattr(self, name) for name in self.__slots__ if name != "warnings"}
         d["volume_mounts"] = [v.to_json() for v in self.volume_mounts]
         return {k: v for k, v in d.items() if v is not None}
 
@@ -417,28 +499,78 @@ def _abs_path(field, value):
     return value
 
 
-def _volumes(obj):
+def _volume(item, where, network_enabled):
+    if not isinstance(item, dict):
+        raise ConfigError(where, "an object {device, path, mode}", item)
+    mode = _get(item, "mode", str, "one of ro, rw, overlay, nfs", "rw")
+    if mode not in VOLUME_MODES:
+        raise ConfigError(f"{where}.mode", f"one of ro, rw, overlay, nfs, got {mode!r}")
+    device = _get(item, "device", str, "a device path string", None)
+    if not device and mode != "nfs":    # hypeman writes "device": "" for nfs
+        raise ConfigError(f"{where}.device", "a device path like /dev/vdd (required)")
+    path = _get(item, "path", str, "an absolute path string", None)
+    if path is None:
+        raise ConfigError(f"{where}.path", "an absolute mount path (required)")
+    _abs_path(f"{where}.path", path)
+    overlay = _get(item, "overlay_device", str, "a device path string", None)
+    if mode == "overlay" and overlay is None:
+        raise ConfigError(f"{where}.overlay_device", "a device path (required for mode overlay)")
+    if mode != "nfs":
+        return Volume(device, path, mode, overlay if mode == "overlay" else None)
+    host = _get(item, "nfs_host", str, "an IPv4 address string", None)
+    if not host:
+        raise ConfigError(f"{where}.nfs_host", "the NFS server's IPv4 address (required for mode nfs)")
+    _ipv4({f"{where}.nfs_host": host}, f"{where}.nfs_host", True)
+    export = _get(item, "nfs_export", str, "an absolute path string", None)
+    if export is None:
+        raise ConfigError(f"{where}.nfs_export", "the exported path (required for mode nfs)")
+    _abs_path(f"{where}.nfs_export", export)
+    if not network_enabled:
+        raise ConfigError(f"{where}.mode", "nfs only with network_enabled (the export is reached over eth0)")
+    return Volume("", path, mode, nfs_host=host, nfs_export=export)
+
+
+def _volumes(obj, network_enabled):
     raw = _get(obj, "volume_mounts", list, "a list of {device, path, mode} objects", [])
-    volumes = []
-    for i, item in enumerate(raw):
-        where = f"volume_mounts[{i}]"
-        if not isinstance(item, dict):
-            raise ConfigError(where, "an object {device, path, mode}", item)
-        device = _get(item, "device", str, "a device path string", None)
-        if device is None:
-            raise ConfigError(f"{where}.device", "a device path like /dev/vdd (required)")
-        path = _get(item, "path", str, "an absolute path string", None)
-        if path is None:
-            raise ConfigError(f"{where}.path", "an absolute mount path (required)")
-        _abs_path(f"{where}.path", path)
-        mode = _get(item, "mode", str, "one of ro, rw, overlay", "rw")
-        if mode not in VOLUME_MODES:
-            raise ConfigError(f"{where}.mode", f"one of ro, rw, overlay, got {mode!r}")
-        overlay = _get(item, "overlay_device", str, "a device path string", None)
-        if mode == "overlay" and overlay is None:
-            raise ConfigError(f"{where}.overlay_device", "a device path (required for mode overlay)")
-        volumes.append(Volume(device, path, mode, overlay if mode == "overlay" else None))
-    return volumes
+    return [_volume(item, f"volume_mounts[{i}]", network_enabled) for i, item in enumerate(raw)]
+
+
+def _warnings(obj):
+    """A console line for each field Kindling does not honour (never a silent drop)."""
+    lines = []
+    for name, why in NOT_HONOURED.items():
+        if obj.get(name) is not None:
+            lines.append(f"config.json field {name!r} is not supported and is ignored: {why}")
+    for name in obj:
+        if name not in HYPEMAN_FIELDS and name not in KINDLING_FIELDS:
+            lines.append(f"config.json field {name!r} is not known to Kindling and is ignored")
+    for i, item in enumerate(obj.get("volume_mounts") or ()):
+        for name in item:
+            if name not in VOLUME_FIELDS:
+                lines.append(f"config.json field 'volume_mounts[{i}].{name}' is not known to "
+                             "Kindling and is ignored")
+    return lines
+
+
+def _extensions(obj, c):
+    """Kindling's own fields (docs/protocol.md)."""
+    c.hostname = _get(obj, "hostname", str, "a host name string", None)
+    mtu = _get(obj, "mtu", int, "an integer MTU 68..65535", None)
+    if mtu is not None and not 68 <= mtu <= 65535:
+        raise ConfigError("mtu", f"an integer MTU 68..65535, got {mtu}")
+    c.mtu = mtu
+    hosts = _get(obj, "hosts", dict, "an object mapping host names to IPv4 addresses", {})
+    for name, addr in hosts.items():
+        if not isinstance(addr, str):
+            raise ConfigError(f"hosts.{name}", "an IPv4 address string", addr)
+    c.hosts = dict(hosts)
+    strategies = f"one of {', '.join(STRATEGIES)}"
+    c.boot_strategy = _get(obj, "boot_strategy", str, strategies, "concurrent")
+    if c.boot_strategy not in STRATEGIES:
+        raise ConfigError("boot_strategy", f"{strategies}, got {c.boot_strategy!r}")
+    c.user = _get(obj, "user", str, "USER[:GROUP], names or numbers", None)
+    if c.user is not None and (not c.user.split(":", 1)[0] or "\0" in c.user or c.user.count(":") > 1):
+        raise ConfigError("user", f"USER[:GROUP], names or numbers, got {c.user!r}")
 
 
 def validate_config(obj):
@@ -448,7 +580,8 @@ def validate_config(obj):
     c = Config.__new__(Config)
     c.entrypoint = _str_list(obj, "entrypoint")
     c.cmd = _str_list(obj, "cmd")
-    c.workdir = _abs_path("workdir", _get(obj, "workdir", str, "an absolute path string", "/"))
+    # hypeman writes "workdir": "" and "init_mode": "" when unset (no omitempty): the defaults
+    c.workdir = _abs_path("workdir", _get(obj, "workdir", str, "an absolute path string", "") or "/")
     env = _get(obj, "env", dict, "an object mapping strings to strings", {})
     for key, value in env.items():
         if not isinstance(value, str):
@@ -467,32 +600,17 @@ def validate_config(obj):
     c.guest_cidr = cidr
     c.guest_gw = _ipv4(obj, "guest_gw", False)
     c.guest_dns = _ipv4(obj, "guest_dns", False)
-    c.volume_mounts = _volumes(obj)
-    c.init_mode = _get(obj, "init_mode", str, "one of exec, systemd", "exec")
+    c.volume_mounts = _volumes(obj, net)
+    c.init_mode = _get(obj, "init_mode", str, "one of exec, systemd", "") or "exec"
     if c.init_mode not in INIT_MODES:
         raise ConfigError("init_mode", f"one of exec, systemd, got {c.init_mode!r}")
     c.skip_kernel_headers = _get(obj, "skip_kernel_headers", bool, "true or false", False)
     c.skip_guest_agent = _get(obj, "skip_guest_agent", bool, "true or false", False)
-    # Kindling extensions.
-    c.hostname = _get(obj, "hostname", str, "a host name string", None)
-    mtu = _get(obj, "mtu", int, "an integer MTU 68..65535", None)
-    if mtu is not None and not 68 <= mtu <= 65535:
-        raise ConfigError("mtu", f"an integer MTU 68..65535, got {mtu}")
-    c.mtu = mtu
-    hosts = _get(obj, "hosts", dict, "an object mapping host names to IPv4 addresses", {})
-    for name, addr in hosts.items():
-        if not isinstance(addr, str):
-            raise ConfigError(f"hosts.{name}", "an IPv4 address string", addr)
-    c.hosts = dict(hosts)
-    strategies = f"one of {', '.join(STRATEGIES)}"
-    c.boot_strategy = _get(obj, "boot_strategy", str, strategies, "concurrent")
-    if c.boot_strategy not in STRATEGIES:
-        raise ConfigError("boot_strategy", f"{strategies}, got {c.boot_strategy!r}")
-    c.user = _get(obj, "user", str, "USER[:GROUP], names or numbers", None)
-    if c.user is not None and (not c.user.split(":", 1)[0] or "\0" in c.user or c.user.count(":") > 1):
-        raise ConfigError("user", f"USER[:GROUP], names or numbers, got {c.user!r}")
-    if c.init_mode == "exec" and not c.argv:
-        raise ConfigError("entrypoint", "a non-empty program argv (entrypoint + cmd) in exec mode")
+    _extensions(obj, c)
+    # entrypoint and cmd both null or empty in exec mode: hypeman's init runs
+    # `sh -c "cd WORKDIR && exec "`, which starts and exits 0; so does Kindling's
+    # (initsys/program.py)
+    c.warnings = _warnings(obj)
     return c
 
 

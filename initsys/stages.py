@@ -5,6 +5,8 @@ The order lives here, in `plan()`:
     volumes   after: nothing
     network   after: nothing -- or after `volumes` when a volume is mounted at
               /, /etc or below /etc (resolv.conf would race with the mount)
+    nfs       after: network (the export is reached over eth0), and volumes
+              (an NFS path may lie inside a disk volume)
 
 Strategies (config.json `boot_strategy`; `kindling_strategy=` on the kernel
 command line overrides it):
@@ -30,6 +32,7 @@ from initsys.failure import BootFailed
 from initsys.timeline import Stage
 
 VOLUME_TIMEOUT = 10.0
+NFS_TIMEOUT = 60.0     # a hard NFS mount of an unreachable server never returns by itself
 
 
 def shadows_etc(path):
@@ -38,16 +41,19 @@ def shadows_etc(path):
 
 
 def volumes_first(cfg):
-    return any(shadows_etc(v.path) for v in cfg.volume_mounts)
+    return any(shadows_etc(v.path) for v in volumes.on_disks(cfg.volume_mounts))
 
 
 def plan(cfg):
     """[(stage, dependencies)] in a valid sequential order."""
     stages = []
-    if cfg.volume_mounts:
+    on_disks = bool(volumes.on_disks(cfg.volume_mounts))
+    if on_disks:
         stages.append(("volumes", ()))
     if cfg.network_enabled:
         stages.append(("network", ("volumes",) if volumes_first(cfg) else ()))
+    if volumes.over_nfs(cfg.volume_mounts):       # validation: only with network_enabled
+        stages.append(("nfs", ("network", "volumes") if on_disks else ("network",)))
     return stages
 
 
@@ -58,7 +64,7 @@ def sequence(cfg, strategy):
     # volume at /, /etc or below /etc the volumes must be mounted before the network
     # stage writes resolv.conf and hosts, or the mount would hide (or race with) them
     if strategy == "baseline" and not volumes_first(cfg):
-        names.sort(key=("network", "volumes").index)
+        names.sort(key=("network", "volumes", "nfs").index)
     return names
 
 
@@ -98,10 +104,28 @@ async def volume_stage(cfg, newroot):
         bind_into_newroot(newroot)  # a volume over / hides the first bind mounts
 
 
+async def nfs_stage(cfg, newroot):
+    import trio
+
+    import time
+
+    deadline = time.monotonic() + NFS_TIMEOUT
+    with trio.move_on_after(NFS_TIMEOUT + 1) as scope:
+        # abandoned on timeout (a hard mount that hangs): the boot then fails and powers off
+        await trio.to_thread.run_sync(volumes.mount_nfs, cfg.volume_mounts, newroot, cfg.guest_ip,
+                                      deadline, abandon_on_cancel=True)
+    if scope.cancelled_caught:
+        servers = ", ".join(sorted({v.nfs_host for v in volumes.over_nfs(cfg.volume_mounts)}))
+        raise volumes.VolumeError(f"NFS volumes not mounted within {NFS_TIMEOUT:.0f} s "
+                                  f"(server {servers} unreachable?)")
+
+
 async def _run_stage(name, cfg, newroot, network, timings):
     with Stage(name) as stage:
         if name == "volumes":
             await volume_stage(cfg, newroot)
+        elif name == "nfs":
+            await nfs_stage(cfg, newroot)
         else:
             await network.finish()
             stage.start = min(stage.start, network.started)  # its work began when launched

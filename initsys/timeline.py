@@ -10,12 +10,25 @@ whose duration is not the boot's).
 
 Times are the guest's CLOCK_MONOTONIC in seconds, which starts near zero when
 the kernel starts, so the host can lay the stages of one boot on one axis.
+
+Where the lines go: to the control port (initsys/control.py), which only Kindling's
+host attaches and reads, and to the serial console only when the host asks: with the
+kernel argument `kindling_timeline=1` (Kindling's host sets it when it boots an
+initrd without the control port: `create --initrd`), and, with `kindling_control=1`,
+until the control port is open (the first stages: Kindling's early-boot watchdog,
+host_shim/watchdog.py, takes them as PID 1's first sign of life, as early as ever).
+A hypeman host asks for neither: its console, and so its users' logs, carries the
+protocol's markers and the program's output, not ~15 stage lines per boot (hypeman
+filters only HYPEMAN-* lines).
 """
 
+import os
 import threading
 import time
 
-from initsys import console, protocol
+from initsys import console, control, protocol
+
+CONSOLE_ARG = "kindling_timeline"
 from initsys.failure import BootFailed
 
 _where = threading.local()
@@ -56,4 +69,13 @@ class Stage:
     def finish(self, end):
         """Print the KINDLING-STAGE line, ending at `end`."""
         self.end = end
-        console.emit(protocol.stage_line(self.name, self.start, end))
+        line = protocol.stage_line(self.name, self.start, end)
+        if on_console() or control.awaited():
+            console.emit(line)
+        else:
+            control.write(line)
+
+
+def on_console(environ=os.environ):
+    """The host asked for the stage lines on the console: `kindling_timeline=1`."""
+    return environ.get(CONSOLE_ARG) == "1"

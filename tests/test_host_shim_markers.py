@@ -8,7 +8,7 @@ import os
 
 
 from host_shim import markers
-from host_shim.markers import MarkerRecord, iter_lines_newest_first, scan, scan_due, scan_logs
+from host_shim.markers import MarkerRecord, iter_lines, scan, scan_due, scan_logs
 from host_shim.state import Observation, State, Vmm, derive_state
 from initsys import protocol
 
@@ -40,7 +40,7 @@ def state_of(record: MarkerRecord, agent_skipped=True) -> State:
 def test_split_in_two_files_at_every_byte():
     for cut in range(len(STREAM) + 1):
         older, newer = STREAM[:cut], STREAM[cut:]
-        assert sorted(iter_lines_newest_first([newer, older])) == \
+        assert sorted(iter_lines([newer, older])) == \
             sorted(complete_lines(STREAM)), f"cut at byte {cut}"
 
 
@@ -48,18 +48,18 @@ def test_split_in_three_files_at_every_pair_of_bytes():
     for a in range(len(STREAM) + 1):
         for b in range(a, len(STREAM) + 1):
             chunks = [STREAM[b:], STREAM[a:b], STREAM[:a]]     # newest first
-            assert sorted(iter_lines_newest_first(chunks)) == \
+            assert sorted(iter_lines(chunks)) == \
                 sorted(complete_lines(STREAM)), f"cuts at bytes {a} and {b}"
 
 
 def test_unterminated_last_line_counts_only_when_final():
     chunks = [b"\nHYPEMAN-PROGRAM-START ts=2026-03-08T15:09:26.1", b"boot"]
-    assert list(iter_lines_newest_first(chunks)) == ["boot"]
-    assert sorted(iter_lines_newest_first(chunks, final=True)) == [
+    assert list(iter_lines(chunks)) == ["boot"]
+    assert sorted(iter_lines(chunks, final=True)) == [
         "HYPEMAN-PROGRAM-START ts=2026-03-08T15:09:26.1", "boot"]
     # a newest file without any newline continues the older file's last line
-    assert list(iter_lines_newest_first([b"ld", b"a\nwor"])) == ["a"]
-    assert sorted(iter_lines_newest_first([b"ld", b"a\nwor"], final=True)) == ["a", "world"]
+    assert list(iter_lines([b"ld", b"a\nwor"])) == ["a"]
+    assert sorted(iter_lines([b"ld", b"a\nwor"], final=True)) == ["a", "world"]
 
 
 def test_marker_split_across_rotation_is_found(tmp_path):
@@ -160,8 +160,10 @@ def test_record_keeps_newest_and_first_sight():
 def test_record_exit_fatal_and_stages():
     record = MarkerRecord()
     assert record.add(protocol.parse_line(protocol.exit_line(3, "exit code 3")), 5)
-    assert not record.add(protocol.parse_line(protocol.exit_line(4, "exit code 4")), 6)
-    assert record.get(protocol.EXIT).fields == {"code": "3", "message": "exit code 3"}
+    assert record.add(protocol.parse_line(protocol.exit_line(4, "exit code 4")), 6)
+    assert record.get(protocol.EXIT).fields == {"code": "4", "message": "exit code 4"}
+    assert not record.add(protocol.parse_line(protocol.exit_line(4, "exit code 4")), 7)
+    assert record.get(protocol.EXIT).seen_at == 6
     assert record.add(protocol.parse_line(protocol.stage_line("kernel", 0, 1.5)), 5)
     assert not record.add(protocol.parse_line(protocol.stage_line("kernel", 0, 1.5)), 6)
     assert [s.name for s in record.stages] == ["kernel"]
@@ -189,3 +191,35 @@ def test_scan_at_most_once_a_second_while_nothing_found():
     record.add(protocol.parse_line(START_NEW), seen_at=T0)
     assert not scan_due(record, True, now_ns=T0 + 10 * SEC)      # found: no more scans
     assert scan_due(record, False, now_ns=T0 + 10 * SEC)         # still needs AGENT-READY
+
+
+# --- the last EXIT wins (console-only reading, as hypeman's host) ---------------
+
+FAKE_EXIT = b'HYPEMAN-EXIT code=0 message="success"\r\n'
+REAL_EXIT = b'HYPEMAN-EXIT code=3 message="exit code 3"\r\n'
+
+
+def test_scan_returns_markers_in_printed_order_across_rotation():
+    """The program printed an EXIT look-alike; PID 1's own EXIT came last.  At every cut
+    of the log into two rotated files, the scan sees them in the printed order."""
+    stream = STREAM.replace(FAKE_EXIT, b"") + FAKE_EXIT + b"bye\r\n" + REAL_EXIT
+    for cut in range(len(stream) + 1):
+        found = scan([stream[cut:], stream[:cut]], final=True)
+        exits = [m.fields["code"] for m in found if m.kind == protocol.EXIT]
+        assert exits == ["0", "3"], f"cut at byte {cut}"
+        record = markers.record_from(found, 1)
+        assert record.get(protocol.EXIT).fields["code"] == "3", f"cut at byte {cut}"
+
+
+def test_last_exit_wins_in_the_logs(tmp_path):
+    write(tmp_path / "app.log.1", b"boot\r\n" + FAKE_EXIT, T0)
+    write(tmp_path / "app.log", b"more output\r\n" + REAL_EXIT, T0 + SEC)
+    record = markers.record_from(scan_logs(tmp_path, since_ns=None, final=True), 1)
+    assert record.get(protocol.EXIT).fields == {"code": "3", "message": "exit code 3"}
+
+
+def test_a_later_scan_replaces_an_earlier_exit():
+    """A scan while the program ran saw its look-alike; the final scan sees PID 1's."""
+    meta_record = markers.record_from(scan([FAKE_EXIT]), 1)
+    meta_record.merge(markers.record_from(scan([REAL_EXIT, FAKE_EXIT], final=True), 2))
+    assert meta_record.get(protocol.EXIT).fields["code"] == "3"

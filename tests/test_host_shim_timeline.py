@@ -33,9 +33,11 @@ def test_stages_from_transcript():
 
 
 def test_stage_from_marker_rejects_malformed():
-    for line in ["KINDLING-STAGE name=x start=1", "KINDLING-STAGE start=1 end=2",
-                 "KINDLING-STAGE name=x start=nan end=1", 'HYPEMAN-EXIT code=0 message=""']:
-        assert timeline.stage_from_marker(protocol.parse_line(line)) is None
+    for fields in [{"name": "x", "start": "1"}, {"start": "1", "end": "2"},
+                   {"name": "x", "start": "nan", "end": "1"}]:
+        assert timeline.stage_from_marker(protocol.Marker(protocol.STAGE, fields)) is None
+    exit_marker = protocol.parse_line('HYPEMAN-EXIT code=0 message=""')
+    assert timeline.stage_from_marker(exit_marker) is None
 
 
 def test_stage_line_round_trip():

@@ -279,6 +279,30 @@ def test_guest_that_does_not_power_off_is_stopped(home, monkeypatch, capsys, tmp
     nothing_left(home)
 
 
+# An /init whose console carries, before its own EXIT, an off-grammar EXIT line (hypeman's
+# host ignores it) and a well-formed look-alike: read from the console alone (--initrd: no
+# control port), the last EXIT is the one that counts, as on hypeman's host.
+LAST_EXIT_INIT = (b"#!/bin/sh\n"
+                  b'echo "HYPEMAN-PROGRAM-START ts=$(date -u +%Y-%m-%dT%H:%M:%S).000000000Z '
+                  b'mode=exec"\n'
+                  b'echo \'HYPEMAN-EXIT code=abc message="not a marker"\'\n'
+                  b'echo \'HYPEMAN-EXIT message="reversed" code=9\'\n'
+                  b'echo \'HYPEMAN-EXIT code=0 message="success"\'\n'
+                  b'echo \'HYPEMAN-EXIT code=3 message="exit code 3"\'\n'
+                  b"exec /bin/sleep 1000\n")
+
+
+def test_console_only_host_takes_the_last_well_formed_exit(home, monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(runner, "POWEROFF_GRACE", 1.0)
+    initrd = tiny_initrd(tmp_path, LAST_EXIT_INIT, "initrd-last-exit.img")
+    code = _in_process_run(monkeypatch, home, "--initrd", str(initrd), "--agent", "none",
+                           "--no-headers", "--", "true")
+    err = capsys.readouterr().err
+    assert code == 3, err
+    assert "unreadable exit code" not in err
+    nothing_left(home)
+
+
 def proc_state(pid: int) -> str:
     """The one-letter state in /proc/PID/stat ('T': stopped by a signal)."""
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]

@@ -45,6 +45,29 @@ def test_plan_runs_independent_stages_together_and_orders_the_etc_rule():
     assert plan(cfg()) == []
 
 
+NFS = {"device": "", "path": "/shared", "mode": "nfs", "nfs_host": "10.77.0.1", "nfs_export": "/srv"}
+
+
+def test_nfs_volumes_are_mounted_after_the_network_and_the_disk_volumes():
+    assert plan(cfg(**NET, volume_mounts=[NFS])) == [("network", ()), ("nfs", ("network",))]
+    vol = {"device": "/dev/vdd", "path": "/data", "mode": "rw"}
+    assert plan(cfg(**NET, volume_mounts=[NFS, vol])) == [
+        ("volumes", ()), ("network", ()), ("nfs", ("network", "volumes"))]
+    etc_nfs = dict(NFS, path="/etc/shared")        # an NFS path does not order the network
+    assert plan(cfg(**NET, volume_mounts=[etc_nfs])) == [("network", ()), ("nfs", ("network",))]
+    both = cfg(**NET, volume_mounts=[NFS, vol])
+    assert sequence(both, "sequential") == ["volumes", "network", "nfs"]
+    assert sequence(both, "baseline") == ["network", "volumes", "nfs"]
+
+
+def test_nfs_mount_options_are_hypemans_with_the_addresses():
+    from initsys import volumes
+    (v,) = cfg(**NET, volume_mounts=[NFS]).volume_mounts
+    assert volumes.nfs_options(v, "10.77.0.2") == (
+        "vers=4,tcp,hard,timeo=100,retrans=3,addr=10.77.0.1,clientaddr=10.77.0.2")
+    assert volumes.device_names([v]) == []
+
+
 def test_sequence_per_strategy_keeps_the_etc_rule():
     data = cfg(**NET, volume_mounts=[{"device": "/dev/vdd", "path": "/data", "mode": "rw"}])
     assert sequence(data, "sequential") == ["volumes", "network"]

@@ -2,6 +2,7 @@
 its one timing mechanism (initsys/timeline.py `Stage`) and its one failure type
 (initsys/failure.py), on the host: no VM, fake step actions."""
 
+import os
 import re
 import threading
 from pathlib import Path
@@ -15,6 +16,12 @@ from initsys.failure import BootFailed
 from initsys.steps import MAIN, SETUP, TRIO, Step
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "protocol.md"
+
+
+@pytest.fixture
+def timeline_on_console(monkeypatch):
+    """The kernel argument Kindling's host passes without a control port (--initrd)."""
+    monkeypatch.setenv(timeline.CONSOLE_ARG, "1")
 
 
 def stage_lines(text):
@@ -32,7 +39,7 @@ def test_stage_prints_its_line_names_the_thread_and_restores_the_outer():
     assert inner.start <= inner.end
 
 
-def test_stage_turns_an_error_into_bootfailed_naming_it(capfd):
+def test_stage_turns_an_error_into_bootfailed_naming_it(capfd, timeline_on_console):
     with pytest.raises(BootFailed) as caught:
         with timeline.Stage("rootfs"):
             with timeline.Stage("quiet", line=False):
@@ -54,7 +61,42 @@ def test_stage_keeps_an_inner_bootfailed_and_lets_cancellation_through():
             raise KeyboardInterrupt
 
 
-def test_stage_with_an_earlier_start_and_finish(capfd):
+def test_stage_lines_stay_off_the_console_unless_asked(capfd, monkeypatch):
+    """A hypeman host's console (no kindling_timeline=1): no stage line; the control
+    port, which only Kindling's host reads, still gets it."""
+    from initsys import control
+    monkeypatch.delenv(timeline.CONSOLE_ARG, raising=False)
+    sent = []
+    monkeypatch.setattr(control, "write", sent.append)
+    timeline.Stage("kernel", start=0.0).finish(1.5)
+    assert capfd.readouterr().out == ""
+    assert sent == ["KINDLING-STAGE name=kernel start=0.000000 end=1.500000"]
+    monkeypatch.setenv(timeline.CONSOLE_ARG, "1")
+    timeline.Stage("kernel", start=0.0).finish(1.5)
+    assert stage_lines(capfd.readouterr().out) == ["kernel"]
+
+
+def test_stage_lines_reach_the_console_until_the_control_port_is_open(capfd, monkeypatch):
+    """Kindling's host (kindling_control=1): the stages before the port opens are on the
+    console too (the early-boot watchdog's first sign of PID 1), then only on the port."""
+    from initsys import control
+    monkeypatch.delenv(timeline.CONSOLE_ARG, raising=False)
+    monkeypatch.setattr(control, "_backlog", None)
+    monkeypatch.setattr(control, "_fd", None)
+    control.expect()
+    timeline.Stage("mounts", start=0.0).finish(0.1)
+    assert stage_lines(capfd.readouterr().out) == ["mounts"]
+    r, w = os.pipe()
+    control.attach(w)
+    timeline.Stage("rootfs", start=0.2).finish(0.3)
+    assert capfd.readouterr().out == ""
+    os.close(w)
+    with os.fdopen(r) as f:
+        assert [line.split()[1] for line in f.read().splitlines()] == ["name=mounts", "name=rootfs"]
+    monkeypatch.setattr(control, "_fd", None)
+
+
+def test_stage_with_an_earlier_start_and_finish(capfd, timeline_on_console):
     timeline.Stage("kernel", start=0.0).finish(1.5)
     line = capfd.readouterr().out.strip()
     assert line.startswith("KINDLING-STAGE name=kernel start=0.000000 end=1.500000")
@@ -98,7 +140,7 @@ class Recorder:
             raise self.setup.error
 
 
-def test_runner_runs_main_setup_and_trio_steps_in_order_and_skips(capfd):
+def test_runner_runs_main_setup_and_trio_steps_in_order_and_skips(capfd, timeline_on_console):
     r = Recorder()
     gate = threading.Event()
     plan = (

@@ -72,7 +72,6 @@ VOL = {"device": "/dev/vdd", "path": "/data", "mode": "rw"}
 BAD_FIELDS = [
     ({"entrypoint": "/bin/true"}, "entrypoint"),
     ({"entrypoint": [1]}, "entrypoint[0]"),
-    ({"entrypoint": [], "cmd": []}, "entrypoint"),
     ({"cmd": "x"}, "cmd"),
     ({"cmd": ["a", None]}, "cmd[1]"),
     ({"workdir": 5}, "workdir"),
@@ -118,6 +117,67 @@ def test_config_error_names_field(overrides, field):
 
 def test_config_systemd_mode_allows_empty_argv():
     assert protocol.validate_config({"init_mode": "systemd"}).argv == []
+
+
+# --- config.json as hypeman's host writes it (Go's encoding/json of vmconfig.Config) ---------
+
+# Go escapes <, > and & as \u003c, \u003e, \u0026; nil slices are null; workdir and init_mode
+# have no omitempty (empty strings), bools with omitempty are left out when false.
+HYPEMAN_CONFIG = (b'{"entrypoint":null,"cmd":null,"workdir":"","env":{"Q":"a\\u0026b \\u003cc\\u003e"},'
+                  b'"network_enabled":true,"guest_ip":"10.200.0.2","guest_cidr":24,'
+                  b'"guest_gw":"10.200.0.1","guest_dns":"10.200.0.1","volume_mounts":['
+                  b'{"device":"","path":"/data","mode":"nfs","nfs_host":"10.200.0.1",'
+                  b'"nfs_export":"/srv/vol-1"},{"device":"/dev/vdd","path":"/ro","mode":"ro"}],'
+                  b'"init_mode":"","egress_proxy":{"enabled":true,"proxy_url":"http://10.200.0.1:3128",'
+                  b'"ca_cert_pem":"-----BEGIN CERTIFICATE-----\\n"}}')
+
+
+def test_hypeman_written_config_is_accepted():
+    cfg = protocol.parse_config(HYPEMAN_CONFIG)
+    assert cfg.argv == [] and cfg.workdir == "/" and cfg.init_mode == "exec"
+    assert cfg.env == {"Q": "a&b <c>"}
+    nfs, ro = cfg.volume_mounts
+    assert (nfs.mode, nfs.nfs_host, nfs.nfs_export, nfs.path) == ("nfs", "10.200.0.1", "/srv/vol-1", "/data")
+    assert nfs.to_json() == {"device": "", "path": "/data", "mode": "nfs", "nfs_host": "10.200.0.1",
+                             "nfs_export": "/srv/vol-1"}
+    assert (ro.device, ro.mode) == ("/dev/vdd", "ro")
+    assert cfg.skip_guest_agent is False and cfg.skip_kernel_headers is False
+    assert cfg.warnings == ["config.json field 'egress_proxy' is not supported and is ignored: "
+                            "Kindling installs no egress-proxy CA certificate and sets no proxy"]
+    assert "warnings" not in cfg.to_json()
+
+
+def test_fields_kindling_does_not_know_are_warned_about():
+    cfg = protocol.validate_config({"entrypoint": ["x"], "future_field": 1,
+                                    "volume_mounts": [{"device": "/dev/vdd", "path": "/v",
+                                                       "mode": "rw", "readahead": 4}]})
+    assert cfg.warnings == [
+        "config.json field 'future_field' is not known to Kindling and is ignored",
+        "config.json field 'volume_mounts[0].readahead' is not known to Kindling and is ignored"]
+    assert protocol.validate_config({"entrypoint": ["x"], "hostname": "h"}).warnings == []
+
+
+@pytest.mark.parametrize("volume, field", [
+    ({"device": "", "path": "/d", "mode": "nfs", "nfs_export": "/e"}, "volume_mounts[0].nfs_host"),
+    ({"device": "", "path": "/d", "mode": "nfs", "nfs_host": "nfs.example", "nfs_export": "/e"},
+     "volume_mounts[0].nfs_host"),
+    ({"device": "", "path": "/d", "mode": "nfs", "nfs_host": "10.0.0.1"}, "volume_mounts[0].nfs_export"),
+    ({"device": "", "path": "/d", "mode": "nfs", "nfs_host": "10.0.0.1", "nfs_export": "e"},
+     "volume_mounts[0].nfs_export"),
+    ({"device": "", "path": "/d", "mode": "rw"}, "volume_mounts[0].device"),
+])
+def test_bad_nfs_volume_names_the_field(volume, field):
+    net = {"network_enabled": True, "guest_ip": "10.0.0.2", "guest_cidr": 24}
+    with pytest.raises(ConfigError) as info:
+        protocol.validate_config({"entrypoint": ["x"], **net, "volume_mounts": [volume]})
+    assert info.value.field == field
+
+
+def test_nfs_volume_needs_the_network():
+    volume = {"device": "", "path": "/d", "mode": "nfs", "nfs_host": "10.0.0.1", "nfs_export": "/e"}
+    with pytest.raises(ConfigError) as info:
+        protocol.validate_config({"entrypoint": ["x"], "volume_mounts": [volume]})
+    assert info.value.field == "volume_mounts[0].mode" and "network_enabled" in str(info.value)
 
 
 def test_config_top_level_must_be_object():
@@ -226,10 +286,50 @@ def test_not_a_sentinel(line):
     assert not protocol.is_sentinel_line(line)
 
 
-def test_malformed_quoted_field_stops_parsing():
-    marker = protocol.parse_line('HYPEMAN-EXIT code=1 message="unterminated')
-    assert marker.kind == protocol.EXIT
-    assert marker.fields == {"code": "1"}
+# hypeman's host reads EXIT as: `code=` right after the prefix's one space, an integer
+# (strconv.Atoi) up to the next space, then `message=` + a Go-quoted string if present
+# (unquotable: the text without its quotes).  Kindling reads the same lines the same way.
+@pytest.mark.parametrize("line, fields", [
+    ('HYPEMAN-EXIT code=1 message="unterminated', {"code": "1", "message": "unterminated"}),
+    ("HYPEMAN-EXIT code=42", {"code": "42", "message": ""}),
+    ('HYPEMAN-EXIT code=+7 message="x"', {"code": "7", "message": "x"}),
+    ('HYPEMAN-EXIT code=3  message="two spaces"', {"code": "3", "message": ""}),
+    ('HYPEMAN-EXIT code=3 junk message="x"', {"code": "3", "message": ""}),
+    ('2026-02-13T15:26:27Z [INFO] [hypeman-init:entrypoint] HYPEMAN-EXIT code=137 '
+     'message="killed by signal 9 (killed) - OOM" \r', {"code": "137",
+                                                     "message": "killed by signal 9 (killed) - OOM"}),
+    ('HYPEMAN-EXIT code=0 message="\\u0026 \\"q\\""', {"code": "0", "message": '& "q"'}),
+])
+def test_exit_grammar_is_hypemans(line, fields):
+    assert protocol.parse_line(line) == Marker(protocol.EXIT, fields)
+
+
+@pytest.mark.parametrize("line", [
+    'HYPEMAN-EXIT code=abc message="error"',           # not an integer
+    'HYPEMAN-EXIT  code=0 message="success"',          # two spaces after the prefix
+    'HYPEMAN-EXIT message="success" code=0',           # fields reversed
+    'HYPEMAN-EXIT code= message="success"',            # no digits
+    'HYPEMAN-EXIT code=1.5 message="x"',
+    "HYPEMAN-EXIT code=99999999999999999999",          # not an int64
+    'HYPEMAN-EXIT code=0x1 message="x"',
+    # only the first occurrence of a prefix is read, as hypeman's strings.Index does
+    'HYPEMAN-EXIT code=abc HYPEMAN-EXIT code=0 message="success"',
+    "KINDLING-STAGE name=x start=1",
+    "KINDLING-STAGE name=x start=1.0 end=2.0 extra=1",
+    "KINDLING-STAGE end=2.0 name=x start=1.0",
+    'KINDLING-FATAL error="x" stage=config',
+    'KINDLING-FATAL stage=config error="unterminated',
+])
+def test_off_grammar_lines_are_program_output(line):
+    assert protocol.parse_line(line) is None
+    assert not protocol.is_sentinel_line(line)
+
+
+def test_ts_is_the_first_ts_word_anywhere_after_the_prefix():
+    """hypeman's host: strings.Fields after the prefix, the first word starting `ts=`."""
+    line = f"HYPEMAN-PROGRAM-START  junk mode=exec ts={TS_TEXT}"
+    assert protocol.parse_line(line).ts == TS
+    assert protocol.parse_line(f"HYPEMAN-AGENT-READY x=\"a ts=1\" ts={TS_TEXT}").ts is None
 
 
 # --- Go %q quoting -----------------------------------------------------------

@@ -36,7 +36,7 @@ def test_baseline_boot_installs_headers_before_the_program_and_runs_stages_in_tu
             status = kindling(home, "exec", "bl", "--", "cat", STATUS).stdout
             assert status == "ready\n"
             info = json.loads(kindling(home, "inspect", "--json", "bl").stdout)
-            with open(f"{info['dir']}/logs/app.log", errors="replace") as f:
+            with open(f"{info['dir']}/logs/control.log", errors="replace") as f:  # not on the console
                 s = {st.name: (st.start, st.end) for st in Timeline.from_console(f).stages}
             assert s["network"][1] <= s["volumes"][0], s           # network first, in turn
             assert s["headers-spawn"][0] <= s["headers-wait"][0]
