@@ -1,7 +1,9 @@
 """A minimal QMP (QEMU Machine Protocol) client over the instance's unix socket."""
 
+import array
 import json
 import os
+import socket
 
 import trio
 
@@ -56,6 +58,9 @@ class QMPClient:
         if arguments:
             message["arguments"] = arguments
         await self._stream.send_all(json.dumps(message).encode() + b"\n")
+        return await self._reply(command)
+
+    async def _reply(self, command: str):
         while True:
             reply = await self._receive()
             if "event" in reply:
@@ -64,6 +69,17 @@ class QMPClient:
                 err = reply["error"]
                 raise QMPError(f"QMP {command} failed: {err.get('desc', err)}")
             return reply.get("return")
+
+    async def send_fd(self, name: str, fd: int) -> None:
+        """QMP `getfd`: hand QEMU the open file descriptor `fd` under `name` (SCM_RIGHTS
+        ancillary data on the command's own message), for a later `fd:NAME` URI.  The
+        name belongs to this connection's monitor: use it on the same client."""
+        message = json.dumps({"execute": "getfd", "arguments": {"fdname": name}}).encode()
+        rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]).tobytes())]
+        sent = await self._stream.socket.sendmsg([message + b"\n"], rights)
+        if sent != len(message) + 1:
+            raise QMPError(f"QMP getfd: short write ({sent} of {len(message) + 1} bytes)")
+        await self._reply("getfd")
 
     async def aclose(self) -> None:
         await self._stream.aclose()
