@@ -192,3 +192,20 @@ def test_disk_full_while_saving_resumes_the_vm():
             for pid in qemu_pids_using(home):
                 os.kill(pid, 9)
             subprocess.run(["umount", "-l", home], check=False)
+
+
+def test_systemd_guest_survives_standby_and_restore():
+    """A Debian systemd-mode guest: standby/restore, then systemd says `running`."""
+    with private_home("ksysd") as home:
+        kindling(home, "create", "--name", "sd", "--base", "debian")
+        kindling(home, "wait", "sd", "--for", "running", "--timeout", "600")
+        state = kindling(home, "exec", "sd", "--", "systemctl", "is-system-running", "--wait",
+                         check=False, timeout=300).stdout.strip()
+        assert state == "running", f"before the standby: {state}"
+        assert kindling_json(home, "standby", "sd")["state"] == "Standby"
+        assert qemu_pids_using(home) == []
+        assert kindling_json(home, "restore", "sd")["state"] == "Running"
+        state = kindling(home, "exec", "sd", "--", "systemctl", "is-system-running", "--wait",
+                         check=False, timeout=300).stdout.strip()
+        assert state == "running", f"after the restore: {state}"
+        kindling(home, "delete", "sd")
