@@ -138,7 +138,7 @@ def test_standby_ends_qemu_and_restore_continues_the_program(guest):
     assert (snapshot_dir(guest) / "restored.json").exists()    # kept until the next standby
 
 
-def test_truncated_snapshot_is_refused_and_the_instance_stays_standby(guest):
+def test_truncated_snapshot_is_refused_and_a_lost_namespace_is_rebuilt(guest):
     assert kindling_json(guest, "standby", "snap")["state"] == "Standby"
     r = kindling(guest, "standby", "snap", check=False)
     assert r.returncode == 125 and "it is Standby (standby needs Running or Paused)" in r.stderr
@@ -154,9 +154,12 @@ def test_truncated_snapshot_is_refused_and_the_instance_stays_standby(guest):
     assert state(guest) == "Standby" and qemu_pids_using(guest) == []
     assert record.read_bytes() == recorded
     os.replace(saved, vmstate)
+    namespace = f"kindling-{kindling_json(guest, 'inspect', 'snap')['id']}"
+    subprocess.run(["ip", "netns", "del", namespace], check=True)   # as a host reboot would
     last = ticks(guest)[-1]
     assert kindling_json(guest, "restore", "snap")["state"] == "Running"
     ticked_past(guest, last)
+    assert fetch_in_netns(namespace, "10.200.0.2", 8080, time.monotonic() + 60) == "served-by-guest"
 
 
 def test_qemu_killed_during_the_save_leaves_the_instance_stopped(guest):
