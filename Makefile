@@ -30,14 +30,16 @@ bench: deps
 	$(VENV)/bin/python bench/agent_vs_qga.py --json $(BENCH_OUT)/agent_vs_qga.json
 	$(VENV)/bin/python bench/footprint.py --runs 3 --json $(BENCH_OUT)/footprint.json
 	$(VENV)/bin/python bench/scale.py --vms 8 --json $(BENCH_OUT)/scale.json
+	$(VENV)/bin/python bench/standby.py --iterations 5 --json $(BENCH_OUT)/standby.json
 
 # create_running.py and agent_vs_qga.py get their one-iteration smoke runs inside `make test`
-# (tests/test_bench_*.py also check that every figure is reported); the other two run here.
+# (tests/test_bench_*.py also check that every figure is reported); the others run here.
 bench-smoke: deps
 	mkdir -p $(BENCH_OUT)
 	$(VENV)/bin/python bench/footprint.py --runs 1 --json $(BENCH_OUT)/smoke-footprint.json
 	$(VENV)/bin/python bench/scale.py --vms 2 --runs 1 --json $(BENCH_OUT)/smoke-scale.json
 	$(VENV)/bin/python bench/oci.py --iterations 1 --json $(BENCH_OUT)/smoke-oci.json
+	$(VENV)/bin/python bench/standby.py --iterations 1 --json $(BENCH_OUT)/smoke-standby.json
 
 deps: apt venv
 

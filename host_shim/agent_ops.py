@@ -9,6 +9,7 @@ The agent listens on the instance's virtio-serial port, which QEMU exposes on
 the host as the unix socket `agent.sock` in the instance folder.
 """
 
+import contextlib
 import os
 import sys
 from collections.abc import AsyncIterable, Awaitable, Callable
@@ -17,7 +18,7 @@ import trio
 
 from . import lifecycle, metadata
 from .agent_client import AgentError, ConnectionLost, CopyResult, ExecResult, StatResult, open_agent
-from .errors import die
+from .errors import die, kindling_error_in
 from .instance import Instance, kindling_home
 from .state import State, require_running
 
@@ -42,6 +43,24 @@ async def _running(ref: str, operation: str, home=None, started=None) -> Instanc
     return instance
 
 
+@contextlib.asynccontextmanager
+async def _agent(instance: Instance):
+    """A connection to the instance's agent.  A connection lost because QEMU ended (a
+    standby, a stop, the guest powering off) says so, with the state it is now in."""
+    try:
+        async with open_agent(instance.agent_socket, timeout=CONNECT_TIMEOUT) as client:
+            yield client
+    except (AgentError, BaseExceptionGroup) as caught:
+        e = caught if isinstance(caught, AgentError) else kindling_error_in(caught)
+        if type(e) is not AgentError and not isinstance(e, ConnectionLost):
+            raise                           # the agent's answer, or not about the connection
+        meta = await lifecycle.observe(instance)   # waits for a standby or restore to finish
+        if meta.state in (State.RUNNING, State.INITIALIZING):
+            raise
+        raise AgentError(f"{e.message}: the instance stopped running while the session was open "
+                         f"(instance {meta.name} is now {meta.state})", hint=e.hint) from None
+
+
 async def run_exec(ref: str, argv: list[str], *, env=None, cwd=None, user=None, tty=False,
                    rows: int = 24, cols: int = 80, stdin: bytes | AsyncIterable[bytes] | None = None,
                    stdout: Sink | None = None, stderr: Sink | None = None, timeout=None,
@@ -51,16 +70,10 @@ async def run_exec(ref: str, argv: list[str], *, env=None, cwd=None, user=None, 
     is 124 when the timeout killed it, 128+N when signal N did, 126/127 (with .error)
     when it could not start."""
     instance = await _running(ref, "exec", home, started)
-    async with open_agent(instance.agent_socket, timeout=CONNECT_TIMEOUT) as client:
-        try:
-            return await client.exec(argv, env=env, cwd=cwd, user=user, tty=tty, rows=rows,
-                                     cols=cols, timeout=timeout, stdin=stdin, stdout=stdout,
-                                     stderr=stderr)
-        except ConnectionLost as e:
-            lost = e        # raised below, outside the client's nursery (no ExceptionGroup)
-    # QEMU closes the agent socket when it ends: standby (after the snapshot) or stop
-    die(f"exec {argv[0]} in {ref}: the instance's VM went away (standby or stop) during exec",
-        hint=f"{lost}; its commands are gone; `kindling inspect {ref}` shows its state")
+    async with _agent(instance) as client:
+        return await client.exec(argv, env=env, cwd=cwd, user=user, tty=tty, rows=rows,
+                                 cols=cols, timeout=timeout, stdin=stdin, stdout=stdout,
+                                 stderr=stderr)
 
 
 async def _write(fd: int, data: bytes) -> None:  # blocking is fine for a CLI's stdout
@@ -111,7 +124,7 @@ async def _copy(ref: str, operation: str, src: str, dst: str, shown: str, home=N
     """client.copy_to / copy_from (src, dst) on the Running instance `ref`; agent errors
     are named by `shown` (`cp SRC DST` as the user would write it)."""
     instance = await _running(ref, "cp", home)
-    async with open_agent(instance.agent_socket, timeout=CONNECT_TIMEOUT) as client:
+    async with _agent(instance) as client:
         try:
             return await getattr(client, operation)(src, dst)
         except AgentError as e:
@@ -145,7 +158,7 @@ async def copy(src: str, dst: str, home=None) -> CopyResult:
 async def stat_path(ref: str, path: str, home=None) -> StatResult:
     """What `path` is in the guest (StatResult.exists False when there is nothing)."""
     instance = await _running(ref, "stat", home)
-    async with open_agent(instance.agent_socket, timeout=CONNECT_TIMEOUT) as client:
+    async with _agent(instance) as client:
         return await client.stat(path)
 
 

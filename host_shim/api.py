@@ -25,7 +25,7 @@ from pathlib import Path
 
 import trio
 
-from . import agent_ops, api_args, images, lifecycle, metadata, options, runner, volumes
+from . import agent_ops, api_args, images, lifecycle, metadata, options, runner, standby, volumes
 from .agent_client import CopyResult, ExecResult, StatResult
 from .errors import die, kindling_error_in
 from .info import InstanceInfo
@@ -88,6 +88,26 @@ class Kindling:
     def delete(self, ref: str) -> InstanceInfo:
         instance = self._resolve(ref)
         return InstanceInfo.of(instance, self._call(lifecycle.delete, instance))
+
+    def pause(self, ref: str) -> InstanceInfo:
+        """Running -> Paused (the vCPUs stop)."""
+        instance = self._resolve(ref)
+        return InstanceInfo.of(instance, self._call(standby.pause, instance))
+
+    def resume(self, ref: str) -> InstanceInfo:
+        """Paused -> Running."""
+        instance = self._resolve(ref)
+        return InstanceInfo.of(instance, self._call(standby.resume, instance))
+
+    def standby(self, ref: str) -> InstanceInfo:
+        """Running -> Standby: the whole VM saved to the instance's snapshot, QEMU ended."""
+        instance = self._resolve(ref)
+        return InstanceInfo.of(instance, self._call(standby.standby, instance))
+
+    def restore(self, ref: str) -> InstanceInfo:
+        """Standby -> Running from the snapshot (kept until the next standby, stop, delete)."""
+        instance = self._resolve(ref)
+        return InstanceInfo.of(instance, self._call(standby.restore, instance))
 
     def list(self) -> list[InstanceInfo]:
         return [InstanceInfo.of(i, m)

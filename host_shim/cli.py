@@ -23,8 +23,8 @@ import trio
 
 from initsys import protocol
 
-from . import (agent_ops, chart, events, image_cli, lifecycle, metadata, options, runner, sizes, volumes,
-               watchdog)
+from . import (agent_ops, chart, events, image_cli, lifecycle, metadata, options, runner, sizes,
+               standby, volumes, watchdog)
 from .errors import (EXIT_KINDLING, KindlingError, build_errors, die, from_build_error,
                      kindling_error_in)
 from .info import InstanceInfo
@@ -128,6 +128,10 @@ def _simple(operation):
 cmd_start = _simple(lambda args: lifecycle.start)
 cmd_stop = _simple(lambda args: partial(lifecycle.stop, timeout=args.time))
 cmd_delete = _simple(lambda args: lifecycle.delete)
+cmd_pause = _simple(lambda args: standby.pause)
+cmd_resume = _simple(lambda args: standby.resume)
+cmd_standby = _simple(lambda args: standby.standby)
+cmd_restore = _simple(lambda args: standby.restore)
 
 
 def _ago(seconds: float) -> str:
@@ -373,12 +377,14 @@ def _add_lifecycle(sub) -> None:
     _vm_argument(_command(sub, "start", cmd_start, "boot a stopped instance again"))
     stop = _command(sub, "stop", cmd_stop, "stop an instance",
                     description="ACPI power-down (Running instances get --time seconds to act "
-                                "on it), then QMP quit, SIGTERM, SIGKILL.")
+                                "on it), then QMP quit, SIGTERM, SIGKILL.  Drops the instance's "
+                                "snapshot: a Standby instance becomes Stopped.")
     _vm_argument(stop)
     stop.add_argument("--time", "-t", type=_seconds, default=lifecycle.DEFAULT_STOP_TIMEOUT,
                       metavar="S", help="seconds to wait for a power-down (default: %(default)g)")
     _vm_argument(_command(sub, "delete", cmd_delete, "stop an instance at once and remove it",
                           aliases=["rm"]))
+    _add_snapshot_commands(sub)
     _command(sub, "list", cmd_list, "list the instances", aliases=["ps"])
     _vm_argument(_command(sub, "inspect", cmd_inspect,
                           "show an instance's state, markers and details"))
@@ -402,6 +408,19 @@ def _add_lifecycle(sub) -> None:
     analyze = _command(sub, "analyze", cmd_analyze, "show an instance's boot timeline")
     _vm_argument(analyze)
     analyze.add_argument("--svg", type=Path, metavar="FILE", help="also draw it as an SVG chart")
+
+
+def _add_snapshot_commands(sub) -> None:
+    for name, func, help, description in (
+            ("pause", cmd_pause, "pause a Running instance's vCPUs", "Running -> Paused."),
+            ("resume", cmd_resume, "resume a Paused instance", "Paused -> Running."),
+            ("standby", cmd_standby, "save a Running instance's whole VM to disk and end QEMU",
+             "Running -> Paused -> Standby: the VM's state goes to a snapshot in the instance "
+             "directory, QEMU ends and the host gets its memory back."),
+            ("restore", cmd_restore, "resume a Standby instance from its snapshot",
+             "Standby -> Paused -> Running: a new QEMU with the same devices and disks loads "
+             "the snapshot.  The snapshot is kept until the next standby, stop or delete.")):
+        _vm_argument(_command(sub, name, func, help, description=description))
 
 
 def _add_agent_commands(sub) -> None:

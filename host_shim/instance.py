@@ -16,6 +16,7 @@
             config.img      config disk (/dev/vdc)
             overlay.img     writable overlay disk (/dev/vdb), kept across restarts
             images/         kernel, initrd, rootfs (from the image builder's cache)
+            snapshot/       after `standby`: vmstate + record.json (host_shim/snapshot.py)
 """
 
 import os

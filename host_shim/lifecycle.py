@@ -25,7 +25,7 @@ from initsys import protocol
 
 from . import accel as accel_mod
 from . import console, control, locks, logfiles, markers, metadata, netns, options, prepare, qemu, vmm
-from . import log, watchdog
+from . import log, snapshot, watchdog
 from . import run as run_mod
 from . import timeline as tl
 from .errors import EXIT_KINDLING, KindlingError, NoSuchInstance, die, disk_full_errors
@@ -162,7 +162,8 @@ async def _observe_locked(instance: Instance, meta: Metadata, *, live: MarkerRec
         apply_observation(meta, State.RUNNING, now=now, inferred=True)
     observed = derive_state(Observation(probe.vmm, program_started=meta.markers.program_started,
                                         agent_ready=meta.markers.agent_ready,
-                                        agent_skipped=meta.agent_skipped))
+                                        agent_skipped=meta.agent_skipped,
+                                        snapshot=snapshot.exists(instance)))
     apply_observation(meta, observed, error=probe.error, now=now)
 
 
@@ -274,6 +275,7 @@ async def _boot_locked(instance: Instance, meta: Metadata, requested: int,
     meta.vmm_exit = None
     meta.logs_final = False
     meta.pid = None
+    meta.restored_at = None
     meta.mark(tl.REQUESTED, requested)
     for name, at in prep_events:
         meta.mark(name, at)
@@ -322,6 +324,10 @@ async def start(instance: Instance) -> Metadata:
         return meta
     if meta.state is State.STOPPED:
         return await _boot(instance, now_ns())
+    if meta.state is State.STANDBY:
+        die(f"cannot start instance {meta.name}: it is Standby (its VM state is in a snapshot)",
+            hint=f"`kindling restore {meta.name}` resumes it from the snapshot; `kindling stop "
+                 f"{meta.name}` drops the snapshot, then `kindling start` boots it afresh")
     die(f"cannot start instance {meta.name}: it is {meta.state}",
         hint=meta.error or f"see `kindling inspect {meta.name}`")
 
@@ -331,14 +337,17 @@ async def start(instance: Instance) -> Metadata:
 async def stop(instance: Instance, *, timeout: float = DEFAULT_STOP_TIMEOUT,
                by: str = "kindling stop") -> Metadata:
     """Stop the VM: an ACPI power-down with `timeout` seconds to act on it (only when
-    the guest is Running or Paused: during boot nothing in the guest could), then
+    the guest is Running: during boot or while Paused nothing in the guest could), then
     QMP quit, SIGTERM, SIGKILL.  Stopping a stopped instance does nothing.  `by`
-    goes into the recorded VMM exit ("SIGTERM by kindling stop")."""
+    goes into the recorded VMM exit ("SIGTERM by kindling stop").  The instance's
+    snapshot, if any, is dropped: a Standby instance becomes Stopped."""
     meta = await observe(instance)
     if meta.state in (State.STOPPED, State.STANDBY):
-        return meta
-    graceful = timeout if meta.state in (State.RUNNING, State.PAUSED) else 0.0
+        snapshot.drop(instance)
+        return await observe(instance) if meta.state is State.STANDBY else meta
+    graceful = timeout if meta.state is State.RUNNING else 0.0
     how = await vmm.stop(instance, graceful=graceful)
+    snapshot.drop(instance)
     async with metadata.update(instance) as meta:
         await _observe_locked(instance, meta)
         if how is not None:

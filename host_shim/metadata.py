@@ -52,6 +52,7 @@ class Metadata:
     options: dict = field(default_factory=dict)  # create's options (options.to_json)
     # early-boot watchdog relaunches (host_shim/watchdog.py): {"boot", "at", "requested", "reason"}
     relaunches: list[dict] = field(default_factory=list)
+    restored_at: int | None = None        # host ns: this boot was last restored from a snapshot
 
     # -- timeline --
 
@@ -94,7 +95,7 @@ class Metadata:
             "events": [{"name": e.name, "at": e.at} for e in self.events],
             "time_to_running": self.time_to_running, "vmm_exit": self.vmm_exit,
             "logs_final": self.logs_final, "options": self.options,
-            "relaunches": self.relaunches,
+            "relaunches": self.relaunches, "restored_at": self.restored_at,
         }
 
     @classmethod
@@ -114,6 +115,7 @@ class Metadata:
             time_to_running=obj.get("time_to_running"), vmm_exit=obj.get("vmm_exit"),
             logs_final=bool(obj.get("logs_final")), options=dict(obj.get("options") or {}),
             relaunches=list(obj.get("relaunches") or []),
+            restored_at=obj.get("restored_at"),
         )
 
 

@@ -64,6 +64,13 @@ def create(instance_id: str) -> Network:
     return net
 
 
+def ensure(instance_id: str) -> None:
+    """The instance's namespace and tap, made again if they are gone (e.g. /run was
+    cleared by a host reboot while the instance was in standby)."""
+    if not os.path.exists(f"/run/netns/{namespace_for(instance_id)}"):
+        create(instance_id)
+
+
 def destroy(namespace: str) -> None:
     """Delete the namespace (and the tap in it); a missing one is fine."""
     _ip(["ip", "netns", "del", namespace], check=False)

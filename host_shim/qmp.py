@@ -1,7 +1,9 @@
 """A minimal QMP (QEMU Machine Protocol) client over the instance's unix socket."""
 
+import array
 import json
 import os
+import socket
 
 import trio
 
@@ -41,7 +43,10 @@ class QMPClient:
 
     async def _receive(self) -> dict:
         while b"\n" not in self._buffer:
-            chunk = await self._stream.receive_some(65536)
+            try:
+                chunk = await self._stream.receive_some(65536)
+            except (OSError, trio.BrokenResourceError) as e:
+                raise QMPError(f"QMP connection lost ({e})") from None
             if not chunk:
                 raise QMPError("QMP connection closed")
             self._buffer += chunk
@@ -55,7 +60,13 @@ class QMPClient:
         message = {"execute": command}
         if arguments:
             message["arguments"] = arguments
-        await self._stream.send_all(json.dumps(message).encode() + b"\n")
+        try:
+            await self._stream.send_all(json.dumps(message).encode() + b"\n")
+        except (OSError, trio.BrokenResourceError) as e:
+            raise QMPError(f"QMP {command} failed: connection lost ({e})") from None
+        return await self._reply(command)
+
+    async def _reply(self, command: str):
         while True:
             reply = await self._receive()
             if "event" in reply:
@@ -64,6 +75,20 @@ class QMPClient:
                 err = reply["error"]
                 raise QMPError(f"QMP {command} failed: {err.get('desc', err)}")
             return reply.get("return")
+
+    async def send_fd(self, name: str, fd: int) -> None:
+        """QMP `getfd`: hand QEMU the open file descriptor `fd` under `name` (SCM_RIGHTS
+        ancillary data on the command's own message), for a later `fd:NAME` URI.  The
+        name belongs to this connection's monitor: use it on the same client."""
+        message = json.dumps({"execute": "getfd", "arguments": {"fdname": name}}).encode()
+        rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]).tobytes())]
+        try:
+            sent = await self._stream.socket.sendmsg([message + b"\n"], rights)
+        except OSError as e:
+            raise QMPError(f"QMP getfd failed: connection lost ({e})") from None
+        if sent != len(message) + 1:
+            raise QMPError(f"QMP getfd: short write ({sent} of {len(message) + 1} bytes)")
+        await self._reply("getfd")
 
     async def aclose(self) -> None:
         await self._stream.aclose()

@@ -68,7 +68,7 @@ class Observation:
     program_started: bool = False   # HYPEMAN-PROGRAM-START seen (with a valid ts)
     agent_ready: bool = False       # HYPEMAN-AGENT-READY seen (with a valid ts)
     agent_skipped: bool = False     # config.json skip_guest_agent
-    snapshot: bool = False          # a snapshot exists (Kindling has none yet)
+    snapshot: bool = False          # a snapshot exists (host_shim/snapshot.py `exists`)
 
 
 ANY = None
@@ -197,7 +197,13 @@ def require_running(ref: str, state: State, operation: str = "this operation") -
     if state in (State.INITIALIZING, State.CREATED):
         raise NotRunning(f"instance {ref} is {state}; try `kindling wait {ref} --for running`",
                          hint=f"{operation} needs a Running guest", state=state)
-    if state in (State.STOPPED, State.SHUTDOWN, State.STANDBY):
+    if state is State.STANDBY:
+        raise NotRunning(f"instance {ref} is Standby; restore it with `kindling restore {ref}`",
+                         hint=f"{operation} needs a Running guest", state=state)
+    if state is State.PAUSED:
+        raise NotRunning(f"instance {ref} is Paused; resume it with `kindling resume {ref}`",
+                         hint=f"{operation} needs a Running guest", state=state)
+    if state in (State.STOPPED, State.SHUTDOWN):
         raise NotRunning(f"instance {ref} is {state}; start it with `kindling start {ref}`",
                          hint=f"{operation} needs a Running guest", state=state)
     raise NotRunning(f"instance {ref} is {state}; {operation} needs a Running guest",

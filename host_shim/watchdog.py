@@ -83,8 +83,10 @@ class EarlyBootWatchdog:
     @classmethod
     def for_boot(cls, meta: Metadata) -> "EarlyBootWatchdog":
         bound = float(meta.options.get("early_boot_timeout", EARLY_BOOT_TIMEOUT))
+        # A restored boot is past its kernel's start: the watchdog has nothing to watch.
         return cls(boot=meta.boot, started_ns=guest_started_ns(meta), bound=bound,
-                   armed=bound > 0 and relaunches_of_request(meta) < MAX_RELAUNCHES)
+                   armed=bound > 0 and relaunches_of_request(meta) < MAX_RELAUNCHES
+                   and meta.restored_at is None)
 
     def see(self, batch: follow.Batch) -> None:
         self.console_lines += len(batch.lines)

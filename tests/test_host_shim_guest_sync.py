@@ -4,6 +4,7 @@ in-process agent (its system calls replaced) serves the instance's agent socket.
 import shutil
 import socket
 import tempfile
+import types
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from agent.server import Agent
 from host_shim import agent_ops, guest_sync
 from host_shim.errors import KindlingError
 from host_shim.instance import Instance
+from host_shim.state import State
 
 
 @pytest.fixture
@@ -111,6 +113,11 @@ async def test_exec_whose_vm_goes_away(instance, monkeypatch):
         return instance
 
     monkeypatch.setattr(agent_ops, "_running", running)
+
+    async def standby(instance):    # no VM behind this instance: what a standby leaves
+        return types.SimpleNamespace(name="i-sync", state=State.STANDBY)
+
+    monkeypatch.setattr(agent_ops.lifecycle, "observe", standby)
     agent = Agent(base_env={})
     vm_gone = trio.CancelScope()
     first = True
@@ -136,6 +143,7 @@ async def test_exec_whose_vm_goes_away(instance, monkeypatch):
                                          stdout=on_output)
             after = await agent_ops.run_exec("i-sync", ["echo", "again"])
             nursery.cancel_scope.cancel()
-    assert "exec sh in i-sync: the instance's VM went away (standby or stop) during exec" in str(info.value)
-    assert "connection to the agent lost: the peer disconnected" in info.value.hint
+    assert "connection to the agent lost: the peer disconnected" in str(info.value)
+    assert "the instance stopped running while the session was open (instance i-sync is now Standby)" \
+        in str(info.value)
     assert after.code == 0 and after.stdout == b"again\n"

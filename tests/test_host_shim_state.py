@@ -176,7 +176,8 @@ def test_guard_refuses_while_initializing():
     (S.CREATED, "try `kindling wait vm1 --for running`"),
     (S.STOPPED, "start it with `kindling start vm1`"),
     (S.SHUTDOWN, "start it with `kindling start vm1`"),
-    (S.PAUSED, "copy needs a Running guest"),
+    (S.PAUSED, "resume it with `kindling resume vm1`"),
+    (S.STANDBY, "restore it with `kindling restore vm1`"),
     (S.UNKNOWN, "copy needs a Running guest"),
 ])
 def test_guard_other_states(state, advice):
