@@ -31,7 +31,10 @@ and default/floor (target <= 1.5), the PID 1 stage breakdown of one default
 run (KINDLING-STAGE lines, bench/boot.py's parser) and where the headers
 install ran in one baseline run.
 
-    .venv/bin/python bench/create_running.py [--runs 5] [--json FILE]
+    .venv/bin/python bench/create_running.py [--runs 5] [--variants baseline,default,floor] [--json FILE]
+
+`--variants` picks and orders the variants; `early` is `default` with the agent
+forked before PID 1's imports (`--kernel-arg kindling_agent_fork=early`, issue 14).
 
 `--runs 1` is the CI smoke run.
 """
@@ -58,6 +61,7 @@ from image_build.run import CommandError, run  # noqa: E402
 from tests.vm import qemu_pids_using  # noqa: E402
 
 VARIANTS = ("baseline", "default", "floor")
+EXTRA_VARIANTS = ("early",)  # default, the agent forked before PID 1's imports (issue 14)
 VOLUMES = (("v1", "/data1"), ("v2", "/data2"))
 VOLUME_SIZE = "64M"
 PROGRAM = ("sleep", "3600")
@@ -91,6 +95,8 @@ def create_argv(variant, name, floor):
         argv += ["--agent", "serial"]
     if variant == "baseline":
         argv += ["--kernel-arg", "kindling_strategy=baseline"]
+    if variant == "early":
+        argv += ["--kernel-arg", "kindling_agent_fork=early"]
     return [*argv, "--", *PROGRAM]
 
 
@@ -149,8 +155,8 @@ def cleanup(home):
     shutil.rmtree(home, ignore_errors=True)
 
 
-def measure(runs, floor):
-    results = {v: [] for v in VARIANTS}
+def measure(runs, floor, variants=VARIANTS):
+    results = {v: [] for v in variants}
     home = Path(tempfile.mkdtemp(prefix="kcr-", dir="/tmp"))
     try:
         for image, _ in VOLUMES:
@@ -158,7 +164,7 @@ def measure(runs, floor):
         for variant in ("default", "floor"):   # builds/caches images, warms the page cache
             one_run(home, variant, f"warm-{variant}", floor)
         for i in range(runs):
-            for variant in VARIANTS:
+            for variant in variants:
                 r = one_run(home, variant, f"{variant[0]}{i}", floor)
                 results[variant].append(r)
                 print(f"run {i + 1}/{runs} {variant:8}: wall {r['wall_s']:6.2f} s, "
@@ -173,57 +179,86 @@ def stage_table(stages):
     return [f"  {name:16} {start:8.3f} {end - start:9.3f}" for name, (start, end) in rows]
 
 
+def ratio_lines(med):
+    """The target ratios, for the variants measured; {name: value} beside."""
+    lines, ratios = [], {}
+    if "baseline" in med and "default" in med:
+        ratios["ratio_baseline_over_default"] = r = med["baseline"] / med["default"]
+        lines.append(f"baseline / default = {r:.2f}x   (target >= {TARGET_SPEEDUP}x: "
+                     f"{'met' if r >= TARGET_SPEEDUP else 'MISSED'})")
+    for v in ("default", "early"):
+        if v in med and "floor" in med:
+            ratios[f"ratio_{v}_over_floor"] = r = med[v] / med["floor"]
+            lines.append(f"{v + ' / floor':18} = {r:.2f}x   (target <= {TARGET_FLOOR}x: "
+                         f"{'met' if r <= TARGET_FLOOR else 'MISSED'})")
+    return lines, ratios
+
+
 def report(results, runs, argv_shown):
-    walls = {v: [r["wall_s"] for r in results[v]] for v in VARIANTS}
-    hosts = {v: [r["time_to_running_s"] for r in results[v]] for v in VARIANTS}
-    med = {v: statistics.median(walls[v]) for v in VARIANTS}
-    host_med = {v: statistics.median(hosts[v]) for v in VARIANTS}
+    walls = {v: [r["wall_s"] for r in per_run] for v, per_run in results.items()}
+    med = {v: statistics.median(w) for v, w in walls.items()}
+    host_med = {v: statistics.median([r["time_to_running_s"] for r in per_run])
+                for v, per_run in results.items()}
     lines = [f"create -> Running: {runs} run(s) per variant, interleaved, TCG, --net + 2 volumes (rw), "
              f"agent serial (floor: none)",
              f"{'variant':10} {'median':>8} {'min':>8} {'max':>8}   {'host time_to_running median':>28}"]
-    for v in VARIANTS:
+    for v in results:
         m, lo, hi = summary(walls[v])
         lines.append(f"{v:10} {m:8.2f} {lo:8.2f} {hi:8.2f}   {host_med[v]:28.2f}")
-    speedup, floor_ratio = med["baseline"] / med["default"], med["default"] / med["floor"]
-    lines += ["",
-              f"baseline / default = {speedup:.2f}x   (target >= {TARGET_SPEEDUP}x: "
-              f"{'met' if speedup >= TARGET_SPEEDUP else 'MISSED'})",
-              f"default / floor    = {floor_ratio:.2f}x   (target <= {TARGET_FLOOR}x: "
-              f"{'met' if floor_ratio <= TARGET_FLOOR else 'MISSED'})"]
-    default_run = results["default"][len(results["default"]) // 2]
-    lines += ["", "PID 1 stages of one default run (guest clock, s):",
-              f"  {'stage':16} {'start':>8} {'duration':>9}", *stage_table(default_run["stages"])]
-    base = results["baseline"][0]["stages"]
-    if "headers-wait" in base and "program-start" in base:
-        spawn, wait = base.get("headers-spawn", base["headers-wait"]), base["headers-wait"]
-        lines += ["", f"baseline headers install (run 1, guest clock): {spawn[0]:.3f} -> {wait[1]:.3f} s "
-                      f"({wait[1] - spawn[0]:.2f} s), after the network ({base['network'][1]:.3f}) and "
-                      f"volumes ({base['volumes'][1]:.3f}), before the agent gate "
-                      f"({base['agent'][0]:.3f}) and PROGRAM-START ({base['program-start'][1]:.3f})"]
+    ratios_text, ratios = ratio_lines(med)
+    lines += ["", *ratios_text]
+    for v in ("default", "early"):
+        if v in results:
+            one = results[v][len(results[v]) // 2]
+            lines += ["", f"PID 1 stages of one {v} run (guest clock, s):",
+                      f"  {'stage':16} {'start':>8} {'duration':>9}", *stage_table(one["stages"])]
+    if "baseline" in results:
+        lines += baseline_headers_lines(results["baseline"][0]["stages"])
     lines += ["", f"reproduce: {shlex.join(argv_shown)}"]
-    return "\n".join(lines), {"median_wall_s": med, "median_time_to_running_s": host_med,
-                              "ratio_baseline_over_default": speedup,
-                              "ratio_default_over_floor": floor_ratio}
+    return "\n".join(lines), {"median_wall_s": med, "median_time_to_running_s": host_med, **ratios}
+
+
+def baseline_headers_lines(base):
+    if "headers-wait" not in base or "program-start" not in base:
+        return []
+    spawn, wait = base.get("headers-spawn", base["headers-wait"]), base["headers-wait"]
+    return ["", f"baseline headers install (run 1, guest clock): {spawn[0]:.3f} -> {wait[1]:.3f} s "
+                f"({wait[1] - spawn[0]:.2f} s), after the network ({base['network'][1]:.3f}) and "
+                f"volumes ({base['volumes'][1]:.3f}), before the agent gate "
+                f"({base['agent'][0]:.3f}) and PROGRAM-START ({base['program-start'][1]:.3f})"]
+
+
+def parse_variants(text):
+    variants = tuple(v for v in text.split(",") if v)
+    unknown = [v for v in variants if v not in VARIANTS + EXTRA_VARIANTS]
+    if unknown or not variants:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a comma-separated list of "
+                                         f"{', '.join(VARIANTS + EXTRA_VARIANTS)}")
+    return variants
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=5, help="runs per variant (default: %(default)s)")
+    ap.add_argument("--variants", type=parse_variants, default=VARIANTS,
+                    help="comma-separated, in the order run (default: baseline,default,floor)")
     ap.add_argument("--json", type=Path, help="write every raw number to FILE")
     args = ap.parse_args(argv)
     if args.runs < 1:
         ap.error("--runs must be at least 1")
     floor = floor_initrd()
     try:
-        results, home = measure(args.runs, floor)
+        results, home = measure(args.runs, floor, args.variants)
     except BenchError as e:
         raise SystemExit(f"create_running: {e}") from None
     shown = [os.path.relpath(sys.executable, ROOT), "bench/create_running.py", "--runs", str(args.runs)]
+    if args.variants != VARIANTS:
+        shown += ["--variants", ",".join(args.variants)]
     text, summary_numbers = report(results, args.runs, shown)
     print(text)
     if args.json:
         args.json.write_text(json.dumps({"runs": args.runs, "kindling_home": str(home), "variants": {
-            v: {"create_argv": create_argv(v, "NAME", floor), "per_run": results[v]} for v in VARIANTS},
+            v: {"create_argv": create_argv(v, "NAME", floor), "per_run": results[v]} for v in results},
             **summary_numbers}, indent=2))
 
 

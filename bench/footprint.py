@@ -110,9 +110,11 @@ def print_initrd(fp):
 # ---------------------------------------------------------------------------
 # memory of PID 1 and the agent
 
-# Finds the agent by its command line (initsys/helpers.py starts `-c ... agent_boot ...`);
-# the bracket keeps this script's own command line from matching.
-FIND_AGENT = "grep -l 'agent_[b]oot' /proc/[0-9]*/cmdline"
+# Finds the agent: forked from PID 1, by the name it sets (initsys/agent_gate.PROCESS_NAME, in
+# /proc/PID/comm); started as its own interpreter (before issue 14), by its command line
+# (`-c ... agent_boot ...`).  The brackets keep this script's own command line from matching.
+FIND_AGENT = ("grep -lx 'kindling-agen[t]' /proc/[0-9]*/comm;"
+              " grep -l 'agent_[b]oot' /proc/[0-9]*/cmdline; true")
 
 
 def parse_rollup(text):

@@ -72,6 +72,16 @@ DEFAULT_GUEST_MODULES = [
     "msgpack",
 ]
 
+# Traced, but left out of the initrd: the only users of libssl and libcrypto (5.3 MiB).  The
+# initrd's `ssl` is a stand-in (SSL_STANDIN, which says why); hashlib falls back to the
+# interpreter's built-in hashes.
+NOT_STAGED = {
+    "lib-dynload/_ssl.cpython-311-x86_64-linux-gnu.so",
+    "lib-dynload/_hashlib.cpython-311-x86_64-linux-gnu.so",
+    "ssl.py",
+}
+SSL_STANDIN = Path("initsys") / "ssl_standin.py"
+
 # Kindling's own guest packages, copied from the repo (.py files only).
 KINDLING_PACKAGES = ["initsys", "agent", "systemd_units"]
 # Besides their .py files, the guest packages carry these data files (systemd_units/*.service).
@@ -469,29 +479,8 @@ def strip_extensions(tree: Path) -> int:
     return saved
 
 
-def stage_runtime(stage_root: Path, site: Path, repo_root: Path, work: Path,
-                  init_script: Path | None) -> Runtime:
-    check_guest_python()
-    stager = Stager(stage_root)
-    make_merged_usr(stage_root)
-    stager.add(GUEST_PYTHON)
-
-    # /usr/lib/kindling: third-party packages + Kindling's guest packages
-    kdir = stage_root / INITRD_KINDLING
-    kdir.mkdir(parents=True, exist_ok=True)
-    _copy_site(site, kdir)
-    saved = strip_extensions(kdir)
-    if saved:
-        log.info(f"stripped the packages' extension modules: {log.human_size(saved)} less")
-    for pkg in KINDLING_PACKAGES:
-        src = repo_root / pkg
-        if not (src / "__init__.py").is_file():
-            raise BuildError(f"{src}/__init__.py not found: Kindling's guest package {pkg!r} is missing from the repo")
-        if (kdir / pkg).exists():
-            raise BuildError(f"a third-party package also provides {pkg!r}; refusing to overwrite it")
-        _copy_py_tree(src, kdir / pkg)
-
-    # which stdlib modules are needed
+def traced_stdlib(kdir: Path, repo_root: Path, work: Path, init_script: Path | None) -> tuple[Trace, set[str]]:
+    """The import trace, and the stdlib files (relative to the stdlib dir) the guest needs."""
     modules = guest_modules(repo_root)
     optional: set[str] = set()
     if init_script is not None:
@@ -517,6 +506,37 @@ def stage_runtime(stage_root: Path, site: Path, repo_root: Path, work: Path,
     stdlib_rel.add("os.py")
     for p in (HOST_STDLIB / "encodings").glob("*.py"):
         stdlib_rel.add(os.path.relpath(p, HOST_STDLIB))
+    return trace, stdlib_rel - NOT_STAGED
+
+
+def stage_ssl_standin(stage_root: Path, repo_root: Path) -> None:
+    """The initrd's `ssl` is initsys/ssl_standin.py (it says why): TLS is never used in the guest."""
+    shutil.copyfile(repo_root / SSL_STANDIN, stage_root / INITRD_STDLIB / "ssl.py")
+
+
+def stage_runtime(stage_root: Path, site: Path, repo_root: Path, work: Path,
+                  init_script: Path | None) -> Runtime:
+    check_guest_python()
+    stager = Stager(stage_root)
+    make_merged_usr(stage_root)
+    stager.add(GUEST_PYTHON)
+
+    # /usr/lib/kindling: third-party packages + Kindling's guest packages
+    kdir = stage_root / INITRD_KINDLING
+    kdir.mkdir(parents=True, exist_ok=True)
+    _copy_site(site, kdir)
+    saved = strip_extensions(kdir)
+    if saved:
+        log.info(f"stripped the packages' extension modules: {log.human_size(saved)} less")
+    for pkg in KINDLING_PACKAGES:
+        src = repo_root / pkg
+        if not (src / "__init__.py").is_file():
+            raise BuildError(f"{src}/__init__.py not found: Kindling's guest package {pkg!r} is missing from the repo")
+        if (kdir / pkg).exists():
+            raise BuildError(f"a third-party package also provides {pkg!r}; refusing to overwrite it")
+        _copy_py_tree(src, kdir / pkg)
+
+    trace, stdlib_rel = traced_stdlib(kdir, repo_root, work, init_script)
     for rel in sorted(stdlib_rel):
         if "site-packages" in rel or "dist-packages" in rel:
             raise BuildError(f"refusing to stage {HOST_STDLIB / rel}: not part of the stdlib")
@@ -535,6 +555,8 @@ def stage_runtime(stage_root: Path, site: Path, repo_root: Path, work: Path,
     elf_files = [p for p in stage_root.rglob("*") if p.is_file() and not p.is_symlink() and _is_elf(p)]
     with log.step(f"Resolving shared libraries of {len(elf_files)} ELF files"):
         libs = stage_libraries(stager, sorted(elf_files))
+
+    stage_ssl_standin(stage_root, repo_root)
 
     # sourceless bytecode
     with log.step("Compiling bytecode"):

@@ -16,6 +16,7 @@ every 100 ms (`release_and_poll`), with the same 30 s limit, and ignores the byt
 import json
 import os
 import signal
+import time
 
 from initsys import console, control, helpers, protocol
 
@@ -24,6 +25,12 @@ BASELINE_POLL_INTERVAL = 0.1  # baseline only: a naive implementation's poll int
 READY_FILE = "/run/kindling/agent.ready"  # inside the new root (its /run is a tmpfs)
 SERIAL_NAME = "org.kindling.agent.0"
 VSOCK_PORT = 2222
+PROCESS_NAME = "kindling-agent"  # its /proc/PID/comm (the cmdline is PID 1's: it is forked)
+
+
+def import_agent():
+    """PID 1, before forking the agent: everything its serve() needs."""
+    import agent.main  # noqa: F401
 
 
 class AgentFailed(OSError):
@@ -39,26 +46,29 @@ def transport_from_cmdline(environ=os.environ):
 
 
 class AgentProcess:
-    """The agent child: a deferred helper (initsys/helpers.py) spawned early, before
-    trio, and released or cancelled once the config is known."""
+    """The agent child: forked from PID 1 (initsys/zygote.py, initsys/agent_boot.py),
+    blocked on its `go` pipe until released or cancelled once the config is known.
+    Fork before trio.run(), with agent.main imported (import_agent) unless no other
+    thread runs yet (the child then imports it itself)."""
 
     def __init__(self, reaper):
+        from initsys import agent_boot, zygote
+
         self._ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+        go_r, go_w = os.pipe2(os.O_CLOEXEC)
         console = os.open("/dev/console", os.O_WRONLY | os.O_NOCTTY | os.O_CLOEXEC) \
             if os.path.exists("/dev/console") else None
-        env = {"KINDLING_READY_FD": str(ready_w), "KINDLING_READY_FILE": READY_FILE,
-               "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
-        if os.environ.get("kindling_agent_fault"):  # test hook, from the kernel command line
-            env["KINDLING_AGENT_FAULT"] = os.environ["kindling_agent_fault"]
+        fault = os.environ.get("kindling_agent_fault")  # test hook, from the kernel command line
         try:
-            self.helper = helpers.launch(reaper, "agent_boot", deferred=True, env=env,
-                                         pass_fds=(ready_w,), stdout=console, stderr=console,
-                                         new_session=True)
+            self.pid = zygote.fork(
+                reaper, lambda: agent_boot.run(go_r, ready_w, READY_FILE, fault),
+                keep_fds=(go_r, ready_w), stdout=console, stderr=console,
+                env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}, name=PROCESS_NAME)
         finally:
-            os.close(ready_w)
-            if console is not None:
-                os.close(console)
-        self.pid = self.helper.popen.pid
+            for fd in (ready_w, go_r, console):
+                if fd is not None:
+                    os.close(fd)
+        self.helper = helpers.Helper("agent", None, time.monotonic(), go_w)
         self.announce = False      # whether PID 1 prints AGENT-READY (set on release)
 
     def cancel(self):

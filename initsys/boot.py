@@ -36,6 +36,14 @@ class Boot:
     def agent_on(self):
         return self.agent_mode != "off"
 
+    def agent_forks_early(self):
+        """Measurement switch (issue 14): `kindling_agent_fork=early` forks the agent
+        before PID 1's imports (it imports alone); by default it forks after them."""
+        return self.agent_on() and self.environ.get("kindling_agent_fork") == "early"
+
+    def agent_forks_late(self):
+        return self.agent_on() and not self.agent_forks_early()
+
     def agent_on_serial(self):
         return self.agent_mode == "serial"
 
@@ -66,9 +74,17 @@ class Boot:
             from initsys import control
             control.expect()
 
+    def import_trio(self):
+        from initsys import deferred
+        deferred.defer()  # ssl, hmac: imported by trio, never used by PID 1
+        import trio  # noqa: F401
+        if self.agent_forks_late():
+            from initsys import agent_gate
+            agent_gate.import_agent()  # shared with the agent forked next
+
     def spawn_agent(self):
         from initsys.agent_gate import AgentProcess
-        self.agent = AgentProcess(self.reaper)  # imports trio + the agent on the other vCPU meanwhile
+        self.agent = AgentProcess(self.reaper)  # forked from PID 1 (initsys/zygote.py)
 
     def _network_helper(self):
         if self.network is None:
@@ -112,11 +128,15 @@ class Boot:
         self.cfg = config.load(self._disks["config"])
         config.warn(self.cfg)
         self.strategy = stages.strategy_of(self.cfg, self.environ)
-        if self.agent is None and not self.cfg.skip_guest_agent:
+        if not self.agent_on() and not self.cfg.skip_guest_agent:
             raise OSError("the agent is disabled on the kernel command line (kindling_agent=off)"
                           " but config.json does not set skip_guest_agent")
+
+    def settle_agent(self):
+        """The config and the forked agent are both known (after setup-join): let it go
+        if it is not wanted.  It only waits on its `go` pipe until then."""
         if self.agent is not None and self.systemd_mode():
-            self.agent.kill()    # systemd starts its own from the unit: spare the CPU now
+            self.agent.kill()    # systemd starts its own from the unit
         elif self.agent is not None and self.cfg.skip_guest_agent:
             self.agent.cancel()  # not wanted: it exits
 
@@ -148,6 +168,7 @@ class Boot:
         await trio.to_thread.run_sync(self.setup.join)
         if self.setup.error is not None:
             raise self.setup.error
+        self.settle_agent()
 
     async def volumes_and_network(self):
         from initsys import stages

@@ -108,6 +108,13 @@ def attach(fd):
             _write(line)
 
 
+def forget():
+    """A child forked from PID 1 (initsys/zygote.py): the port and its backlog are PID 1's,
+    and its lock may be held by a thread that does not exist in the child."""
+    global _lock, _fd, _backlog
+    _lock, _fd, _backlog = threading.Lock(), None, None
+
+
 def descriptor():
     """The open control descriptor, or None (to pass to a helper)."""
     return _fd

@@ -22,7 +22,7 @@ def steps(b):
     stage for FATAL lines without printing a KINDLING-STAGE line."""
     return (
         Step(MAIN, "mounts", mounts.mount_basic),                      # /proc /sys /dev /run ...
-        Step(MAIN, "agent-spawn", b.spawn_agent, when=b.agent_on),      # it imports on the other vCPU
+        Step(MAIN, "agent-spawn", b.spawn_agent, when=b.agent_forks_early),  # then it imports alone
         Step(MAIN, "network-spawn", b.prestart_network, when=b.network_hinted),  # kindling_net=1
         Step(SETUP, "modules", b.load_modules),
         Step(SETUP, "disks", b.wait_for_disks),
@@ -33,7 +33,8 @@ def steps(b):
         Step(SETUP, "newroot", mounts.bind_into_newroot),
         Step(SETUP, "network", b.settle_network, line=False),           # launch its helper now if it may
         Step(SETUP, ("kernel", "python"), b.time_kernel_and_python),
-        Step(MAIN, "imports", import_trio),                            # overlaps the SETUP thread
+        Step(MAIN, "imports", b.import_trio),                          # overlaps the SETUP thread
+        Step(MAIN, "agent-spawn", b.spawn_agent, when=b.agent_forks_late),  # forked: shares the imports
         Step(TRIO, "setup-join", b.join_setup),
         Step(TRIO, ("volumes", "network"), b.volumes_and_network),     # concurrently (initsys/stages.py)
         Step(TRIO, "units", b.install_units, when=b.systemd_mode),
@@ -43,12 +44,6 @@ def steps(b):
         Step(TRIO, "program", b.run_program, when=b.exec_mode, line=False),  # prints program-start
         Step(MAIN, "systemd", b.switch_root, when=b.systemd_mode, line=False),  # never returns
     )
-
-
-def import_trio():
-    from initsys import deferred
-    deferred.defer()  # ssl, hmac: imported by trio, never used by PID 1
-    import trio  # noqa: F401
 
 
 def main(t0):

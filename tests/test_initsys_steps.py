@@ -202,7 +202,7 @@ def test_the_steps_name_every_stage_in_order():
     for step in boot_steps():
         names += list(step.name) if isinstance(step.name, tuple) else [step.name]
     assert names == ["mounts", "agent-spawn", "network-spawn", "modules", "disks", "ports", "control", "rootfs",
-                     "config", "newroot", "network", "kernel", "python", "imports", "setup-join",
+                     "config", "newroot", "network", "kernel", "python", "imports", "agent-spawn", "setup-join",
                      "volumes", "network", "units", "headers-spawn", "headers-wait", "agent",
                      "program", "systemd"]
     where = {step.name: step.where for step in boot_steps()}
@@ -243,9 +243,11 @@ def read_config(monkeypatch, config, agent, environ=None):
 @pytest.mark.parametrize("config, fate", [
     ({}, "kept"), ({"init_mode": "systemd"}, "killed"), ({"skip_guest_agent": True}, "cancelled"),
 ])
-def test_the_config_step_settles_the_agent(monkeypatch, config, fate):
+def test_the_agent_is_settled_once_config_and_agent_are_known(monkeypatch, config, fate):
     agent = FakeAgent()
     b = read_config(monkeypatch, config, agent)
+    assert agent.fate == "kept"  # the agent may be forked after the config: setup-join settles it
+    b.settle_agent()
     assert agent.fate == fate
     assert b.agent_gates_program() is (fate == "kept")
 
