@@ -138,6 +138,46 @@ def test_standby_ends_qemu_and_restore_continues_the_program(guest):
     assert (snapshot_dir(guest) / "restored.json").exists()    # kept until the next standby
 
 
+def guest_clock_error(home) -> float:
+    """How far the guest's wall clock is from the host's (s), read with busybox adjtimex
+    (its `date` has no %N), bracketed by the host's clock around the exec."""
+    before = time.time()
+    out = kindling(home, "exec", "snap", "--", "adjtimex").stdout
+    after = time.time()
+    sec, usec = (int(re.search(rf"time\.tv_{f}:\s+(\d+)", out).group(1)) for f in ("sec", "usec"))
+    guest = sec + usec / 1e6
+    return 0.0 if before <= guest <= after else min(abs(guest - before), abs(guest - after))
+
+
+def guest_random(home) -> str:
+    return kindling(home, "exec", "snap", "--", "od", "-An", "-tx1", "-N32", "/dev/urandom").stdout
+
+
+def test_two_restores_of_one_snapshot_diverge_and_set_the_clock(guest):
+    """Restore a snapshot, end that QEMU, restore a copy of the same snapshot: the two
+    guests read different bytes from /dev/urandom, and each one's clock is the host's."""
+    assert kindling_json(guest, "standby", "snap")["state"] == "Standby"
+    saved_at = time.monotonic()
+    here = snapshot_dir(guest)
+    copy = here.with_name("snapshot.copy")
+    subprocess.run(["cp", "-a", "--sparse=always", here, copy], check=True, timeout=120)
+    # the condition under test, not a synchronization: without the host's time the
+    # guest's clock would now be >= 3 s behind (its clock stood still in Standby)
+    time.sleep(max(0.0, 3 - (time.monotonic() - saved_at)))
+    assert kindling_json(guest, "restore", "snap")["state"] == "Running"
+    assert guest_clock_error(guest) < 1.0
+    first = guest_random(guest)
+    os.kill(kindling_json(guest, "inspect", "snap")["pid"], 9)
+    eventually(lambda: state(guest) == "Stopped", "Stopped after QEMU was killed", timeout=60)
+    subprocess.run(["rm", "-rf", here], check=True, timeout=60)
+    os.rename(copy, here)
+    assert state(guest) == "Standby"
+    assert kindling_json(guest, "restore", "snap")["state"] == "Running"
+    assert guest_clock_error(guest) < 1.0
+    second = guest_random(guest)
+    assert len(first.split()) == 32 and first != second
+
+
 def test_truncated_snapshot_is_refused_and_a_lost_namespace_is_rebuilt(guest):
     assert kindling_json(guest, "standby", "snap")["state"] == "Standby"
     r = kindling(guest, "standby", "snap", check=False)
