@@ -284,7 +284,7 @@ def rewrite_argv(argv: list[str], old: Instance, new: Instance) -> list[str]:
     return out
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
+def link_or_copy(src: Path, dst: Path) -> None:
     try:
         os.link(src, dst)
     except OSError:             # another filesystem, or no hard links there
@@ -299,7 +299,7 @@ def copy_to(source: Instance, fork: Instance) -> Record:
     record = verify(source)
     p = paths(fork)
     p.dir.mkdir(parents=True, exist_ok=True)
-    _link_or_copy(paths(source).vmstate, p.vmstate)
+    link_or_copy(paths(source).vmstate, p.vmstate)
     argv = rewrite_argv(record.argv, source, fork)
     forked = Record(argv=argv, machine=record.machine, qemu_version=record.qemu_version,
                     vmstate_size=record.vmstate_size,
