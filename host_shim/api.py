@@ -25,7 +25,7 @@ from pathlib import Path
 
 import trio
 
-from . import agent_ops, api_args, images, lifecycle, metadata, options, runner, standby, volumes
+from . import agent_ops, api_args, fork, images, lifecycle, metadata, options, runner, standby, volumes
 from .agent_client import CopyResult, ExecResult, StatResult
 from .errors import die, kindling_error_in
 from .info import InstanceInfo
@@ -108,6 +108,14 @@ class Kindling:
         """Standby -> Running from the snapshot (kept until the next standby, stop, delete)."""
         instance = self._resolve(ref)
         return InstanceInfo.of(instance, self._call(standby.restore, instance))
+
+    def fork(self, ref: str, name: str, *, from_running: bool = False,
+             target_state: str | None = None) -> InstanceInfo:
+        """A new instance `name` from a Stopped or Standby one (`kindling fork`): its own
+        disks, logs, namespace and, from Standby, snapshot.  `target_state`: Running,
+        Standby or Stopped (default: the source's state)."""
+        return InstanceInfo.of(*self._call(fork.fork, ref, name, home=self.home,
+                                           from_running=from_running, target=target_state))
 
     def list(self) -> list[InstanceInfo]:
         return [InstanceInfo.of(i, m)

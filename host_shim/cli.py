@@ -23,7 +23,7 @@ import trio
 
 from initsys import protocol
 
-from . import (agent_ops, chart, events, image_cli, lifecycle, metadata, options, runner, sizes,
+from . import (agent_ops, chart, events, fork, image_cli, lifecycle, metadata, options, runner, sizes,
                standby, volumes, watchdog)
 from .errors import (EXIT_KINDLING, KindlingError, build_errors, die, from_build_error,
                      kindling_error_in)
@@ -132,6 +132,16 @@ cmd_pause = _simple(lambda args: standby.pause)
 cmd_resume = _simple(lambda args: standby.resume)
 cmd_standby = _simple(lambda args: standby.standby)
 cmd_restore = _simple(lambda args: standby.restore)
+
+
+def cmd_fork(args: argparse.Namespace) -> int:
+    instance, meta = trio.run(partial(fork.fork, args.vm, args.name, home=_home(),
+                                      from_running=args.from_running, target=args.target_state))
+    if args.json:
+        _print_json(InstanceInfo.of(instance, meta).to_json())
+    else:
+        print(meta.name)
+    return 0
 
 
 def _ago(seconds: float) -> str:
@@ -421,6 +431,21 @@ def _add_snapshot_commands(sub) -> None:
              "Standby -> Paused -> Running: a new QEMU with the same devices and disks loads "
              "the snapshot.  The snapshot is kept until the next standby, stop or delete.")):
         _vm_argument(_command(sub, name, func, help, description=description))
+    _add_fork(sub)
+
+
+def _add_fork(sub) -> None:
+    p = _command(sub, "fork", cmd_fork, "a new instance from a Stopped or Standby one",
+                 description="A new instance with its own copy of the source's disks, logs and "
+                             "network namespace; from a Standby source, its own copy of the "
+                             "snapshot (restoring it continues the source's memory).  A rw "
+                             "volume refuses the fork.")
+    _vm_argument(p)
+    p.add_argument("--name", required=True, help="the new instance's name")
+    p.add_argument("--from-running", action="store_true",
+                   help="fork a Running source: put it in standby, fork, restore it")
+    p.add_argument("--target-state", choices=[s.value for s in fork.TARGETS], default=None,
+                   help="the fork's state (default: the source's state at fork time)")
 
 
 def _add_agent_commands(sub) -> None:

@@ -187,6 +187,21 @@ def _new_instance(home: Path, opts: options.CreateOptions, name: str | None, con
                   accel: accel_mod.Accel, requested: int) -> Instance:
     """Claim the name and make the instance's directory with its first metadata.json
     (state Stopped, no QEMU command line yet); nothing is left if that fails."""
+    def first_metadata(instance: Instance) -> Metadata:
+        command = config["entrypoint"] + config["cmd"] if isinstance(config, dict) else opts.command
+        meta = Metadata(id=instance.id, name=name or instance.id, created_at=requested,
+                        command=list(command), config=_config_value(config),
+                        agent_skipped=prepare.agent_skipped(config), argv=[],
+                        accel=accel.value, log_max_bytes=opts.log_max_size,
+                        log_keep=opts.log_files, options=options.to_json(opts))
+        meta.record_state(State.STOPPED, at_ns=requested)
+        return meta
+    return claim(home, name, first_metadata)
+
+
+def claim(home: Path, name: str | None, first_metadata: Callable[[Instance], Metadata]) -> Instance:
+    """Under the home's names lock: refuse a name in use, make a new instance directory
+    and save `first_metadata(instance)` in it; nothing is left if that fails."""
     with home_lock(home):
         if name is not None:
             for _, other in metadata.load_all(home):
@@ -195,14 +210,7 @@ def _new_instance(home: Path, opts: options.CreateOptions, name: str | None, con
                         hint=f"choose another --name, or `kindling delete {name}` first")
         instance = Instance.create(home)
         try:
-            command = config["entrypoint"] + config["cmd"] if isinstance(config, dict) else opts.command
-            meta = Metadata(id=instance.id, name=name or instance.id, created_at=requested,
-                            command=list(command), config=_config_value(config),
-                            agent_skipped=prepare.agent_skipped(config), argv=[],
-                            accel=accel.value, log_max_bytes=opts.log_max_size,
-                            log_keep=opts.log_files, options=options.to_json(opts))
-            meta.record_state(State.STOPPED, at_ns=requested)
-            metadata.save(instance, meta)
+            metadata.save(instance, first_metadata(instance))
         except BaseException:
             instance.remove()
             raise

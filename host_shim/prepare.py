@@ -50,12 +50,16 @@ def agent_args(instance: Instance, agent: str, machine: qemu.Machine,
         devices += serial_port_args("agent0", instance.agent_socket, AGENT_PORT_NAME)
         karg = "kindling_agent=serial"
     elif agent == "vsock":
-        cid = VSOCK_FIRST_CID + int(instance.id[:7], 16)
-        devices += ["-device", f"{machine.vsock_device},guest-cid={cid}"]
+        devices += ["-device", f"{machine.vsock_device},guest-cid={vsock_cid(instance.id)}"]
         karg = "kindling_agent=vsock"
     if qga:
         devices += serial_port_args("qga0", instance.qga_socket, QGA_PORT_NAME)
     return devices, karg
+
+
+def vsock_cid(instance_id: str) -> int:
+    """The instance's vsock guest CID (unique per id on the host)."""
+    return VSOCK_FIRST_CID + int(instance_id[:7], 16)
 
 
 def check_image_alone(opts: CreateOptions) -> None:
@@ -235,6 +239,16 @@ def _make_raw_config_disk(data: bytes, path: Path) -> None:
                   inodes=64)
 
 
+def make_config_img(instance: Instance, config: dict | bytes) -> Path:
+    """The instance's config disk: generated config.json, or the raw --config-json bytes."""
+    from image_build import disks
+    if isinstance(config, bytes):
+        _make_raw_config_disk(config, instance.config_img)
+    else:
+        disks.make_config_disk(config, instance.config_img)
+    return instance.config_img
+
+
 def make_disks(instance: Instance, artifacts, config: dict | bytes | None,
                opts: CreateOptions) -> tuple[qemu.Disk, ...]:
     """rootfs, overlay, config: the order and serials of PROTOCOL.md §1."""
@@ -244,11 +258,7 @@ def make_disks(instance: Instance, artifacts, config: dict | bytes | None,
         if opts.config_disk is not None:
             config_img = Path(opts.config_disk)
         else:
-            if isinstance(config, bytes):
-                _make_raw_config_disk(config, instance.config_img)
-            else:
-                disks.make_config_disk(config, instance.config_img)
-            config_img = instance.config_img
+            config_img = make_config_img(instance, config)
     # The overlay persists across stop/start.  cache=unsafe (scratch) only ignores the
     # guest's flushes: QEMU's writes still reach the host page cache, so they survive
     # QEMU being killed (not a host crash, which an instance does not survive anyway).

@@ -1,6 +1,6 @@
 """An instance's snapshot: the whole VM (RAM and device state) in one file, and the
 record of what restoring it needs.  `kindling standby`/`restore` (host_shim/standby.py)
-use it; forking instances from a snapshot (issue 12) is meant to reuse it.
+use it; `kindling fork` (host_shim/fork.py) gives a fork its own copy (`copy_to`).
 
 Layout, in the instance directory:
 
@@ -46,8 +46,11 @@ from pathlib import Path
 import trio
 
 from . import qmp
+from .prepare import vsock_cid
+from .qemu import opt_value
 from .errors import KindlingError, die, disk_full_errors
 from .instance import Instance
+from .netns import namespace_for
 
 FORMAT = 1
 FD_NAME = "kindling-snapshot"
@@ -263,3 +266,44 @@ def incoming_argv(argv: list[str]) -> list[str]:
     channel's file appended to instead of truncated (this boot's lines stay)."""
     out = [a + ",append=on" if a.startswith("file,") and "append=" not in a else a for a in argv]
     return out + ["-incoming", "defer"]
+
+
+# --- forking ------------------------------------------------------------------
+
+def rewrite_argv(argv: list[str], old: Instance, new: Instance) -> list[str]:
+    """`old`'s QEMU command line made `new`'s: its instance directory (sockets, logs,
+    pidfile, disks, images), its network namespace and -name, its vsock guest CID.  Paths
+    outside the instance directory (the rootfs of --config-disk, ro volumes) stay."""
+    out = []
+    for arg in argv:
+        arg = arg.replace(opt_value(old.dir), opt_value(new.dir))
+        if arg == namespace_for(old.id):          # `ip netns exec NS` and `-name`
+            arg = namespace_for(new.id)
+        arg = arg.replace(f"guest-cid={vsock_cid(old.id)}", f"guest-cid={vsock_cid(new.id)}")
+        out.append(arg)
+    return out
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:             # another filesystem, or no hard links there
+        shutil.copyfile(src, dst)
+
+
+def copy_to(source: Instance, fork: Instance) -> Record:
+    """Give `fork` its own snapshot of `source`'s (verified first): the vmstate hard-linked
+    (QEMU never writes it after the save, and a restore only reads it), the record with
+    its command line rewritten to the fork's directory and disks, and the fingerprints of
+    the fork's own images.  Call once the fork's disks are in place."""
+    record = verify(source)
+    p = paths(fork)
+    p.dir.mkdir(parents=True, exist_ok=True)
+    link_or_copy(paths(source).vmstate, p.vmstate)
+    argv = rewrite_argv(record.argv, source, fork)
+    forked = Record(argv=argv, machine=record.machine, qemu_version=record.qemu_version,
+                    vmstate_size=record.vmstate_size,
+                    images={i: fingerprint(i) for i in images_of(argv)},
+                    saved_at=record.saved_at)
+    _write_atomically(p.record, json.dumps(asdict(forked), indent=1) + "\n")
+    return forked
