@@ -51,26 +51,25 @@ async def _qmp(instance: Instance, command: str) -> None:
         die(f"QEMU did not answer QMP {command} within {vmm.QMP_TIMEOUT:g} s")
 
 
-async def pause(instance: Instance) -> Metadata:
-    """Running -> Paused: the guest's vCPUs stop; memory and devices stay as they are."""
+async def _flip(instance: Instance, operation: str, needs: State, command: str) -> Metadata:
+    """`operation` (pause or resume) of an instance in state `needs`: QMP `command`."""
     async with metadata.update(instance) as meta:
         await lifecycle._observe_locked(instance, meta)
-        if meta.state is not State.RUNNING:
-            refuse(meta, "pause", "Running")
-        await _qmp(instance, "stop")
+        if meta.state is not needs:
+            refuse(meta, operation, needs.value)
+        await _qmp(instance, command)
         await lifecycle._observe_locked(instance, meta)
     return meta
+
+
+async def pause(instance: Instance) -> Metadata:
+    """Running -> Paused: the guest's vCPUs stop; memory and devices stay as they are."""
+    return await _flip(instance, "pause", State.RUNNING, "stop")
 
 
 async def resume(instance: Instance) -> Metadata:
     """Paused -> Running."""
-    async with metadata.update(instance) as meta:
-        await lifecycle._observe_locked(instance, meta)
-        if meta.state is not State.PAUSED:
-            refuse(meta, "resume", "Paused")
-        await _qmp(instance, "cont")
-        await lifecycle._observe_locked(instance, meta)
-    return meta
+    return await _flip(instance, "resume", State.PAUSED, "cont")
 
 
 # --- standby ------------------------------------------------------------------

@@ -7,23 +7,17 @@ and both are restored: each must go on counting from the snapshot's value on its
 console, with its own overlay disk and its own network namespace.
 """
 
-import re
 import time
 
 import pytest
 
 from tests.test_vm_stages import fetch_in_netns
+from tests.vm import COUNTER_PROGRAM as PROGRAM
+from tests.vm import COUNTER_TICK as TICK
 from tests.vm import eventually, kindling, kindling_json, private_home
 
 pytestmark = pytest.mark.vm
 
-PROGRAM = """
-mkdir -p /cnt && mount -t tmpfs none /cnt
-(while :; do echo served-by-guest | nc -l -p 8080; done) &
-i=0
-while :; do i=$((i+1)); echo $i > /cnt/count; echo tick $i; sleep 0.2; done
-"""
-TICK = re.compile(r"^tick (\d+)\r?$", re.M)
 
 
 @pytest.fixture(scope="module")

@@ -20,18 +20,13 @@ from pathlib import Path
 import pytest
 
 from tests.test_vm_stages import fetch_in_netns
+from tests.vm import COUNTER_PROGRAM as PROGRAM
+from tests.vm import COUNTER_TICK as TICK
 from tests.vm import (KINDLING, ROOT, env_for, eventually, kindling, kindling_json, private_home,
                       qemu_pids_using)
 
 pytestmark = pytest.mark.vm
 
-PROGRAM = """
-mkdir -p /cnt && mount -t tmpfs none /cnt
-(while :; do echo served-by-guest | nc -l -p 8080; done) &
-i=0
-while :; do i=$((i+1)); echo $i > /cnt/count; echo tick $i; sleep 0.2; done
-"""
-TICK = re.compile(r"^tick (\d+)\r?$", re.M)
 MIB = 1 << 20
 
 

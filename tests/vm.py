@@ -7,6 +7,7 @@ images come from the shared build cache (built once, ~0.1 s when warm).
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -120,3 +121,14 @@ def never_ready_initrd(directory: Path) -> Path:
 def never_ready_args(directory: Path) -> list[str]:
     """`kindling create` options for a guest that stays Initializing (never_ready_initrd)."""
     return ["--initrd", str(never_ready_initrd(directory)), "--agent", "none", "--no-headers"]
+
+
+# A program that counts in memory and in tmpfs, printing `tick N` every 0.2 s, and serves TCP on
+# port 8080: the snapshot and fork tests see from its console whether it went on where it was.
+COUNTER_PROGRAM = """
+mkdir -p /cnt && mount -t tmpfs none /cnt
+(while :; do echo served-by-guest | nc -l -p 8080; done) &
+i=0
+while :; do i=$((i+1)); echo $i > /cnt/count; echo tick $i; sleep 0.2; done
+"""
+COUNTER_TICK = re.compile(r"^tick (\d+)\r?$", re.M)
