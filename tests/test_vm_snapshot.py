@@ -261,7 +261,7 @@ def test_disk_full_while_saving_resumes_the_vm():
 def test_systemd_guest_survives_standby_and_restore():
     """A Debian systemd-mode guest: standby/restore, then systemd says `running`."""
     with private_home("ksysd") as home:
-        kindling(home, "create", "--name", "sd", "--base", "debian")
+        kindling(home, "create", "--name", "sd", "--base", "debian", "--no-headers")
         kindling(home, "wait", "sd", "--for", "running", "--timeout", "600")
         state = kindling(home, "exec", "sd", "--", "systemctl", "is-system-running", "--wait",
                          check=False, timeout=300).stdout.strip()
