@@ -80,6 +80,22 @@ def test_layout_and_docker_archive_give_the_same_rootfs(app_layout, app_ref, tmp
     assert pulled.info["rootfs_digest"] == from_layout.info["rootfs_digest"]
 
 
+def test_zstd_layers_unpack_to_the_same_rootfs(app_layout, tmp_path):
+    """umoci 0.4.7 refuses zstd layers; Kindling hands it plain tars instead
+    (image_build/oci/zstd_layers.py) and the store keeps the image as it came."""
+    zstd = tmp_path / "zstd-layout"
+    run(["skopeo", "copy", "--quiet", "--dest-compress", "--dest-compress-format", "zstd",
+         f"oci:{app_layout}:1", f"oci:{zstd}:1"], timeout=120)
+    cache_dir = tmp_path / "cache"
+    image = images.import_image(zstd, cache_dir, name="local/z:1")
+    types = {layer["mediaType"] for layer in Store.at(cache_dir).read_blob(image.digest)["layers"]}
+    assert types == {"application/vnd.oci.image.layer.v1.tar+zstd"}, types
+    gzip = images.import_image(app_layout, cache_dir, name="local/g:1")
+    assert image.info["rootfs_digest"] == gzip.info["rootfs_digest"]
+    tree = extract(image.rootfs, tmp_path / "tree")
+    assert not (tree / "doomed").exists() and sorted(os.listdir(tree / "data")) == ["new"]
+
+
 def test_a_tampered_blob_is_refused_and_nothing_is_kept(app_layout, registry, oci_work, tmp_path):
     layer = write_layer(oci_work / "tamper.tar", [("tamper/me", b"original bytes\n", 0o644)])
     layout = make_image(oci_work / "tamper-layout", "1", [layer])

@@ -24,7 +24,7 @@ from image_build import cache, log, rootfs as rootfs_mod
 from image_build.errors import BuildError
 from image_build.run import CommandError, run
 
-from . import layers, platform, refs, skopeo
+from . import layers, platform, refs, skopeo, zstd_layers
 from .store import Store, nothing_on_failure
 
 ROOTFS_NAME = "rootfs.img"
@@ -53,9 +53,11 @@ def _load(store: Store, ref: str, digest: str) -> Image | None:
     return Image(ref, digest, entry / ROOTFS_NAME, info)
 
 
-def _unpack(store: Store, ref: str, work: Path) -> Path:
+def _unpack(store: Store, ref: str, manifest: dict, work: Path) -> Path:
     bundle = work / "bundle"
-    run(["umoci", "unpack", "--image", f"{store.layout}:{ref}", bundle], timeout=UNPACK_TIMEOUT)
+    layout = (zstd_layers.unpack_layout(store, ref, manifest, work) if zstd_layers.has_zstd(manifest)
+              else store.layout)
+    run(["umoci", "unpack", "--image", f"{layout}:{ref}", bundle], timeout=UNPACK_TIMEOUT)
     return bundle / "rootfs"
 
 
@@ -72,7 +74,7 @@ def _convert(store: Store, ref: str, digest: str, manifest: dict, config: dict) 
     work = Path(tempfile.mkdtemp(prefix=".work-", dir=store.root))
     try:
         with log.step(f"Converting {ref} to an erofs rootfs"):
-            tree = _unpack(store, ref, work)
+            tree = _unpack(store, ref, manifest, work)
             with cache.publishing_dir(store.image_dir(digest)) as tmp:
                 rootfs_mod.make_erofs(tree, tmp / ROOTFS_NAME, key=_erofs_key(config),
                                       epoch=_epoch(config))
