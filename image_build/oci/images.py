@@ -53,9 +53,22 @@ def _load(store: Store, ref: str, digest: str) -> Image | None:
     return Image(ref, digest, entry / ROOTFS_NAME, info)
 
 
+def _check_layers(store: Store, ref: str, manifest: dict, work: Path) -> dict[str, Path]:
+    """Every layer checked (layers.check_layer); the zstd ones' plain tars, by digest."""
+    plain = {}
+    (work / "plain").mkdir()
+    for layer in manifest.get("layers", []):
+        digest = layer["digest"]
+        tar = work / "plain" / digest.split(":", 1)[-1]
+        if layers.check_layer(store.blob(digest), ref, digest, plain=tar):
+            plain[digest] = tar
+    return plain
+
+
 def _unpack(store: Store, ref: str, manifest: dict, work: Path) -> Path:
     bundle = work / "bundle"
-    layout = (zstd_layers.unpack_layout(store, ref, manifest, work) if zstd_layers.has_zstd(manifest)
+    plain = _check_layers(store, ref, manifest, work)
+    layout = (zstd_layers.unpack_layout(store, ref, manifest, work, plain) if zstd_layers.has_zstd(manifest)
               else store.layout)
     run(["umoci", "unpack", "--image", f"{layout}:{ref}", bundle], timeout=UNPACK_TIMEOUT)
     return bundle / "rootfs"
@@ -68,8 +81,6 @@ def _erofs_key(config: dict) -> str:
 
 
 def _convert(store: Store, ref: str, digest: str, manifest: dict, config: dict) -> Image:
-    for layer in manifest.get("layers", []):
-        layers.check_layer(store.blob(layer["digest"]), ref, layer["digest"])
     cache.ensure_dir(store.root)
     work = Path(tempfile.mkdtemp(prefix=".work-", dir=store.root))
     try:

@@ -3,8 +3,8 @@
 umoci 0.4.7 (Debian 12) refuses a layer of media type `...tar+zstd` ("blob is not
 correct mediatype").  For an image with zstd layers, `unpack_layout` makes a
 private OCI layout in the conversion's work directory: the config and the other
-layers are hard links to the store's blobs, each zstd layer is decompressed (by the
-zstd tool) into a plain tar blob -- its digest is the layer's diff_id -- and a
+layers are hard links to the store's blobs, each zstd layer is the plain tar that
+layers.check_layer decompressed while checking it (one decompression per layer) -- its digest is the layer's diff_id -- and a
 manifest listing those is tagged with the image's reference.  umoci unpacks that;
 the store keeps the image exactly as the registry served it.
 """
@@ -15,10 +15,6 @@ import hashlib
 import json
 import os
 from pathlib import Path
-
-from image_build.run import run
-
-from .layers import ZSTD_TIMEOUT
 
 ZSTD_TYPES = ("application/vnd.oci.image.layer.v1.tar+zstd",)
 PLAIN_TAR = "application/vnd.oci.image.layer.v1.tar"
@@ -34,17 +30,15 @@ def _put(layout: Path, data: bytes) -> dict:
     return {"digest": f"sha256:{digest}", "size": len(data)}
 
 
-def _plain(blob: Path, layout: Path) -> dict:
-    """The zstd layer `blob` decompressed into the layout; its descriptor."""
-    scratch = layout / "blobs" / "sha256" / ".plain"
-    with open(scratch, "wb") as out:
-        run(["zstd", "-q", "-d", "-c", blob], timeout=ZSTD_TIMEOUT, stdout=out)
+def _plain(tar: Path, layout: Path) -> dict:
+    """The decompressed layer `tar` (layers.check_layer wrote it) moved into the layout;
+    its descriptor."""
     sha = hashlib.sha256()
-    with open(scratch, "rb") as f:
+    with open(tar, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             sha.update(chunk)
-    size = scratch.stat().st_size
-    os.replace(scratch, layout / "blobs" / "sha256" / sha.hexdigest())
+    size = tar.stat().st_size
+    os.replace(tar, layout / "blobs" / "sha256" / sha.hexdigest())
     return {"mediaType": PLAIN_TAR, "digest": f"sha256:{sha.hexdigest()}", "size": size}
 
 
@@ -52,8 +46,9 @@ def _link(store_blob: Path, layout: Path, digest: str) -> None:
     os.link(store_blob, layout / "blobs" / "sha256" / digest.split(":", 1)[1])
 
 
-def unpack_layout(store, ref: str, manifest: dict, work: Path) -> Path:
-    """A layout under `work` holding `ref` with its zstd layers as plain tars."""
+def unpack_layout(store, ref: str, manifest: dict, work: Path, plain: dict[str, Path]) -> Path:
+    """A layout under `work` holding `ref` with its zstd layers as plain tars (`plain`:
+    a zstd layer's digest -> its decompressed tar, from layers.check_layer)."""
     layout = work / "zstd-layout"
     (layout / "blobs" / "sha256").mkdir(parents=True)
     (layout / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
@@ -61,7 +56,7 @@ def unpack_layout(store, ref: str, manifest: dict, work: Path) -> Path:
     layers = []
     for layer in manifest.get("layers", []):
         if layer.get("mediaType") in ZSTD_TYPES:
-            layers.append(_plain(store.blob(layer["digest"]), layout))
+            layers.append(_plain(plain[layer["digest"]], layout))
         else:
             _link(store.blob(layer["digest"]), layout, layer["digest"])
             layers.append(layer)
