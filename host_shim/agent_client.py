@@ -35,7 +35,7 @@ from agent import files, wire
 from agent.mux import EOF, Closed, Mux
 from agent.wire import ProtocolError, field
 
-from .errors import KindlingError
+from .errors import KindlingError, kindling_error_in
 
 DEFAULT_MAX_CAPTURE = 64 << 20
 TERMINAL = ("exit", "result", "error")
@@ -53,6 +53,14 @@ class AgentProtocolError(AgentError):
 class ConnectionLost(AgentError):
     """The connection ended under a request: the peer disconnected (on virtio-serial: QEMU
     went away) or a send failed."""
+
+
+def agent_error_in(caught: BaseException) -> AgentError | None:
+    """The AgentError that `caught` is, or that a client's nursery wrapped alone in a
+    group; None for anything else (the caller re-raises it)."""
+    if isinstance(caught, BaseExceptionGroup):
+        caught = kindling_error_in(caught)
+    return caught if isinstance(caught, AgentError) else None
 
 
 class RemoteError(AgentError):

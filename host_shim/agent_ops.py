@@ -17,8 +17,9 @@ from collections.abc import AsyncIterable, Awaitable, Callable
 import trio
 
 from . import lifecycle, metadata
-from .agent_client import AgentError, ConnectionLost, CopyResult, ExecResult, StatResult, open_agent
-from .errors import die, kindling_error_in
+from .agent_client import (AgentError, ConnectionLost, CopyResult, ExecResult, StatResult, agent_error_in,
+                           open_agent)
+from .errors import die
 from .instance import Instance, kindling_home
 from .state import State, require_running
 
@@ -51,8 +52,8 @@ async def _agent(instance: Instance):
         async with open_agent(instance.agent_socket, timeout=CONNECT_TIMEOUT) as client:
             yield client
     except (AgentError, BaseExceptionGroup) as caught:
-        e = caught if isinstance(caught, AgentError) else kindling_error_in(caught)
-        if type(e) is not AgentError and not isinstance(e, ConnectionLost):
+        e = agent_error_in(caught)
+        if e is None or (type(e) is not AgentError and not isinstance(e, ConnectionLost)):
             raise                           # the agent's answer, or not about the connection
         meta = await lifecycle.observe(instance)   # waits for a standby or restore to finish
         if meta.state in (State.RUNNING, State.INITIALIZING):

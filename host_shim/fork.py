@@ -97,7 +97,7 @@ def refusal(meta: Metadata, target: State | None) -> str | None:
 async def _fork(home: Path, source: Instance, name: str,
                 target: State | None) -> tuple[Instance, Metadata]:
     async with metadata.update(source) as meta:
-        await lifecycle._observe_locked(source, meta)
+        await lifecycle.observe_locked(source, meta)
         if why := refusal(meta, target):
             die(why)
         fork = lifecycle.claim(home, name, lambda new: _make(source, meta, new, name))

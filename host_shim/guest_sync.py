@@ -25,7 +25,7 @@ import os
 
 import trio
 
-from .agent_client import AgentError, SyncResult, open_agent
+from .agent_client import AgentError, SyncResult, agent_error_in, open_agent
 from .errors import KindlingError
 from .instance import Instance
 
@@ -47,12 +47,11 @@ async def after_restore(instance: Instance, *, timeout: float = SYNC_TIMEOUT) ->
     try:
         with trio.fail_after(timeout):
             async with open_agent(socket, timeout=timeout) as client:
-                try:
-                    return await client.sync(os.urandom(SYNC_ENTROPY))
-                except AgentError as e:
-                    failure = e     # raised below, outside the client's nursery (no ExceptionGroup)
+                return await client.sync(os.urandom(SYNC_ENTROPY))
     except trio.TooSlowError:
         raise KindlingError(f"{what}: no answer within {timeout:g} s") from None
-    except AgentError as e:         # connect or hello
-        failure = e
+    except (AgentError, BaseExceptionGroup) as caught:   # connect, hello, or the agent's refusal
+        failure = agent_error_in(caught)
+        if failure is None:
+            raise
     raise KindlingError(f"{what} failed: {failure}", hint=failure.hint) from None

@@ -129,8 +129,10 @@ def unclean_exit(instance: Instance) -> str | None:
     return UNCLEAN_EXIT if instance.pidfile.exists() else None
 
 
-async def _observe_locked(instance: Instance, meta: Metadata, *, live: MarkerRecord | None = None,
+async def observe_locked(instance: Instance, meta: Metadata, *, live: MarkerRecord | None = None,
                           scan: bool = True, events: tuple[tuple[str, int], ...] = ()) -> None:
+    """The one observation path: probe the VMM, merge markers, settle `meta.state`.
+    The caller holds the metadata open (`metadata.update`: its lock; it saves)."""
     probe = await vmm.probe(instance)
     now = now_ns()
     for name, at in events:
@@ -171,7 +173,7 @@ async def observe(instance: Instance, *, live: MarkerRecord | None = None, scan:
                   events: tuple[tuple[str, int], ...] = ()) -> Metadata:
     """Look at the instance now; record and return what was seen."""
     async with metadata.update(instance) as meta:
-        await _observe_locked(instance, meta, live=live, scan=scan, events=events)
+        await observe_locked(instance, meta, live=live, scan=scan, events=events)
     return meta
 
 
@@ -264,7 +266,7 @@ async def _boot(instance: Instance, requested: int,
     `argv`: this launch's command line (default: the instance's, meta.argv)."""
     async with metadata.update(instance) as meta:
         if vmm.pid_of(instance) is not None:
-            await _observe_locked(instance, meta)     # someone else started it meanwhile
+            await observe_locked(instance, meta)     # someone else started it meanwhile
             return meta
         await _boot_locked(instance, meta, requested, prep_events, argv)
     return meta
@@ -292,10 +294,10 @@ async def _boot_locked(instance: Instance, meta: Metadata, requested: int,
     meta.mark(tl.LAUNCH)
     meta.pid = await vmm.launch(instance, argv or meta.argv)
     meta.mark(tl.VMM_READY)
-    await _observe_locked(instance, meta, scan=False)     # Created (-S)
+    await observe_locked(instance, meta, scan=False)     # Created (-S)
     await vmm.cont(instance)
     meta.mark(tl.GUEST_STARTED)
-    await _observe_locked(instance, meta, scan=False)     # Initializing
+    await observe_locked(instance, meta, scan=False)     # Initializing
 
 
 async def relaunch(instance: Instance, boot: int, reason: str) -> Metadata:
@@ -305,12 +307,12 @@ async def relaunch(instance: Instance, boot: int, reason: str) -> Metadata:
     on the history's Stopped entry.  Does nothing if the instance is no longer in that
     boot or PID 1 has been seen (another waiter acted, or the guest got going)."""
     async with metadata.update(instance) as meta:
-        await _observe_locked(instance, meta)
+        await observe_locked(instance, meta)
         if (meta.boot != boot or meta.markers.markers or meta.markers.stages
                 or meta.state not in (State.CREATED, State.INITIALIZING)):
             return meta
         await vmm.stop(instance, graceful=0)
-        await _observe_locked(instance, meta)
+        await observe_locked(instance, meta)
         if meta.state is State.STOPPED and meta.history[-1]["boot"] == boot:
             meta.history[-1]["reason"] = reason
         meta.relaunches.append({"boot": boot, "at": now_ns(),
@@ -357,7 +359,7 @@ async def stop(instance: Instance, *, timeout: float = DEFAULT_STOP_TIMEOUT,
     how = await vmm.stop(instance, graceful=graceful)
     snapshot.drop(instance)
     async with metadata.update(instance) as meta:
-        await _observe_locked(instance, meta)
+        await observe_locked(instance, meta)
         if how is not None:
             said = meta.vmm_exit if meta.vmm_exit != UNCLEAN_EXIT else None   # `how` says it
             meta.vmm_exit = f"{how} by {by}" + (
@@ -588,7 +590,7 @@ async def analyze(instance: Instance) -> Metadata:
     """The instance with its boot timeline complete: a full scan of this boot's logs
     (explicitly asked for, so not throttled) for stages printed after Running."""
     async with metadata.update(instance) as meta:
-        await _observe_locked(instance, meta)
+        await observe_locked(instance, meta)
         await _scan(instance, meta, now_ns(), final=vmm.pid_of(instance) is None)
         _note_marker_events(meta)
     return meta

@@ -11,7 +11,7 @@ naming the instance's state):
                                                      -incoming, load, cont, guest_sync
 
 Each runs under the instance's meta.lock from its first look to its last, and records
-every state through lifecycle's one observation path (`_observe_locked`), so no other
+every state through lifecycle's one observation path (`observe_locked`), so no other
 shim can see the instance half-way (say QEMU gone before the record is written, which
 would read as Stopped).  Failures leave a whole state: a save that fails resumes the VM
 (Running) and keeps no snapshot; a QEMU killed during the save leaves the instance
@@ -54,11 +54,11 @@ async def _qmp(instance: Instance, command: str) -> None:
 async def _flip(instance: Instance, operation: str, needs: State, command: str) -> Metadata:
     """`operation` (pause or resume) of an instance in state `needs`: QMP `command`."""
     async with metadata.update(instance) as meta:
-        await lifecycle._observe_locked(instance, meta)
+        await lifecycle.observe_locked(instance, meta)
         if meta.state is not needs:
             refuse(meta, operation, needs.value)
         await _qmp(instance, command)
-        await lifecycle._observe_locked(instance, meta)
+        await lifecycle.observe_locked(instance, meta)
     return meta
 
 
@@ -78,20 +78,20 @@ async def standby(instance: Instance) -> Metadata:
     """Running (or Paused) -> Paused -> Standby: the VM's state saved to the instance's
     snapshot, then QEMU ended.  On a failed save the VM is resumed if it was Running."""
     async with metadata.update(instance) as meta:
-        await lifecycle._observe_locked(instance, meta)
+        await lifecycle.observe_locked(instance, meta)
         if meta.state not in (State.RUNNING, State.PAUSED):
             refuse(meta, "standby", "Running or Paused")
         was_running = meta.state is State.RUNNING
         if was_running:
             await _qmp(instance, "stop")
-            await lifecycle._observe_locked(instance, meta)
+            await lifecycle.observe_locked(instance, meta)
         try:
             with trio.fail_after(SAVE_TIMEOUT):
                 await snapshot.save(instance, meta.argv)
         except (KindlingError, OSError, trio.TooSlowError) as e:
             await _after_failed_save(instance, meta, was_running, e)
         how = await vmm.stop(instance, graceful=0)
-        await lifecycle._observe_locked(instance, meta)
+        await lifecycle.observe_locked(instance, meta)
         meta.vmm_exit = f"{how or 'ended'} by {STANDBY_BY} (the VM's state is in its snapshot)"
     return meta
 
@@ -110,7 +110,7 @@ async def _after_failed_save(instance: Instance, meta: Metadata, was_running: bo
     still there, and raise the error saying what state the instance is left in."""
     snapshot.drop(instance)
     if vmm.pid_of(instance) is None:
-        await lifecycle._observe_locked(instance, meta)
+        await lifecycle.observe_locked(instance, meta)
         metadata.save(instance, meta)
         raise KindlingError(f"standby of instance {meta.name} failed: QEMU ended during the "
                             f"save ({meta.vmm_exit or 'it exited'}); no snapshot was kept, "
@@ -118,7 +118,7 @@ async def _after_failed_save(instance: Instance, meta: Metadata, was_running: bo
                             hint=f"`kindling start {meta.name}` boots it again") from None
     if was_running:
         await _qmp(instance, "cont")
-    await lifecycle._observe_locked(instance, meta)
+    await lifecycle.observe_locked(instance, meta)
     metadata.save(instance, meta)
     raise KindlingError(f"standby of instance {meta.name} failed: {_why(e, SAVE_TIMEOUT)}; no snapshot was "
                         f"kept, the instance is {meta.state}",
@@ -132,7 +132,7 @@ async def restore(instance: Instance) -> Metadata:
     snapshot; then the guest's clock and RNG are refreshed (guest_sync).  A failure before
     the guest runs ends that QEMU and leaves the instance Standby, its snapshot untouched."""
     async with metadata.update(instance) as meta:
-        await lifecycle._observe_locked(instance, meta)
+        await lifecycle.observe_locked(instance, meta)
         if meta.state is not State.STANDBY:
             refuse(meta, "restore", "Standby", hint=None if meta.state is not State.STOPPED
                    else f"instance {meta.name} has no snapshot: `kindling start` boots it")
@@ -140,10 +140,10 @@ async def restore(instance: Instance) -> Metadata:
         if meta.options.get("net"):
             netns.ensure(instance.id)
         await _launch_incoming(instance, meta, record)
-        await lifecycle._observe_locked(instance, meta, scan=False)     # Paused
+        await lifecycle.observe_locked(instance, meta, scan=False)     # Paused
         await vmm.cont(instance)
         snapshot.mark_restored(instance)
-        await lifecycle._observe_locked(instance, meta, scan=False)     # Running
+        await lifecycle.observe_locked(instance, meta, scan=False)     # Running
     if meta.agent_skipped or not instance.agent_socket.exists():   # --agent none or vsock
         log.note(f"instance {meta.name} has no agent on virtio-serial: its wall clock and RNG "
                  "were not refreshed after the restore (the guest's clock is the snapshot's time)")

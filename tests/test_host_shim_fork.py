@@ -150,7 +150,7 @@ def test_fork_refuses_a_state_it_cannot_come_from_naming_it(tmp_path, state, mon
 
     async def observed(instance, meta, **kw):
         meta.state = state
-    monkeypatch.setattr(lifecycle, "_observe_locked", observed)
+    monkeypatch.setattr(lifecycle, "observe_locked", observed)
     message = refused(home, "src", "child")
     assert f"it is {state}" in message
     if state is State.RUNNING:
