@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from image_build import busybox, cache  # noqa: E402
 from image_build.oci import images  # noqa: E402
+from image_build.oci.access import Access  # noqa: E402
 from image_build.run import run  # noqa: E402
 from tests.oci_fixtures import Registry, app_layers, make_image  # noqa: E402
 
@@ -64,9 +65,9 @@ def pulls(ref: str, work: Path, iterations: int) -> dict:
     cold, warm = [], []
     for i in range(iterations):
         cache_dir = work / f"cache-{i}"
-        cold.append(timed(lambda: images.pull(ref, cache_dir, insecure=True)))
+        cold.append(timed(lambda: images.pull(ref, cache_dir, access=Access(insecure=True))))
         shutil.rmtree(cache_dir / "oci" / "images")        # keep the blobs, convert again
-        warm.append(timed(lambda: images.pull(ref, cache_dir, insecure=True)))
+        warm.append(timed(lambda: images.pull(ref, cache_dir, access=Access(insecure=True))))
         size = images.lookup(ref, cache_dir).info["size"]
         shutil.rmtree(cache_dir)
     return {"image_bytes": size, "pull_convert_s": statistics.median(cold),
@@ -106,7 +107,7 @@ def prepares(ref: str, host: str, tree: Path, iterations: int) -> dict:
 
 
 def runs(ref: str, host: str, work: Path, iterations: int) -> dict:
-    image = images.pull(ref, cache.default_cache_dir(), insecure=True)   # where `run` looks
+    image = images.pull(ref, cache.default_cache_dir(), access=Access(insecure=True))   # where `run` looks
     tree = work / "tree"
     run(["fsck.erofs", f"--extract={tree}", "--preserve", image.rootfs], timeout=600)
     with_image = ["--insecure-registry", host, "--image", ref]

@@ -17,6 +17,7 @@ import pytest
 
 from image_build.errors import BuildError
 from image_build.oci import images, layers, skopeo
+from image_build.oci.access import Access
 from image_build.oci.store import Store
 from image_build.run import run
 from tests.oci_fixtures import (APP_CONFIG, app_layout, app_ref, make_image, oci_work,  # noqa: F401
@@ -31,7 +32,7 @@ def extract(image: Path, dest: Path) -> Path:
 
 
 def test_a_pull_applies_whiteouts_and_keeps_the_config(app_ref, tmp_path):
-    image = images.pull(app_ref, tmp_path / "cache", insecure=True)
+    image = images.pull(app_ref, tmp_path / "cache", access=Access(insecure=True))
     tree = extract(image.rootfs, tmp_path / "tree")
     assert not (tree / "doomed").exists()                         # whiteout
     assert sorted(os.listdir(tree / "data")) == ["new"]           # opaque whiteout
@@ -56,11 +57,11 @@ def test_a_pull_applies_whiteouts_and_keeps_the_config(app_ref, tmp_path):
 def test_a_second_pull_downloads_no_layer(app_ref, registry, tmp_path):
     """skopeo re-reads the config blob (a few hundred bytes) to compare; no layer again."""
     before = registry.blob_gets()
-    first = images.pull(app_ref, tmp_path / "cache", insecure=True)
+    first = images.pull(app_ref, tmp_path / "cache", access=Access(insecure=True))
     layer_digests = [layer["digest"] for layer in first.info["layers"]]
     assert registry.blob_gets() - before == 4                  # 3 layers and the config
     layer_gets = registry.blob_gets(layer_digests)
-    second = images.pull(app_ref, tmp_path / "cache", insecure=True)
+    second = images.pull(app_ref, tmp_path / "cache", access=Access(insecure=True))
     assert registry.blob_gets(layer_digests) == layer_gets     # no layer fetched again
     assert registry.blob_gets() - before == 5                  # the config, re-read
     assert second.digest == first.digest and second.rootfs == first.rootfs
@@ -76,7 +77,7 @@ def test_layout_and_docker_archive_give_the_same_rootfs(app_layout, app_ref, tmp
     assert from_archive.ref == "docker.io/local/d:1"
     assert from_archive.digest != from_layout.digest               # other manifest, same content
     assert from_archive.info["rootfs_digest"] == from_layout.info["rootfs_digest"]
-    pulled = images.pull(app_ref, cache_dir, insecure=True)
+    pulled = images.pull(app_ref, cache_dir, access=Access(insecure=True))
     assert pulled.info["rootfs_digest"] == from_layout.info["rootfs_digest"]
 
 
@@ -108,7 +109,7 @@ def test_a_tampered_blob_is_refused_and_nothing_is_kept(app_layout, registry, oc
     blob[len(blob) // 2] ^= 0xFF                                    # same size, other content
     data.write_bytes(bytes(blob))
     with pytest.raises(BuildError, match=f"image {ref}: a blob's content does not match its digest"):
-        images.pull(ref, tmp_path / "cache", insecure=True)
+        images.pull(ref, tmp_path / "cache", access=Access(insecure=True))
     store = Store.at(tmp_path / "cache")
     assert ref not in store.tags()
     assert not store.blob(digest).exists()
@@ -118,16 +119,16 @@ def test_a_tampered_blob_is_refused_and_nothing_is_kept(app_layout, registry, oc
 def test_an_unknown_tag_names_the_reference(app_ref, tmp_path):
     ref = app_ref.replace(":1", ":no-such-tag")
     with pytest.raises(BuildError, match=f"image {ref}: no such image or tag"):
-        images.pull(ref, tmp_path / "cache", insecure=True)
+        images.pull(ref, tmp_path / "cache", access=Access(insecure=True))
     with pytest.raises(BuildError, match="no such image or tag"):
-        images.pull(app_ref.replace("test/app", "test/nothing"), tmp_path / "cache", insecure=True)
+        images.pull(app_ref.replace("test/app", "test/nothing"), tmp_path / "cache", access=Access(insecure=True))
 
 
 def test_a_registry_that_is_down_is_a_clear_error(tmp_path):
     from tests.oci_fixtures import free_port
     ref = f"127.0.0.1:{free_port()}/test/app:1"
     with pytest.raises(BuildError, match=f"image {ref}: the registry is down or not listening"):
-        images.pull(ref, tmp_path / "cache", insecure=True)
+        images.pull(ref, tmp_path / "cache", access=Access(insecure=True))
 
 
 def test_a_registry_that_never_answers_fails_in_bounded_time(tmp_path, monkeypatch):
@@ -139,7 +140,7 @@ def test_a_registry_that_never_answers_fails_in_bounded_time(tmp_path, monkeypat
         monkeypatch.setattr(skopeo, "INSPECT_TIMEOUT", 3)
         start = time.monotonic()
         with pytest.raises(BuildError, match=f"image {ref}: the registry did not answer in time"):
-            images.pull(ref, tmp_path / "cache", insecure=True)
+            images.pull(ref, tmp_path / "cache", access=Access(insecure=True))
         assert time.monotonic() - start < 3 + skopeo.RUN_SLACK
 
 
@@ -154,7 +155,7 @@ def test_an_image_for_another_architecture_names_its_platforms(registry, oci_wor
     ref = registry.push(f"oci:{layout}:1", "test/arm:1")
     with pytest.raises(BuildError, match=f"image {ref}: it is for linux/arm64 only, not "
                                          "linux/amd64; the platforms it has: linux/arm64"):
-        images.pull(ref, tmp_path / "cache", insecure=True)
+        images.pull(ref, tmp_path / "cache", access=Access(insecure=True))
     assert ref not in Store.at(tmp_path / "cache").tags()
 
 
