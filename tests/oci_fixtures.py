@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import io
+import json
 import socket
 import subprocess
 import tarfile
@@ -116,14 +117,22 @@ def free_port() -> int:
 class Registry:
     """A real distribution registry (Debian's docker-registry) on 127.0.0.1."""
 
-    def __init__(self, work: Path):
+    def __init__(self, work: Path, *, tls=None, auth: dict | None = None, push_args=()):
+        """`tls`: a registry_auth.PKI (serve https with its server certificate); `auth`:
+        the config's `auth:` section; `push_args`: skopeo's --dest-* flags to push."""
+        work.mkdir(parents=True, exist_ok=True)
         self.storage = work / "storage"
         self.port = free_port()
         self.host = f"127.0.0.1:{self.port}"
         self.log = work / "registry.log"
-        config = work / "registry.yml"
-        config.write_text(f"version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n"
-                          f"    rootdirectory: {self.storage}\nhttp:\n  addr: {self.host}\n")
+        self.push_args = list(push_args) or ["--dest-tls-verify=false"]
+        http = {"addr": self.host}
+        if tls is not None:
+            http["tls"] = {"certificate": str(tls.server_cert), "key": str(tls.server_key)}
+        config = work / "registry.yml"     # JSON is YAML
+        config.write_text(json.dumps({"version": 0.1, "log": {"level": "info"}, "http": http,
+                                      "storage": {"filesystem": {"rootdirectory": str(self.storage)}},
+                                      **({"auth": auth} if auth else {})}))
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(["docker-registry", "serve", str(config)],
                                          stdout=log, stderr=subprocess.STDOUT)
@@ -144,7 +153,7 @@ class Registry:
     def push(self, source: str, name: str) -> str:
         """skopeo copy SOURCE docker://HOST/NAME; returns the reference."""
         ref = f"{self.host}/{name}"
-        run(["skopeo", "copy", "--quiet", "--dest-tls-verify=false", source, f"docker://{ref}"],
+        run(["skopeo", "copy", "--quiet", *self.push_args, source, f"docker://{ref}"],
             timeout=TIMEOUT)
         return ref
 
