@@ -199,6 +199,45 @@ def test_a_zstd_layer_is_checked_too(tmp_path):
         layers.check_layer(tmp_path / "bad.tar.zst", "r", "sha256:0")
 
 
+CAP_NET_BIND_SERVICE = bytes.fromhex("0100000200040000000000000000000000000000")   # vfs_cap_data v2
+
+
+@pytest.fixture
+def mounted(tmp_path):
+    """mount(erofs image) -> its read-only loop mount (fsck.erofs 1.5's --extract and
+    dump.erofs do not show xattrs; the kernel's erofs does)."""
+    points = []
+
+    def mount(image: Path) -> Path:
+        point = tmp_path / f"mnt{len(points)}"
+        point.mkdir()
+        run(["mount", "-t", "erofs", "-o", "loop,ro", image, point], timeout=30)
+        points.append(point)
+        return point
+    yield mount
+    for point in points:
+        run(["umount", point], timeout=30)
+
+
+def test_xattrs_in_a_layer_are_in_the_rootfs(tmp_path, mounted):
+    """A user.* xattr and security.capability, in the layer's PAX headers (as docker and
+    buildkit write them), are kept by umoci and by mkfs.erofs."""
+    layer = tmp_path / "xattr.tar"
+    with tarfile.open(layer, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name, key, value in [("tagged", "user.kindling", b"hello-xattr"),
+                                 ("capped", "security.capability", CAP_NET_BIND_SERVICE)]:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = 3, 0o755
+            info.pax_headers = {f"SCHILY.xattr.{key}": value.decode("utf-8", "surrogateescape")}
+            tar.addfile(info, io.BytesIO(b"hi\n"))
+    layout = make_image(tmp_path / "layout", "1", [layer])
+    image = images.import_image(layout, tmp_path / "cache", name="local/xattr:1")
+    root = mounted(image.rootfs)
+    assert os.getxattr(root / "tagged", "user.kindling") == b"hello-xattr"
+    assert os.getxattr(root / "capped", "security.capability") == CAP_NET_BIND_SERVICE
+    assert os.listxattr(root / "capped") == ["security.capability"]
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     """A 3 MiB tmpfs: room for the store's blobs, not for the converted rootfs too."""
