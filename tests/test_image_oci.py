@@ -2,6 +2,7 @@
 images built from local files by umoci and pushed by skopeo (tests/oci_fixtures.py).
 The VM side is tests/test_vm_oci.py."""
 
+import hashlib
 import io
 import json
 import os
@@ -20,8 +21,8 @@ from image_build.oci import images, layers, skopeo
 from image_build.oci.access import Access
 from image_build.oci.store import Store
 from image_build.run import run
-from tests.oci_fixtures import (APP_CONFIG, app_layout, app_ref, make_image, oci_work,  # noqa: F401
-                                registry, umoci, write_layer)
+from tests.oci_fixtures import (APP_CONFIG, app_layout, app_ref, make_image,  # noqa: F401
+                                make_index, oci_work, registry, umoci, write_layer)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -159,6 +160,22 @@ def test_an_image_for_another_architecture_names_its_platforms(registry, oci_wor
     assert ref not in Store.at(tmp_path / "cache").tags()
 
 
+def test_a_pushed_index_of_other_platforms_names_them(registry, oci_work, tmp_path):
+    layout = tmp_path / "multi-layout"
+    for arch in ("arm64", "s390x"):
+        layer = write_layer(tmp_path / f"{arch}.tar", [(arch, b"x\n", 0o644)])
+        make_image(layout, arch, [layer], arch=arch)
+    make_index(layout, "multi", ["arm64", "s390x"])
+    ref = registry.push(f"oci:{layout}:multi", "test/multi:1", all_images=True)
+    with pytest.raises(BuildError, match=f"image {ref}: no linux/amd64 image in it; the "
+                                         "platforms it has: linux/arm64, linux/s390x"):
+        images.pull(ref, tmp_path / "cache", access=Access(insecure=True))
+    assert images.list_images(tmp_path / "cache") == []
+    image = images.pull(ref, tmp_path / "cache", access=Access(insecure=True),
+                        platform_text="linux/s390x")                      # --platform picks one
+    assert image.info["platform"] == "linux/s390x"
+
+
 def test_an_index_without_the_platform_names_those_it_has():
     from image_build.oci import platform
     index = {"mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [
@@ -240,21 +257,47 @@ def test_xattrs_in_a_layer_are_in_the_rootfs(tmp_path, mounted):
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A 3 MiB tmpfs: room for the store's blobs, not for the converted rootfs too."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", mount], timeout=30)
-    yield mount
-    run(["umount", mount], timeout=30)
+    """small_disk(size) -> a tmpfs of that size (e.g. "3m")."""
+    mounts = []
+
+    def make(size: str) -> Path:
+        mount = tmp_path / f"small{len(mounts)}"
+        mount.mkdir()
+        run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", mount], timeout=30)
+        mounts.append(mount)
+        return mount
+    yield make
+    for mount in mounts:
+        run(["umount", mount], timeout=30)
 
 
-def test_a_full_disk_is_a_clear_error_and_the_cache_stays_consistent(app_layout, small_disk):
-    with pytest.raises(BuildError, match="image docker.io/local/full:1: .*disk full"):
-        images.import_image(app_layout, small_disk, name="local/full:1")
-    store = Store.at(small_disk)
+def _consistent_and_empty(cache_dir: Path) -> None:
+    store = Store.at(cache_dir)
     assert store.tags() == {}
     assert not (store.root / "images").exists() or os.listdir(store.root / "images") == []
     assert [p for p in os.listdir(store.root) if p.startswith(".work-")] == []
+    assert images.list_images(cache_dir) == []
+
+
+def test_a_full_disk_is_a_clear_error_and_the_cache_stays_consistent(app_layout, small_disk):
+    """3 MiB: room for the store's blobs, not for the converted rootfs too."""
+    disk = small_disk("3m")
+    with pytest.raises(BuildError, match="image docker.io/local/full:1: .*disk full"):
+        images.import_image(app_layout, disk, name="local/full:1")
+    _consistent_and_empty(disk)
+
+
+def test_a_disk_full_while_pulling_the_blobs(app_ref, small_disk):
+    """512 KiB: not even the layers fit; skopeo's error, the store as it was."""
+    disk = small_disk("512k")
+    with pytest.raises(BuildError, match=f"image {app_ref}: disk full \\(no space left on device\\) "
+                                         "while storing it; nothing was kept"):
+        images.pull(app_ref, disk, access=Access(insecure=True))
+    _consistent_and_empty(disk)
+    # what skopeo kept are whole, verified blobs (no name refers to them; gc drops them)
+    blobs = Store.at(disk).layout / "blobs" / "sha256"
+    for blob in blobs.iterdir() if blobs.exists() else ():
+        assert hashlib.sha256(blob.read_bytes()).hexdigest() == blob.name
 
 
 def test_rm_drops_the_name_the_rootfs_and_unshared_blobs(app_layout, tmp_path):
