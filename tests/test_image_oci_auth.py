@@ -150,12 +150,12 @@ def test_creds_are_hidden_in_repr():
 
 # --- the CLI: --creds, --authfile, skopeo's own auth files, registries.json ------------------
 
-def kindling(tmp_path: Path, *args, env=None):
+def kindling(tmp_path: Path, *args, env=None, stdin: str | None = None):
     full = {k: v for k, v in os.environ.items() if k != "REGISTRY_AUTH_FILE"}
     full.update(KINDLING_CACHE=str(tmp_path / "cache"), PYTHONPATH=str(ROOT),
                 KINDLING_HOME=str(tmp_path / "home"), **(env or {}))
     return subprocess.run([sys.executable, "-m", "host_shim.cli", "image", "pull", *args],
-                          cwd=ROOT, env=full, stdin=subprocess.DEVNULL, capture_output=True,
+                          cwd=ROOT, env=full, input=stdin or "", capture_output=True,
                           text=True, timeout=300)
 
 
@@ -169,6 +169,15 @@ def test_cli_creds_and_a_refusal_exiting_125(basic_ref, pki, tmp_path):
     assert bad.returncode == 125, bad.stderr
     assert f"the registry {host} refused access: wrong or missing credentials" in bad.stderr
     _nothing_cached(tmp_path / "b" / "cache")
+
+
+def test_cli_creds_user_alone_reads_the_password_from_stdin(basic_ref, pki, tmp_path):
+    """The password on no command line at all, kindling's included."""
+    args = ["--cert-dir", str(pki.cert_dir), "--creds", USER, basic_ref]
+    ok = kindling(tmp_path / "a", *args, stdin=f"{PASSWORD}\n")
+    assert ok.returncode == 0, ok.stderr
+    bad = kindling(tmp_path / "b", *args, stdin="wrong\n")
+    assert bad.returncode == 125 and "wrong or missing credentials" in bad.stderr, bad.stderr
 
 
 def test_cli_authfile_and_skopeos_own_auth_files(basic_ref, pki, tmp_path):
