@@ -204,3 +204,14 @@ def test_cli_cert_dirs_from_registries_json(basic_ref, pki, tmp_path):
     (tmp_path / "home/registries.json").write_text(json.dumps({"cert_dirs": {host: str(pki.cert_dir)}}))
     r = kindling(tmp_path, "--creds", f"{USER}:{PASSWORD}", basic_ref)
     assert r.returncode == 0, r.stderr
+
+
+def test_the_api_takes_cert_dir_and_creds(basic_ref, pki, tmp_path, monkeypatch, home):
+    from host_shim.api import Kindling
+    from host_shim.errors import KindlingError
+    monkeypatch.setenv("KINDLING_CACHE", str(tmp_path / "cache"))
+    shown = Kindling(home).image_pull(basic_ref, cert_dir=pki.cert_dir, creds=f"{USER}:{PASSWORD}")
+    assert shown["ref"] == basic_ref and shown["config"]["User"] == "1000:1000"
+    with pytest.raises(KindlingError, match="refused access: wrong or missing credentials") as e:
+        Kindling(home).image_pull(basic_ref, cert_dir=pki.cert_dir, creds=f"{USER}:nope")
+    assert e.value.exit_code is None                      # EXIT_KINDLING, 125
