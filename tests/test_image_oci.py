@@ -356,6 +356,13 @@ def test_insecure_registries_from_the_config_file(home):
     (home / "registries.json").write_text('{"insecure": "reg:5000"}')
     with pytest.raises(KindlingError, match="registries.json: \"insecure\" must be a list"):
         host_images.insecure_hosts()
+    (home / "registries.json").write_text('{"cert_dirs": {"reg:5000": "/ca"}}')
+    assert host_images.access("reg:5000/a:1").cert_dir == Path("/ca")
+    assert host_images.access("reg:5000/a:1", cert_dir="/mine").cert_dir == Path("/mine")
+    assert host_images.access("other:1/a:1").cert_dir is None
+    (home / "registries.json").write_text('{"cert_dirs": ["/ca"]}')
+    with pytest.raises(KindlingError, match=r"\"cert_dirs\" must map HOST\[:PORT\] to a directory"):
+        host_images.access("reg:5000/a:1")
 
 
 # --- the CLI -------------------------------------------------------------------------------
