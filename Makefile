@@ -12,7 +12,8 @@ VENV       := .venv
 ACCEL      ?= tcg
 APT_PACKAGES := python3 python3-venv python3.11 libudev1 qemu-system-x86 erofs-utils \
                 skopeo umoci docker-registry nfs-ganesha nfs-ganesha-vfs \
-                e2fsprogs kmod iproute2 lz4 zstd systemd mmdebstrap binutils
+                e2fsprogs kmod iproute2 lz4 zstd systemd mmdebstrap binutils \
+                openssl apache2-utils
 
 .PHONY: demo test bench bench-smoke deps apt venv clean
 

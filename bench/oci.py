@@ -5,7 +5,8 @@ registry, and the overhead of a cached `run --image` against `run --rootfs` of t
             (incompressible: ~50 MB on the wire), pushed to Debian's docker-registry on
             127.0.0.1; `image pull` into an empty cache (skopeo fetch + umoci unpack +
             mkfs.erofs), median over --iterations; and a re-pull into the same cache
-            (the blobs are there: only the manifest and config travel)
+            (the blobs are there: only the manifest and config travel); the same from a
+            second registry over https (a test CA) with basic auth (htpasswd)
   prepare   what differs between the two on the host: create's preparation in-process
             (options, checks, config.json, kernel/initrd/rootfs from the cache into an
             instance directory) for `--image REF` and for `--rootfs DIR`, median of
@@ -33,8 +34,10 @@ sys.path.insert(0, str(ROOT))
 
 from image_build import busybox, cache  # noqa: E402
 from image_build.oci import images  # noqa: E402
+from image_build.oci.access import Access  # noqa: E402
 from image_build.run import run  # noqa: E402
 from tests.oci_fixtures import Registry, app_layers, make_image  # noqa: E402
+from tests.registry_auth import auth_file, htpasswd_file, make_pki  # noqa: E402
 
 BIG_LAYER_BYTES = 50 << 20
 RUN_TIMEOUT = 600
@@ -60,17 +63,32 @@ def timed(fn) -> float:
     return time.monotonic() - start
 
 
-def pulls(ref: str, work: Path, iterations: int) -> dict:
+def pulls(ref: str, work: Path, iterations: int, access: Access = Access(insecure=True)) -> dict:
     cold, warm = [], []
     for i in range(iterations):
         cache_dir = work / f"cache-{i}"
-        cold.append(timed(lambda: images.pull(ref, cache_dir, insecure=True)))
+        cold.append(timed(lambda: images.pull(ref, cache_dir, access=access)))
         shutil.rmtree(cache_dir / "oci" / "images")        # keep the blobs, convert again
-        warm.append(timed(lambda: images.pull(ref, cache_dir, insecure=True)))
+        warm.append(timed(lambda: images.pull(ref, cache_dir, access=access)))
         size = images.lookup(ref, cache_dir).info["size"]
         shutil.rmtree(cache_dir)
     return {"image_bytes": size, "pull_convert_s": statistics.median(cold),
             "repull_cached_blobs_convert_s": statistics.median(warm), "cold_s": cold, "warm_s": warm}
+
+
+def secure_pulls(layout: Path, work: Path, iterations: int) -> dict:
+    """The same pulls from a registry over https (a test CA) with basic auth."""
+    pki = make_pki(work / "pki")
+    htpasswd = htpasswd_file(work / "htpasswd", "bench", "bench-pw")
+    registry = Registry(work / "secure", tls=pki, auth={"htpasswd": {"realm": "bench",
+                                                                     "path": str(htpasswd)}})
+    try:
+        push_auth = auth_file(work / "push-auth.json", registry.host, "bench", "bench-pw")
+        registry.push_args = ["--dest-cert-dir", str(pki.cert_dir), "--dest-authfile", str(push_auth)]
+        ref = registry.push(f"oci:{layout}:1", "bench/big:1")
+        return pulls(ref, work, iterations, Access(cert_dir=pki.cert_dir, creds="bench:bench-pw"))
+    finally:
+        registry.stop()
 
 
 def kindling_run(*args) -> float:
@@ -106,7 +124,7 @@ def prepares(ref: str, host: str, tree: Path, iterations: int) -> dict:
 
 
 def runs(ref: str, host: str, work: Path, iterations: int) -> dict:
-    image = images.pull(ref, cache.default_cache_dir(), insecure=True)   # where `run` looks
+    image = images.pull(ref, cache.default_cache_dir(), access=Access(insecure=True))   # where `run` looks
     tree = work / "tree"
     run(["fsck.erofs", f"--extract={tree}", "--preserve", image.rootfs], timeout=600)
     with_image = ["--insecure-registry", host, "--image", ref]
@@ -138,6 +156,9 @@ def main(argv=None):
             p = report["pull"]
             print(f"pull + convert ({p['image_bytes'] / 1e6:.1f} MB): {p['pull_convert_s']:.2f} s; "
                   f"re-pull, blobs cached, convert again: {p['repull_cached_blobs_convert_s']:.2f} s")
+            report["pull_https_basic_auth"] = s = secure_pulls(layout, work, args.iterations)
+            print(f"the same over https (a test CA) with basic auth: {s['pull_convert_s']:.2f} s; "
+                  f"re-pull: {s['repull_cached_blobs_convert_s']:.2f} s")
             report["run"] = runs(ref, registry.host, work, args.iterations)
         finally:
             registry.stop()

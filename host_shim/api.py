@@ -236,10 +236,14 @@ class Kindling:
 
     # --- OCI images (host_shim/images.py) ---------------------------------------
 
-    def image_pull(self, ref: str, *, insecure_registries=(), platform: str | None = None) -> dict:
+    def image_pull(self, ref: str, *, insecure_registries=(), platform: str | None = None,
+                   cert_dir: str | Path | None = None, creds: str | None = None,
+                   authfile: str | Path | None = None) -> dict:
         """Pull `ref` from its registry into the image store (`kindling image pull`);
-        `insecure_registries`: hosts reached over plain http."""
+        `insecure_registries`: hosts reached over plain http; `cert_dir`: CA certificates
+        to trust; `creds` USER:PASS or `authfile` (containers-auth.json)."""
         return images.describe(images.pull(ref, insecure=tuple(insecure_registries),
+                                           cert_dir=cert_dir, creds=creds, authfile=authfile,
                                            platform=platform, home=self.home))
 
     def image_import(self, source: str | Path, *, name: str | None = None,

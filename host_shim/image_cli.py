@@ -8,7 +8,9 @@ terminal is one.
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
+import sys
 
 from image_build.log import human_size
 
@@ -22,8 +24,22 @@ def _print(args, image, text: str) -> None:
         print(text, flush=True)
 
 
+def _creds(given: str | None, ref: str) -> str | None:
+    """--creds USER:PASS as given; --creds USER: the password from a prompt on a terminal,
+    else the first line of stdin (so it need not be on any command line)."""
+    if not given or ":" in given:
+        return given
+    if sys.stdin.isatty():
+        password = getpass.getpass(f"Password for {given} ({ref}): ")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    return f"{given}:{password}"
+
+
 def cmd_pull(args: argparse.Namespace) -> int:
-    image = images.pull(args.ref, insecure=args.insecure_registry, platform=args.platform)
+    image = images.pull(args.ref, insecure=args.insecure_registry, cert_dir=args.cert_dir,
+                        creds=_creds(args.creds, args.ref), authfile=args.authfile,
+                        platform=args.platform)
     _print(args, image, f"{image.ref} {image.digest}")
     return 0
 
@@ -70,6 +86,14 @@ def add_commands(sub, command) -> None:
     pull.add_argument("ref", metavar="REF", help="e.g. alpine:3.19, registry:5000/team/app:1")
     pull.add_argument("--insecure-registry", action="append", default=[], metavar="HOST",
                       help="reach HOST over plain http, unverified (repeatable)")
+    pull.add_argument("--cert-dir", metavar="DIR", help="trust the CA certificates (*.crt) in "
+                      "DIR for this registry (default: `cert_dirs` in registries.json)")
+    pull.add_argument("--creds", metavar="USER[:PASS]", help="log in with these (handed to "
+                      "skopeo in a 0600 temporary authfile, never on its command line); "
+                      "USER alone: the password is asked for, or read from stdin's first line")
+    pull.add_argument("--authfile", metavar="FILE", help="credentials from FILE "
+                      "(containers-auth.json, as `skopeo login` writes; default: skopeo's own, "
+                      "$REGISTRY_AUTH_FILE or ~/.config/containers/auth.json)")
     pull.add_argument("--platform", metavar="OS/ARCH", help="default: linux/amd64")
     imp = command(image_sub, "import", cmd_import, "import an OCI layout, OCI archive or "
                   "docker-archive", description="Copy an image from disk into the store.")

@@ -1,10 +1,12 @@
 """OCI images on the host side: `kindling image ...`, `--image REF` on create and run,
 and the image config's defaults under the user's options (docker's semantics).
 
-The work is image_build/oci's; this module adds what belongs to the host: which
-registries are insecure (`--insecure-registry HOST` and `insecure` in
-$KINDLING_HOME/registries.json), BuildError as KindlingError (exit 125), and the
-program an image runs:
+The work is image_build/oci's; this module adds what belongs to the host: how a
+registry is reached (image_build/oci/access.py) -- insecure (`--insecure-registry
+HOST`, or `insecure` in $KINDLING_HOME/registries.json), a CA directory to trust
+(`--cert-dir DIR`, or `cert_dirs` {HOST: DIR} there), credentials (`--creds
+USER:PASS` or `--authfile FILE`; else skopeo's own auth files) --, BuildError as
+KindlingError (exit 125), and the program an image runs:
 
 - no command, no --entrypoint: the image's Entrypoint + Cmd;
 - a command: the image's Entrypoint + the command (it replaces Cmd);
@@ -22,42 +24,67 @@ from .errors import build_errors, die
 from .instance import cache_dir, kindling_home
 
 REGISTRIES_FILE = "registries.json"
+REGISTRIES_HINT = '{"insecure": ["HOST:PORT", ...], "cert_dirs": {"HOST:PORT": "/path/to/ca-dir"}}'
+
+
+def _registries(home: Path | None) -> tuple[Path, dict]:
+    path = Path(home or kindling_home()) / REGISTRIES_FILE
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return path, {}
+    except (OSError, ValueError) as e:
+        die(f"{path}: cannot read it as JSON ({e})", hint=REGISTRIES_HINT)
+    if not isinstance(data, dict):
+        die(f"{path}: expected a JSON object", hint=REGISTRIES_HINT)
+    return path, data
 
 
 def insecure_hosts(given=(), home: Path | None = None) -> set[str]:
     """The registries named insecure: `given` and registries.json's "insecure" list."""
-    path = Path(home or kindling_home()) / REGISTRIES_FILE
-    hosts = set(given)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        return hosts
-    except (OSError, ValueError) as e:
-        die(f"{path}: cannot read it as JSON ({e})", hint='{"insecure": ["HOST:PORT", ...]}')
-    listed = data.get("insecure", []) if isinstance(data, dict) else None
+    path, data = _registries(home)
+    listed = data.get("insecure", [])
     if not isinstance(listed, list) or not all(isinstance(h, str) for h in listed):
-        die(f"{path}: \"insecure\" must be a list of HOST[:PORT] strings")
-    return hosts | set(listed)
+        die(f"{path}: \"insecure\" must be a list of HOST[:PORT] strings", hint=REGISTRIES_HINT)
+    return set(given) | set(listed)
 
 
-def _insecure(ref: str, given=(), home: Path | None = None) -> bool:
+def cert_dirs(home: Path | None = None) -> dict[str, str]:
+    """registries.json's "cert_dirs": {HOST[:PORT]: DIR of CA *.crt files}."""
+    path, data = _registries(home)
+    dirs = data.get("cert_dirs", {})
+    if not isinstance(dirs, dict) or not all(isinstance(v, str) for v in dirs.values()):
+        die(f"{path}: \"cert_dirs\" must map HOST[:PORT] to a directory", hint=REGISTRIES_HINT)
+    return dirs
+
+
+def access(ref: str, *, insecure=(), cert_dir=None, creds: str | None = None, authfile=None,
+           home: Path | None = None):
+    """How to reach `ref`'s registry: the options given, then registries.json."""
     from image_build.oci import refs
+    from image_build.oci.access import Access
     with build_errors():
-        return refs.registry_of(refs.normalize(ref)) in insecure_hosts(given, home)
+        registry = refs.registry_of(refs.normalize(ref))
+    cert_dir = cert_dir or cert_dirs(home).get(registry)
+    return Access(insecure=registry in insecure_hosts(insecure, home),
+                  cert_dir=Path(cert_dir) if cert_dir else None,
+                  authfile=Path(authfile) if authfile else None, creds=creds)
 
 
-def pull(ref: str, *, insecure=(), platform: str | None = None, home: Path | None = None):
+def pull(ref: str, *, insecure=(), cert_dir=None, creds: str | None = None, authfile=None,
+         platform: str | None = None, home: Path | None = None):
     from image_build.oci import images
+    reach = access(ref, insecure=insecure, cert_dir=cert_dir, creds=creds, authfile=authfile,
+                   home=home)
     with build_errors():
-        return images.pull(ref, cache_dir(), insecure=_insecure(ref, insecure, home),
-                           platform_text=platform)
+        return images.pull(ref, cache_dir(), access=reach, platform_text=platform)
 
 
 def ensure(ref: str, *, insecure=()):
     """The image, pulled when the store has none by that name (`--image`)."""
     from image_build.oci import images
     with build_errors():
-        return images.ensure(ref, cache_dir(), insecure=_insecure(ref, insecure))
+        return images.ensure(ref, cache_dir(), access=access(ref, insecure=insecure))
 
 
 def import_image(path, *, name: str | None = None, platform: str | None = None):

@@ -60,6 +60,8 @@ APT_HINTS = {
     "skopeo": "skopeo",
     "umoci": "umoci",
     "docker-registry": "docker-registry",
+    "htpasswd": "apache2-utils",
+    "openssl": "openssl",
 }
 
 _TAIL_LINES = 25

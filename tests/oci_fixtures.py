@@ -13,7 +13,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import socket
 import subprocess
 import tarfile
@@ -90,6 +92,33 @@ def make_image(layout: Path, tag: str, layer_files, config=APP_CONFIG, arch: str
     return layout
 
 
+def make_index(layout: Path, tag: str, tags: list[str]) -> Path:
+    """An image index `tag` in `layout` over the images `tags`, each with its platform."""
+    index_path = layout / "index.json"
+    index = json.loads(index_path.read_text())
+    by_tag = {m["annotations"]["org.opencontainers.image.ref.name"]: m for m in index["manifests"]}
+    manifests = []
+    for name in tags:
+        desc = {k: by_tag[name][k] for k in ("mediaType", "digest", "size")}
+        config_digest = _blob(layout, desc["digest"])["config"]["digest"]
+        config = _blob(layout, config_digest)
+        manifests.append(dict(desc, platform={"os": config["os"],
+                                              "architecture": config["architecture"]}))
+    data = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                       "manifests": manifests}).encode()
+    digest = hashlib.sha256(data).hexdigest()
+    (layout / "blobs/sha256" / digest).write_bytes(data)
+    index["manifests"].append({"mediaType": "application/vnd.oci.image.index.v1+json",
+                               "digest": f"sha256:{digest}", "size": len(data),
+                               "annotations": {"org.opencontainers.image.ref.name": tag}})
+    index_path.write_text(json.dumps(index))
+    return layout
+
+
+def _blob(layout: Path, digest: str) -> dict:
+    return json.loads((layout / "blobs/sha256" / digest.split(":", 1)[1]).read_text())
+
+
 def app_layers(work: Path, busybox_tree: Path) -> list[Path]:
     """The three layers of the test image."""
     passwd = b"root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n"
@@ -116,14 +145,22 @@ def free_port() -> int:
 class Registry:
     """A real distribution registry (Debian's docker-registry) on 127.0.0.1."""
 
-    def __init__(self, work: Path):
+    def __init__(self, work: Path, *, tls=None, auth: dict | None = None, push_args=()):
+        """`tls`: a registry_auth.PKI (serve https with its server certificate); `auth`:
+        the config's `auth:` section; `push_args`: skopeo's --dest-* flags to push."""
+        work.mkdir(parents=True, exist_ok=True)
         self.storage = work / "storage"
         self.port = free_port()
         self.host = f"127.0.0.1:{self.port}"
         self.log = work / "registry.log"
-        config = work / "registry.yml"
-        config.write_text(f"version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n"
-                          f"    rootdirectory: {self.storage}\nhttp:\n  addr: {self.host}\n")
+        self.push_args = list(push_args) or ["--dest-tls-verify=false"]
+        http = {"addr": self.host}
+        if tls is not None:
+            http["tls"] = {"certificate": str(tls.server_cert), "key": str(tls.server_key)}
+        config = work / "registry.yml"     # JSON is YAML
+        config.write_text(json.dumps({"version": 0.1, "log": {"level": "info"}, "http": http,
+                                      "storage": {"filesystem": {"rootdirectory": str(self.storage)}},
+                                      **({"auth": auth} if auth else {})}))
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(["docker-registry", "serve", str(config)],
                                          stdout=log, stderr=subprocess.STDOUT)
@@ -141,11 +178,12 @@ class Registry:
                 time.sleep(0.05)   # polling for the listening socket, not a fixed wait
         raise RuntimeError(f"docker-registry did not listen on {self.host} in {timeout}s")
 
-    def push(self, source: str, name: str) -> str:
-        """skopeo copy SOURCE docker://HOST/NAME; returns the reference."""
+    def push(self, source: str, name: str, *, all_images: bool = False) -> str:
+        """skopeo copy SOURCE docker://HOST/NAME (an index with its images: `all_images`);
+        returns the reference."""
         ref = f"{self.host}/{name}"
-        run(["skopeo", "copy", "--quiet", "--dest-tls-verify=false", source, f"docker://{ref}"],
-            timeout=TIMEOUT)
+        run(["skopeo", "copy", "--quiet", *(["--all"] if all_images else []), *self.push_args,
+             source, f"docker://{ref}"], timeout=TIMEOUT)
         return ref
 
     def blob_gets(self, digests=None) -> int:

@@ -2,6 +2,7 @@
 images built from local files by umoci and pushed by skopeo (tests/oci_fixtures.py).
 The VM side is tests/test_vm_oci.py."""
 
+import hashlib
 import io
 import json
 import os
@@ -17,10 +18,11 @@ import pytest
 
 from image_build.errors import BuildError
 from image_build.oci import images, layers, skopeo
+from image_build.oci.access import Access
 from image_build.oci.store import Store
 from image_build.run import run
-from tests.oci_fixtures import (APP_CONFIG, app_layout, app_ref, make_image, oci_work,  # noqa: F401
-                                registry, umoci, write_layer)
+from tests.oci_fixtures import (APP_CONFIG, app_layout, app_ref, make_image,  # noqa: F401
+                                make_index, oci_work, registry, umoci, write_layer)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,7 +33,7 @@ def extract(image: Path, dest: Path) -> Path:
 
 
 def test_a_pull_applies_whiteouts_and_keeps_the_config(app_ref, tmp_path):
-    image = images.pull(app_ref, tmp_path / "cache", insecure=True)
+    image = images.pull(app_ref, tmp_path / "cache", access=Access(insecure=True))
     tree = extract(image.rootfs, tmp_path / "tree")
     assert not (tree / "doomed").exists()                         # whiteout
     assert sorted(os.listdir(tree / "data")) == ["new"]           # opaque whiteout
@@ -56,11 +58,11 @@ def test_a_pull_applies_whiteouts_and_keeps_the_config(app_ref, tmp_path):
 def test_a_second_pull_downloads_no_layer(app_ref, registry, tmp_path):
     """skopeo re-reads the config blob (a few hundred bytes) to compare; no layer again."""
     before = registry.blob_gets()
-    first = images.pull(app_ref, tmp_path / "cache", insecure=True)
+    first = images.pull(app_ref, tmp_path / "cache", access=Access(insecure=True))
     layer_digests = [layer["digest"] for layer in first.info["layers"]]
     assert registry.blob_gets() - before == 4                  # 3 layers and the config
     layer_gets = registry.blob_gets(layer_digests)
-    second = images.pull(app_ref, tmp_path / "cache", insecure=True)
+    second = images.pull(app_ref, tmp_path / "cache", access=Access(insecure=True))
     assert registry.blob_gets(layer_digests) == layer_gets     # no layer fetched again
     assert registry.blob_gets() - before == 5                  # the config, re-read
     assert second.digest == first.digest and second.rootfs == first.rootfs
@@ -76,7 +78,7 @@ def test_layout_and_docker_archive_give_the_same_rootfs(app_layout, app_ref, tmp
     assert from_archive.ref == "docker.io/local/d:1"
     assert from_archive.digest != from_layout.digest               # other manifest, same content
     assert from_archive.info["rootfs_digest"] == from_layout.info["rootfs_digest"]
-    pulled = images.pull(app_ref, cache_dir, insecure=True)
+    pulled = images.pull(app_ref, cache_dir, access=Access(insecure=True))
     assert pulled.info["rootfs_digest"] == from_layout.info["rootfs_digest"]
 
 
@@ -108,7 +110,7 @@ def test_a_tampered_blob_is_refused_and_nothing_is_kept(app_layout, registry, oc
     blob[len(blob) // 2] ^= 0xFF                                    # same size, other content
     data.write_bytes(bytes(blob))
     with pytest.raises(BuildError, match=f"image {ref}: a blob's content does not match its digest"):
-        images.pull(ref, tmp_path / "cache", insecure=True)
+        images.pull(ref, tmp_path / "cache", access=Access(insecure=True))
     store = Store.at(tmp_path / "cache")
     assert ref not in store.tags()
     assert not store.blob(digest).exists()
@@ -118,16 +120,16 @@ def test_a_tampered_blob_is_refused_and_nothing_is_kept(app_layout, registry, oc
 def test_an_unknown_tag_names_the_reference(app_ref, tmp_path):
     ref = app_ref.replace(":1", ":no-such-tag")
     with pytest.raises(BuildError, match=f"image {ref}: no such image or tag"):
-        images.pull(ref, tmp_path / "cache", insecure=True)
+        images.pull(ref, tmp_path / "cache", access=Access(insecure=True))
     with pytest.raises(BuildError, match="no such image or tag"):
-        images.pull(app_ref.replace("test/app", "test/nothing"), tmp_path / "cache", insecure=True)
+        images.pull(app_ref.replace("test/app", "test/nothing"), tmp_path / "cache", access=Access(insecure=True))
 
 
 def test_a_registry_that_is_down_is_a_clear_error(tmp_path):
     from tests.oci_fixtures import free_port
     ref = f"127.0.0.1:{free_port()}/test/app:1"
     with pytest.raises(BuildError, match=f"image {ref}: the registry is down or not listening"):
-        images.pull(ref, tmp_path / "cache", insecure=True)
+        images.pull(ref, tmp_path / "cache", access=Access(insecure=True))
 
 
 def test_a_registry_that_never_answers_fails_in_bounded_time(tmp_path, monkeypatch):
@@ -139,7 +141,7 @@ def test_a_registry_that_never_answers_fails_in_bounded_time(tmp_path, monkeypat
         monkeypatch.setattr(skopeo, "INSPECT_TIMEOUT", 3)
         start = time.monotonic()
         with pytest.raises(BuildError, match=f"image {ref}: the registry did not answer in time"):
-            images.pull(ref, tmp_path / "cache", insecure=True)
+            images.pull(ref, tmp_path / "cache", access=Access(insecure=True))
         assert time.monotonic() - start < 3 + skopeo.RUN_SLACK
 
 
@@ -154,8 +156,24 @@ def test_an_image_for_another_architecture_names_its_platforms(registry, oci_wor
     ref = registry.push(f"oci:{layout}:1", "test/arm:1")
     with pytest.raises(BuildError, match=f"image {ref}: it is for linux/arm64 only, not "
                                          "linux/amd64; the platforms it has: linux/arm64"):
-        images.pull(ref, tmp_path / "cache", insecure=True)
+        images.pull(ref, tmp_path / "cache", access=Access(insecure=True))
     assert ref not in Store.at(tmp_path / "cache").tags()
+
+
+def test_a_pushed_index_of_other_platforms_names_them(registry, oci_work, tmp_path):
+    layout = tmp_path / "multi-layout"
+    for arch in ("arm64", "s390x"):
+        layer = write_layer(tmp_path / f"{arch}.tar", [(arch, b"x\n", 0o644)])
+        make_image(layout, arch, [layer], arch=arch)
+    make_index(layout, "multi", ["arm64", "s390x"])
+    ref = registry.push(f"oci:{layout}:multi", "test/multi:1", all_images=True)
+    with pytest.raises(BuildError, match=f"image {ref}: no linux/amd64 image in it; the "
+                                         "platforms it has: linux/arm64, linux/s390x"):
+        images.pull(ref, tmp_path / "cache", access=Access(insecure=True))
+    assert images.list_images(tmp_path / "cache") == []
+    image = images.pull(ref, tmp_path / "cache", access=Access(insecure=True),
+                        platform_text="linux/s390x")                      # --platform picks one
+    assert image.info["platform"] == "linux/s390x"
 
 
 def test_an_index_without_the_platform_names_those_it_has():
@@ -198,23 +216,88 @@ def test_a_zstd_layer_is_checked_too(tmp_path):
         layers.check_layer(tmp_path / "bad.tar.zst", "r", "sha256:0")
 
 
+CAP_NET_BIND_SERVICE = bytes.fromhex("0100000200040000000000000000000000000000")   # vfs_cap_data v2
+
+
+@pytest.fixture
+def mounted(tmp_path):
+    """mount(erofs image) -> its read-only loop mount (fsck.erofs 1.5's --extract and
+    dump.erofs do not show xattrs; the kernel's erofs does)."""
+    points = []
+
+    def mount(image: Path) -> Path:
+        point = tmp_path / f"mnt{len(points)}"
+        point.mkdir()
+        run(["mount", "-t", "erofs", "-o", "loop,ro", image, point], timeout=30)
+        points.append(point)
+        return point
+    yield mount
+    for point in points:
+        run(["umount", point], timeout=30)
+
+
+def test_xattrs_in_a_layer_are_in_the_rootfs(tmp_path, mounted):
+    """A user.* xattr and security.capability, in the layer's PAX headers (as docker and
+    buildkit write them), are kept by umoci and by mkfs.erofs."""
+    layer = tmp_path / "xattr.tar"
+    with tarfile.open(layer, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name, key, value in [("tagged", "user.kindling", b"hello-xattr"),
+                                 ("capped", "security.capability", CAP_NET_BIND_SERVICE)]:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = 3, 0o755
+            info.pax_headers = {f"SCHILY.xattr.{key}": value.decode("utf-8", "surrogateescape")}
+            tar.addfile(info, io.BytesIO(b"hi\n"))
+    layout = make_image(tmp_path / "layout", "1", [layer])
+    image = images.import_image(layout, tmp_path / "cache", name="local/xattr:1")
+    root = mounted(image.rootfs)
+    assert os.getxattr(root / "tagged", "user.kindling") == b"hello-xattr"
+    assert os.getxattr(root / "capped", "security.capability") == CAP_NET_BIND_SERVICE
+    assert os.listxattr(root / "capped") == ["security.capability"]
+
+
 @pytest.fixture
 def small_disk(tmp_path):
-    """A 3 MiB tmpfs: room for the store's blobs, not for the converted rootfs too."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", mount], timeout=30)
-    yield mount
-    run(["umount", mount], timeout=30)
+    """small_disk(size) -> a tmpfs of that size (e.g. "3m")."""
+    mounts = []
+
+    def make(size: str) -> Path:
+        mount = tmp_path / f"small{len(mounts)}"
+        mount.mkdir()
+        run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", mount], timeout=30)
+        mounts.append(mount)
+        return mount
+    yield make
+    for mount in mounts:
+        run(["umount", mount], timeout=30)
 
 
-def test_a_full_disk_is_a_clear_error_and_the_cache_stays_consistent(app_layout, small_disk):
-    with pytest.raises(BuildError, match="image docker.io/local/full:1: .*disk full"):
-        images.import_image(app_layout, small_disk, name="local/full:1")
-    store = Store.at(small_disk)
+def _consistent_and_empty(cache_dir: Path) -> None:
+    store = Store.at(cache_dir)
     assert store.tags() == {}
     assert not (store.root / "images").exists() or os.listdir(store.root / "images") == []
     assert [p for p in os.listdir(store.root) if p.startswith(".work-")] == []
+    assert images.list_images(cache_dir) == []
+
+
+def test_a_full_disk_is_a_clear_error_and_the_cache_stays_consistent(app_layout, small_disk):
+    """3 MiB: room for the store's blobs, not for the converted rootfs too."""
+    disk = small_disk("3m")
+    with pytest.raises(BuildError, match="image docker.io/local/full:1: .*disk full"):
+        images.import_image(app_layout, disk, name="local/full:1")
+    _consistent_and_empty(disk)
+
+
+def test_a_disk_full_while_pulling_the_blobs(app_ref, small_disk):
+    """512 KiB: not even the layers fit; skopeo's error, the store as it was."""
+    disk = small_disk("512k")
+    with pytest.raises(BuildError, match=f"image {app_ref}: disk full \\(no space left on device\\) "
+                                         "while storing it; nothing was kept"):
+        images.pull(app_ref, disk, access=Access(insecure=True))
+    _consistent_and_empty(disk)
+    # what skopeo kept are whole, verified blobs (no name refers to them; gc drops them)
+    blobs = Store.at(disk).layout / "blobs" / "sha256"
+    for blob in blobs.iterdir() if blobs.exists() else ():
+        assert hashlib.sha256(blob.read_bytes()).hexdigest() == blob.name
 
 
 def test_rm_drops_the_name_the_rootfs_and_unshared_blobs(app_layout, tmp_path):
@@ -273,6 +356,13 @@ def test_insecure_registries_from_the_config_file(home):
     (home / "registries.json").write_text('{"insecure": "reg:5000"}')
     with pytest.raises(KindlingError, match="registries.json: \"insecure\" must be a list"):
         host_images.insecure_hosts()
+    (home / "registries.json").write_text('{"cert_dirs": {"reg:5000": "/ca"}}')
+    assert host_images.access("reg:5000/a:1").cert_dir == Path("/ca")
+    assert host_images.access("reg:5000/a:1", cert_dir="/mine").cert_dir == Path("/mine")
+    assert host_images.access("other:1/a:1").cert_dir is None
+    (home / "registries.json").write_text('{"cert_dirs": ["/ca"]}')
+    with pytest.raises(KindlingError, match=r"\"cert_dirs\" must map HOST\[:PORT\] to a directory"):
+        host_images.access("reg:5000/a:1")
 
 
 # --- the CLI -------------------------------------------------------------------------------

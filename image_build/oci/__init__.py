@@ -8,8 +8,11 @@ what those tools do not do for us:
 - refs.py: docker's short names (`alpine` -> docker.io/library/alpine:latest);
 - store.py: the one shared OCI layout under the cache (blobs stored once) and
   its index of names;
+- access.py: TLS (a CA directory for one pull) and credentials (USER:PASS put in a
+  0600 authfile, never on skopeo's argv) as skopeo's flags;
 - skopeo.py: the skopeo calls, and their errors turned into messages naming the
-  reference (unknown tag, registry down, digest mismatch, disk full);
+  reference (unknown tag, registry down, refused credentials, digest mismatch,
+  disk full);
 - platform.py: which platform to take, with an error naming those an image has
   (skopeo only says "no image found");
 - layers.py: refusing `../` and absolute names in layers -- umoci 0.4.7 does not

@@ -25,6 +25,7 @@ from image_build.errors import BuildError
 from image_build.run import CommandError, run
 
 from . import layers, platform, refs, skopeo, zstd_layers
+from .access import Access, resolved
 from .store import Store, nothing_on_failure
 
 ROOTFS_NAME = "rootfs.img"
@@ -142,30 +143,31 @@ def _checked(store: Store, ref: str, want: tuple[str, str]) -> Image:
         return _load(store, ref, digest) or _convert(store, ref, digest, manifest, config)
 
 
-def pull(ref: str, cache_dir: Path, *, insecure: bool = False, platform_text: str | None = None,
-         ) -> Image:
-    """Fetch `ref` from its registry into the store (blobs already held are not fetched)."""
+def pull(ref: str, cache_dir: Path, *, access: Access = Access(),
+         platform_text: str | None = None) -> Image:
+    """Fetch `ref` from its registry into the store (blobs already held are not fetched);
+    `access`: TLS and credentials (access.py)."""
     ref = refs.normalize(ref)
     want = platform.parse(platform_text, (skopeo.HOST_OS, skopeo.HOST_ARCH))
     source = f"docker://{ref}"
-    with log.step(f"Pulling {ref}"):
-        top = skopeo.inspect_raw(ref, source, insecure=insecure)
+    with log.step(f"Pulling {ref}"), resolved(access, refs.registry_of(ref)) as reach:
+        top = skopeo.inspect_raw(ref, source, access=reach)
         if platform.is_index(top):
             platform.check_index(ref, top, want)
         store = Store.at(cache_dir)
         with store.locked():
-            skopeo.copy(ref, source, f"oci:{store.layout}:{ref}", insecure=insecure, platform=want)
+            skopeo.copy(ref, source, f"oci:{store.layout}:{ref}", access=reach, platform=want)
             return _checked(store, ref, want)
 
 
-def ensure(ref: str, cache_dir: Path, *, insecure: bool = False,
+def ensure(ref: str, cache_dir: Path, *, access: Access = Access(),
            platform_text: str | None = None) -> Image:
     """The image, pulled only when the store has none by that name (like `docker run`)."""
     norm = refs.normalize(ref)
     store = Store.at(cache_dir)
     digest = store.tags().get(norm)
     image = _load(store, norm, digest) if digest else None
-    return image or pull(norm, cache_dir, insecure=insecure, platform_text=platform_text)
+    return image or pull(norm, cache_dir, access=access, platform_text=platform_text)
 
 
 def import_image(path: Path, cache_dir: Path, *, name: str | None = None,

@@ -17,12 +17,17 @@ from pathlib import Path
 from image_build.errors import BuildError
 from image_build.run import DEVNULL, CommandError, run
 
+from . import refs
+from .access import Access
+
 COMMAND_TIMEOUT = 600          # seconds for one skopeo call (--command-timeout)
 INSPECT_TIMEOUT = 60
 RUN_SLACK = 30                 # our own kill, after skopeo's own timeout
 HOST_OS, HOST_ARCH = "linux", "amd64"
 
-# (phrase in skopeo's output, what it means); the first match wins
+_REFUSED = ("the registry {registry} refused access: wrong or missing credentials (give "
+            "--creds USER:PASS or --authfile FILE); nothing was kept")
+# (phrase in skopeo's output, what it means; {registry} is the reference's); the first match wins
 _CAUSES = (
     ("no space left on device", "disk full (no space left on device) while storing it; nothing was kept"),
     ("did not match", "a blob's content does not match its digest (corrupt or tampered); refused, nothing was kept"),
@@ -30,10 +35,12 @@ _CAUSES = (
     ("manifest unknown", "no such image or tag in the registry"),
     ("name unknown", "no such image or tag in the registry"),
     ("not found", "no such image or tag"),
-    ("unauthorized", "the registry refused access (log in with `skopeo login HOST`, or check the name)"),
-    ("denied", "the registry refused access (log in with `skopeo login HOST`, or check the name)"),
+    ("invalid username/password", _REFUSED),
+    ("unauthorized", _REFUSED),
+    ("denied", _REFUSED),
     ("http response to https client", "the registry speaks plain http: name it with --insecure-registry HOST if you trust it"),
-    ("x509", "the registry's TLS certificate was not accepted"),
+    ("x509", "the registry {registry}'s TLS certificate was not accepted (trust its CA "
+             "with --cert-dir DIR, a directory of *.crt files)"),
     ("connection refused", "the registry is down or not listening (connection refused)"),
     ("no such host", "the registry's host name does not resolve"),
     ("deadline exceeded", "the registry did not answer in time"),
@@ -48,6 +55,7 @@ def explain(ref: str, error: CommandError) -> BuildError:
     """The error naming `ref`, with the cause found in skopeo's output (and its tail)."""
     text = error.output.lower()     # empty when skopeo could not start: then the summary says why
     cause = next((why for phrase, why in _CAUSES if phrase in text), error.summary)
+    cause = cause.replace("{registry}", refs.registry_of(ref))
     return BuildError(f"image {ref}: {cause}\n{error.details()}")
 
 
@@ -55,15 +63,11 @@ def _base(timeout: float) -> list[str]:
     return ["skopeo", "--command-timeout", f"{int(timeout)}s"]
 
 
-def tls_args(flag: str, insecure: bool) -> list[str]:
-    return [f"{flag}=false"] if insecure else []
-
-
-def inspect_raw(ref: str, transport_ref: str, *, insecure: bool, timeout: float | None = None,
-                ) -> dict:
+def inspect_raw(ref: str, transport_ref: str, *, access: Access = Access(),
+                timeout: float | None = None) -> dict:
     """The manifest or index as the source has it (no platform chosen)."""
     timeout = INSPECT_TIMEOUT if timeout is None else timeout
-    argv = _base(timeout) + ["inspect", "--raw", *tls_args("--tls-verify", insecure), transport_ref]
+    argv = _base(timeout) + ["inspect", "--raw", *access.flags("--"), transport_ref]
     try:
         out = run(argv, timeout=timeout + RUN_SLACK).stdout
     except CommandError as e:
@@ -74,11 +78,11 @@ def inspect_raw(ref: str, transport_ref: str, *, insecure: bool, timeout: float 
         raise BuildError(f"image {ref}: the manifest is not JSON") from None
 
 
-def copy(ref: str, src: str, dest: str, *, insecure: bool = False, platform=(HOST_OS, HOST_ARCH),
-         timeout: float = COMMAND_TIMEOUT) -> None:
+def copy(ref: str, src: str, dest: str, *, access: Access = Access(),
+         platform=(HOST_OS, HOST_ARCH), timeout: float = COMMAND_TIMEOUT) -> None:
     """skopeo copy src dest: progress on a terminal (skopeo prints it when stdout is one),
     quiet otherwise."""
-    argv = _base(timeout) + ["copy", *tls_args("--src-tls-verify", insecure),
+    argv = _base(timeout) + ["copy", *access.flags("--src-"),
                              "--override-os", platform[0], "--override-arch", platform[1]]
     tty = sys.stderr.isatty()
     if not tty:
