@@ -24,7 +24,7 @@ import time
 
 import trio
 
-from agent import server, transports
+from agent import front_ends, server, transports
 from initsys import control, protocol
 
 USAGE = ("usage: python3 -m agent.main --transport serial|vsock|unix [--path PATH] [--port PORT]"
@@ -99,10 +99,11 @@ def report_ready(ready_fd, ready_file, announce=True):
         os.write(1, (line + "\n").encode())
 
 
-async def _main(transport, agent, ready_fd, ready_file, announce):
+async def _main(transport, agent, ready_fd, ready_file, announce, fronts):
     async with trio.open_nursery() as nursery:
-        await nursery.start(server.serve, transport, agent)
+        await nursery.start(server.serve, transport, agent, fronts.handler_for(transport))
         report_ready(ready_fd, ready_file, announce)
+        nursery.start_soon(fronts.start)    # gRPC: after readiness, off the critical path
 
         async def stop_on_signals():
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -136,17 +137,22 @@ def serve(transport_args, ready_fd=None, *, ready_file=None, chroot=None, base_e
     except transports.TransportError as e:
         server.log(f"cannot serve: {e}")
         return 1
+    agent = server.Agent(base_env)
+    fronts = front_ends.FrontEnds(agent, ready_file=ready_file and os.path.join(
+        os.path.dirname(ready_file), front_ends.GRPC_READY_NAME))
+    fronts.open()
     if chroot:
         try:
             os.chroot(chroot)
             os.chdir("/")
         except OSError as e:
             server.log(f"cannot serve: chroot {chroot}: {e.strerror}")
+            fronts.close()
             return 1
-    agent = server.Agent(base_env)
     try:
-        trio.run(_main, transport, agent, ready_fd, ready_file, announce)
+        trio.run(_main, transport, agent, ready_fd, ready_file, announce, fronts)
     finally:
+        fronts.close()
         transport.close()
     return 0
 
