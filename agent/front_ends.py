@@ -27,6 +27,7 @@ import time
 
 import trio
 
+import agent as agent_pkg
 from agent import transports
 from agent.server import log
 from initsys import ports
@@ -129,7 +130,8 @@ class FrontEnds:
         t0 = time.perf_counter()
         if self.root_fd is not None and _chrooted(self.root_fd):
             base = f"/proc/self/fd/{self.root_fd}"     # needs /proc in the new root
-            sys.path[:] = [base + p if p.startswith("/") else p for p in sys.path]
+            for paths in (sys.path, agent_pkg.__path__):  # our own package resolves by its __path__
+                paths[:] = [base + p if p.startswith("/") else p for p in paths]
         try:
             import agent.grpc_front as grpc_front
         except ImportError as e:
