@@ -119,8 +119,11 @@ class FrontEnds:
 
     # --- after readiness ---
 
-    async def start(self):
-        """Import the gRPC front end in a thread, then serve the gRPC port if there is one."""
+    async def start(self, transport):
+        """Import the gRPC front end in a thread, then serve the gRPC port if there is one.
+        Nothing when gRPC has no way in (virtio-serial and no gRPC port: Kindling's default)."""
+        if transport.name == "serial" and self.grpc_port is None:
+            return
         await trio.to_thread.run_sync(self._import)
         self.loaded.set()
         if self.grpc is not None and self.grpc_port is not None:

@@ -103,7 +103,7 @@ async def _main(transport, agent, ready_fd, ready_file, announce, fronts):
     async with trio.open_nursery() as nursery:
         await nursery.start(server.serve, transport, agent, fronts.handler_for(transport))
         report_ready(ready_fd, ready_file, announce)
-        nursery.start_soon(fronts.start)    # gRPC: after readiness, off the critical path
+        nursery.start_soon(fronts.start, transport)    # gRPC: after readiness, off the critical path
 
         async def stop_on_signals():
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
