@@ -243,8 +243,11 @@ class Connection:
                 raise call.error
         except CallError as e:
             await self._finish_quietly(call, e.status, str(e))
-        except Closed:
-            pass
+        except (Closed, h2.exceptions.StreamClosedError):
+            pass        # the client went away or reset the call
+        except Exception as e:      # a bug: report it, keep the connection and the agent serving
+            log(f"gRPC {method}: {type(e).__name__}: {e}")
+            await self._finish_quietly(call, INTERNAL, f"{type(e).__name__}: {e}")
         finally:
             call.drain()
             del self.calls[stream_id]

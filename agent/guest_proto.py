@@ -77,4 +77,3 @@ METHODS = {
     "CopyFromGuest": (COPY_FROM_GUEST_REQUEST, COPY_FROM_GUEST_RESPONSE, False, True),
     "StatPath": (STAT_PATH_REQUEST, STAT_PATH_RESPONSE, False, False),
 }
-UNIMPLEMENTED = ("Shutdown", "ReconfigureNetwork", "RebindIdentity")

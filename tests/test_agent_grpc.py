@@ -157,3 +157,31 @@ async def test_kindlings_protocol_on_the_same_socket(agent, channel):  # noqa: F
         async with open_agent(agent.socket, timeout=10) as a:
             info = await a.stat(str(agent.socket))
     assert info.exists and info.type == "socket"
+
+
+async def test_no_grpc_import_without_a_way_in(tmp_path):
+    """virtio-serial without the gRPC port (Kindling's default): the front end is not loaded."""
+    from agent import front_ends, server, transports
+    sysfs = tmp_path / "virtio-ports"
+    (sysfs / "vport9p1").mkdir(parents=True)
+    (sysfs / "vport9p1" / "name").write_text("org.kindling.agent.0\n")
+    fronts = front_ends.FrontEnds(server.Agent(), ready_file=str(tmp_path / "grpc.ready"))
+    fronts.open(sysfs=str(sysfs))
+    try:
+        assert fronts.grpc_port is None
+        await fronts.start(transports.SerialTransport("/nonexistent"))
+        assert fronts.grpc is None and not (tmp_path / "grpc.ready").exists()
+        await fronts.start(transports.UnixTransport(str(tmp_path / "s")))   # a socket: both protocols
+        assert fronts.grpc is not None and (tmp_path / "grpc.ready").read_text().startswith("import_ms=")
+    finally:
+        fronts.close()
+
+
+def test_cancelling_an_exec_kills_its_command(channel):
+    from agentproc import process_gone, wait_until
+    call = method(channel, "Exec")(iter([{"start": {"command": ["sh", "-c", "echo $$; exec sleep 300"]}}]),
+                                   timeout=TIMEOUT)
+    pid = int(next(call)["stdout"])
+    assert not process_gone(pid)
+    call.cancel()
+    wait_until(lambda: process_gone(pid), 10, f"the command (pid {pid}) killed after the call's cancel")
