@@ -35,7 +35,7 @@ OK, CANCELLED, UNKNOWN, INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED, UNIMPLEM
     0, 1, 2, 3, 5, 7, 12, 13
 _ERROR_STATUS = {"invalid": INVALID_ARGUMENT, "not_found": NOT_FOUND, "permission": PERMISSION_DENIED,
                  "cancelled": CANCELLED, "internal": INTERNAL, "protocol": INVALID_ARGUMENT}
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+PERM = 0o777       # modes travel as permission bits only, as hypeman's agent sends them
 
 
 class CallError(Exception):
@@ -322,7 +322,7 @@ async def op_stat_path(call, agent):
         return
     await call.send({"exists": info["exists"], "is_dir": info.get("type") == "dir",
                      "is_file": info.get("type") == "file", "is_symlink": info.get("type") == "symlink",
-                     "link_target": info.get("target", ""), "mode": info.get("mode", 0),
+                     "link_target": info.get("target", ""), "mode": info.get("mode", 0) & PERM,
                      "size": info.get("size", 0)})
 
 

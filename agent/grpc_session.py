@@ -74,7 +74,7 @@ class GrpcSession:
     async def send_entry(self, ch, e):
         rel = e["path"]
         path = os.path.join(self._root_name, rel) if rel else self._root_name
-        header = {"path": path, "mode": e.get("mode", 0), "is_dir": e["type"] == "dir",
+        header = {"path": path, "mode": e.get("mode", 0) & 0o777, "is_dir": e["type"] == "dir",
                   "is_symlink": e["type"] == "symlink", "link_target": e.get("target", ""),
                   "size": e.get("size", 0), "mtime": e.get("mtime_ns", 0) // 1_000_000_000,
                   "uid": e.get("uid", 0), "gid": e.get("gid", 0)}

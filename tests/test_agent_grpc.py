@@ -103,6 +103,8 @@ def test_stat_path(channel, tmp_path):
     link = stat_path({"path": str(tmp_path / "l")}, timeout=TIMEOUT)
     assert link["is_symlink"] and link["link_target"] == "f"
     assert stat_path({"path": str(tmp_path / "nope")}, timeout=TIMEOUT) == {}     # exists: false
+    f.chmod(0o4750)     # permission bits only, as hypeman's agent reports them
+    assert stat_path({"path": str(f)}, timeout=TIMEOUT)["mode"] == 0o750
 
 
 def test_copy_to_guest_then_back(channel, tmp_path):
