@@ -11,7 +11,8 @@ from PID 1):
 Importing this module imports everything serve() will ever need, so serve()
 may run after a chroot into a root that holds no Python at all: nothing is
 imported lazily once it has started (tests/test_agent_main.py holds it to
-that).  Order: open the transport (device, socket) -> chroot -> listen ->
+that) -- but for the gRPC front end, which is imported once, in a thread, after
+readiness, through the old root (agent/front_ends.py).  Order: open the transport (device, socket) -> chroot -> listen ->
 ready: one byte to the ready fd (then closed), the ready file (an RFC 3339
 timestamp), and HYPEMAN-AGENT-READY on stdout.  SIGTERM, SIGINT and a
 `shutdown` request stop it; every running command's process group is killed.
