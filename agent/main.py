@@ -11,7 +11,8 @@ from PID 1):
 Importing this module imports everything serve() will ever need, so serve()
 may run after a chroot into a root that holds no Python at all: nothing is
 imported lazily once it has started (tests/test_agent_main.py holds it to
-that).  Order: open the transport (device, socket) -> chroot -> listen ->
+that) -- but for the gRPC front end, which is imported once, in a thread, after
+readiness, through the old root (agent/front_ends.py).  Order: open the transport (device, socket) -> chroot -> listen ->
 ready: one byte to the ready fd (then closed), the ready file (an RFC 3339
 timestamp), and HYPEMAN-AGENT-READY on stdout.  SIGTERM, SIGINT and a
 `shutdown` request stop it; every running command's process group is killed.
@@ -24,7 +25,7 @@ import time
 
 import trio
 
-from agent import server, transports
+from agent import front_ends, server, transports
 from initsys import control, protocol
 
 USAGE = ("usage: python3 -m agent.main --transport serial|vsock|unix [--path PATH] [--port PORT]"
@@ -99,10 +100,11 @@ def report_ready(ready_fd, ready_file, announce=True):
         os.write(1, (line + "\n").encode())
 
 
-async def _main(transport, agent, ready_fd, ready_file, announce):
+async def _main(transport, agent, ready_fd, ready_file, announce, fronts):
     async with trio.open_nursery() as nursery:
-        await nursery.start(server.serve, transport, agent)
+        await nursery.start(server.serve, transport, agent, fronts.handler_for(transport))
         report_ready(ready_fd, ready_file, announce)
+        nursery.start_soon(fronts.start, transport)    # gRPC: after readiness, off the critical path
 
         async def stop_on_signals():
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -136,17 +138,22 @@ def serve(transport_args, ready_fd=None, *, ready_file=None, chroot=None, base_e
     except transports.TransportError as e:
         server.log(f"cannot serve: {e}")
         return 1
+    agent = server.Agent(base_env)
+    fronts = front_ends.FrontEnds(agent, ready_file=ready_file and os.path.join(
+        os.path.dirname(ready_file), front_ends.GRPC_READY_NAME))
+    fronts.open()
     if chroot:
         try:
             os.chroot(chroot)
             os.chdir("/")
         except OSError as e:
             server.log(f"cannot serve: chroot {chroot}: {e.strerror}")
+            fronts.close()
             return 1
-    agent = server.Agent(base_env)
     try:
-        trio.run(_main, transport, agent, ready_fd, ready_file, announce)
+        trio.run(_main, transport, agent, ready_fd, ready_file, announce, fronts)
     finally:
+        fronts.close()
         transport.close()
     return 0
 

@@ -220,10 +220,11 @@ class Agent:
             session.close()
 
 
-async def serve(transport, agent, *, task_status=trio.TASK_STATUS_IGNORED):
-    """Serve a transport that is already open until a shutdown request."""
+async def serve(transport, agent, handler=None, *, task_status=trio.TASK_STATUS_IGNORED):
+    """Serve a transport that is already open until a shutdown request.
+    handler: what runs each connection (default: agent.serve_stream)."""
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(transport.run, agent.serve_stream)
+        nursery.start_soon(transport.run, handler or agent.serve_stream)
         task_status.started()
         await agent.stopping.wait()
         nursery.cancel_scope.cancel()

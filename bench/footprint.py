@@ -195,6 +195,9 @@ COMPONENTS = {
             "import pyudev\nimport trio\nfrom initsys import program",
     # initsys/agent_boot.py: everything serve() needs, before `go`
     "agent": "from initsys import agent_boot\nimport agent.main\nfrom initsys.helpers import read_all",
+    # the agent's gRPC front end, imported after readiness (agent/front_ends.py): its own line
+    # is agent.grpc_front (h2, hpack, hyperframe with it), agent.main's is already paid above
+    "grpc": "import agent.main\nimport agent.grpc_front",
     # initsys/network.py: pyroute2.iproute.linux under a stub parent
     "network": "from initsys import network\nnetwork.import_iproute()",
     # initsys/headers.py and its lazy imports

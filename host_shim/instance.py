@@ -12,6 +12,7 @@
             qmp.sock        QMP control socket
             agent.sock      the agent's virtio-serial port (host end)
             qga.sock        qemu-guest-agent's virtio-serial port (with --qga)
+            grpc.sock       the agent's gRPC front end's virtio-serial port (with --grpc)
             qemu.pid        QEMU's pidfile (QEMU holds a lock on it while it runs)
             config.img      config disk (/dev/vdc)
             overlay.img     writable overlay disk (/dev/vdb), kept across restarts
@@ -83,6 +84,11 @@ class Instance:
     def qga_socket(self) -> Path:
         """The host end of qemu-guest-agent's virtio-serial port (`create --qga`)."""
         return self.dir / "qga.sock"
+
+    @property
+    def grpc_socket(self) -> Path:
+        """The host end of the agent's gRPC virtio-serial port (`create --grpc`)."""
+        return self.dir / "grpc.sock"
 
     @property
     def pidfile(self) -> Path:

@@ -244,6 +244,10 @@ OPTIONS: tuple[Option, ...] = (
            "starts qemu-ga in a systemd-mode Debian guest, in exec mode start it yourself",
            ("--qga",), group="virtual machine", action="true", convert=_bool,
            goes_to=("qemu",)),
+    Option("grpc", bool, False, "also a virtio-serial port for the agent's gRPC front end "
+           "(hypeman's GuestService; org.kindling.grpc.0, host end grpc.sock in the instance "
+           "directory), for hosts without vsock", ("--grpc",), group="virtual machine",
+           action="true", convert=_bool, goes_to=("qemu",)),
     Option("early_boot_timeout", float, DEFAULT_EARLY_BOOT_TIMEOUT, "the early-boot "
            "watchdog: a guest that prints no boot stage line within S seconds of its start "
            "is ended and launched again with the same disks (at most twice; recorded, and "

@@ -25,6 +25,7 @@ from .options import CreateOptions
 
 AGENT_PORT_NAME = "org.kindling.agent.0"
 QGA_PORT_NAME = "org.qemu.guest_agent.0"   # the name Debian's qemu-guest-agent looks for
+GRPC_PORT_NAME = "org.kindling.grpc.0"      # the agent's gRPC front end (agent/front_ends.py)
 VSOCK_FIRST_CID = 3
 
 
@@ -35,16 +36,20 @@ def serial_port_args(chardev: str, socket: Path, name: str) -> list[str]:
 
 
 def agent_args(instance: Instance, agent: str, machine: qemu.Machine,
-               qga: bool = False) -> tuple[list[str], str]:
+               qga: bool = False, grpc: bool = False) -> tuple[list[str], str]:
     """QEMU devices for the agent's transport, and the kernel argument telling PID 1 which
     one to wait for (`kindling_agent=`, read by initsys/agent_gate.py).
 
     `qga` adds a second port on the same virtio-serial bus for QEMU's own guest agent
     (`org.qemu.guest_agent.0`, host end `qga.sock`).  Kindling does not start qemu-ga:
     udev does on a systemd-mode Debian guest; in exec mode whoever wants it starts it on
-    the port's /dev/vportNpM (bench/agent_vs_qga.py does)."""
+    the port's /dev/vportNpM (bench/agent_vs_qga.py does).
+
+    `grpc` adds a port for the agent's gRPC front end (hypeman's GuestService,
+    `org.kindling.grpc.0`, host end `grpc.sock`): where vsock is missing, a gRPC client
+    reaches the agent there."""
     devices, karg = [], "kindling_agent=off"
-    if agent == "serial" or qga:
+    if agent == "serial" or qga or grpc:
         devices += ["-device", machine.serial_device]
     if agent == "serial":
         devices += serial_port_args("agent0", instance.agent_socket, AGENT_PORT_NAME)
@@ -54,6 +59,8 @@ def agent_args(instance: Instance, agent: str, machine: qemu.Machine,
         karg = "kindling_agent=vsock"
     if qga:
         devices += serial_port_args("qga0", instance.qga_socket, QGA_PORT_NAME)
+    if grpc:
+        devices += serial_port_args("grpc0", instance.grpc_socket, GRPC_PORT_NAME)
     return devices, karg
 
 
@@ -282,7 +289,7 @@ def qemu_argv(instance: Instance, artifacts, disks: tuple[qemu.Disk, ...], accel
     if opts.net:  # QEMU runs inside the instance's namespace, where its tap is
         network = netns.Network(netns.namespace_for(instance.id))
         net_args = tuple(network.netdev_args(machine.net_device))
-    agent_devices, agent_karg = agent_args(instance, opts.agent, machine, opts.qga)
+    agent_devices, agent_karg = agent_args(instance, opts.agent, machine, opts.qga, opts.grpc)
     control_devices, control_karg = control_args(instance, opts, machine, agent_devices)
     spec = qemu.VMSpec(
         machine=machine_name,

@@ -57,6 +57,9 @@ PINS: dict[str, str] = {
     "pyroute2": "0.9.7",
     "pyudev": "0.24.5",
     "msgpack": "1.2.4",
+    "h2": "4.4.1",          # the agent's gRPC front end (agent/grpc_front.py), pure Python
+    "hpack": "4.2.0",
+    "hyperframe": "6.1.0",
 }
 
 # Wheels: CPython 3.11 on x86_64 glibc (Debian 12 has glibc 2.36).

@@ -34,4 +34,5 @@ GUEST_MODULES = [
                                        # pyroute2/__init__'s ndb, sqlite3 and libsqlite3)
     "msgpack",
     "agent.main",   # the in-VM agent: importing it loads all it will ever need (tests/test_agent_main.py)
+    "agent.grpc_front",  # its gRPC front end: imported after readiness (agent/front_ends.py), h2 with it
 ]

@@ -11,12 +11,14 @@ import sys
 import textwrap
 import time
 
+import grpc
 import pytest
 import trio
 import trio.testing
 
 from agent import transports, wire
 from agent.server import Agent
+import test_agent_grpc
 from agentproc import ROOT, AgentProcess, process_gone, wait_until
 from host_shim.agent_client import AgentError, open_agent, open_agent_stream
 from initsys import protocol
@@ -79,6 +81,7 @@ GUARD = textwrap.dedent("""
     import sys
     sys.argv[0] = "agent"
     import agent.main
+    import agent.grpc_front  # imported after readiness by design (agent/front_ends.py), not lazily per call
 
     class NoLazyImports:
         def find_spec(self, name, path=None, target=None):
@@ -89,6 +92,13 @@ GUARD = textwrap.dedent("""
     sys.meta_path.insert(0, NoLazyImports())
     sys.exit(agent.main.main())
 """)
+
+
+def grpc_calls(socket, tree):
+    with grpc.insecure_channel(f"unix:{socket}") as channel:
+        res = test_agent_grpc.run_exec(channel, {"command": ["sh", "-c", "echo hi"]})
+        st = test_agent_grpc.method(channel, "StatPath")({"path": str(tree)}, timeout=30)
+        return res, {k: st.get(k) for k in ("exists", "is_dir")}
 
 
 async def test_no_lazy_imports_after_startup(tmp_path):
@@ -122,11 +132,15 @@ async def test_no_lazy_imports_after_startup(tmp_path):
                 with pytest.raises(AgentError):
                     await agent.copy_from(a.dir / "missing", tmp_path / "never")
                 assert (await agent.stat(a.dir / "tree" / "l")).target == "d/f"
+                # the gRPC front end's calls too (test_agent_grpc.py has their details)
+                assert await trio.to_thread.run_sync(grpc_calls, a.socket, a.dir / "tree") == \
+                    ((b"hi\n", b"", 0), {"exists": True, "is_dir": True})
                 await agent.shutdown()
         a.proc.wait(10)
+        stderr = a.stderr()     # before stop(), which removes its directory
     finally:
         a.stop()
-    assert "LAZY IMPORT" not in a.stderr(), a.stderr()
+    assert "LAZY IMPORT" not in stderr, stderr
     assert (tmp_path / "back" / "d" / "f").read_text() == "x"
     assert a.proc.returncode == 0
 

@@ -119,3 +119,18 @@ def test_qga_reaches_the_qemu_command_line(tmp_path):
     assert f"socket,id=qga0,path={tmp_path}/qga.sock,server=on,wait=off" in option(argv, "-chardev")
     assert "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0" in option(argv, "-device")
     assert option(argv, "-device").count("virtio-serial-device") == 1
+
+
+def test_grpc_port_for_the_agents_grpc_front_end(tmp_path):
+    """--grpc: a third port on the same bus, named as agent/front_ends.py looks for it."""
+    argv, karg = prepare.agent_args(INSTANCE, "vsock", qemu.machine_for("microvm"), grpc=True)
+    assert option(argv, "-device")[0] == "virtio-serial-device"
+    assert "virtserialport,chardev=grpc0,name=org.kindling.grpc.0" in option(argv, "-device")
+    assert option(argv, "-chardev") == ["socket,id=grpc0,path=/i/0123abcd4567/grpc.sock,server=on,wait=off"]
+    assert karg == "kindling_agent=vsock"
+    o = options.from_args(options.CreateOptions, cli.build_parser().parse_args(["create", "--grpc", "--", "true"]),
+                          None)
+    instance = Instance("0123abcd4567", tmp_path)
+    artifacts = SimpleNamespace(kernel=tmp_path / "k", initrd=tmp_path / "i")
+    argv = prepare.qemu_argv(instance, artifacts, (), Accel.TCG, o, "qemu")
+    assert f"socket,id=grpc0,path={tmp_path}/grpc.sock,server=on,wait=off" in option(argv, "-chardev")

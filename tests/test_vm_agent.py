@@ -1,11 +1,16 @@
-"""The agent in real VMs under TCG, over virtio-serial (issue 5 acceptance)."""
+"""The agent in real VMs under TCG, over virtio-serial (issue 5 acceptance), and its gRPC
+front end (hypeman's GuestService) on the guest's --grpc port (issue 18)."""
 
 import hashlib
 import json
 import os
 import subprocess
+from pathlib import Path
 
+import grpc
 import pytest
+
+from tests.test_agent_grpc import method, run_exec
 
 from tests.vm import KINDLING, ROOT, kindling_run, require_qemu
 
@@ -28,7 +33,7 @@ def vm(tmp_path_factory):
     """One instance for the agent tests; `create` returns while it is Initializing."""
     require_qemu()
     home = tmp_path_factory.mktemp("home")
-    ok(kindling(home, "create", "--name", "ag", "--", "sleep", "3600"))
+    ok(kindling(home, "create", "--name", "ag", "--grpc", "--", "sleep", "3600"))
     # Right after create a TCG guest is still booting: exec is refused, with what to do.
     # A fast (KVM) guest may be Running by the time exec looks: then exec just works.
     early = kindling(home, "exec", "ag", "--", "true")
@@ -157,3 +162,34 @@ def test_the_agent_shares_pid1s_interpreter_pages(vm):
     # refcount writes copy pages as it works)
     assert kib["Pss_Anon"] <= 0.85 * kib["Anonymous"], rollup
     assert comm == "kindling-agent"
+
+
+def test_both_front_ends_exec_into_one_guest(vm, tmp_path):
+    """Issue 18: the same guest through Kindling's front end (`kindling exec`, virtio-serial) and
+    hypeman's gRPC one (grpcio on the --grpc virtio-serial port: vsock is missing here), with
+    a copy in through gRPC read back through ours, and the other way."""
+    r = kindling(vm, "exec", "ag", "--", "sh", "-c", "echo from-ours > /tmp/ours; uname -r; exit 4")
+    assert r.returncode == 4 and r.stdout.decode().strip().endswith("-cloud-amd64")
+    data = os.urandom(100_000)
+    sock = Path(json.loads(ok(kindling(vm, "inspect", "ag", "--json")))["dir"]) / "grpc.sock"
+    with grpc.insecure_channel(f"unix:{sock}") as ch:
+        out, err, code = run_exec(ch, {"command": ["sh", "-c", "cat /tmp/ours; uname -r; echo e >&2; exit 6"]})
+        assert (code, err) == (6, b"e\n") and out.startswith(b"from-ours\n") and b"-cloud-amd64" in out
+        reqs = [{"start": {"path": "/tmp/via-grpc", "mode": 0o640, "size": len(data)}},
+                *({"data": data[i:i + 32768]} for i in range(0, len(data), 32768)), {"end": {}}]
+        assert method(ch, "CopyToGuest")(iter(reqs), timeout=120) == {"success": True, "bytes_written": len(data)}
+        st = method(ch, "StatPath")({"path": "/tmp/via-grpc"}, timeout=60)
+        assert (st["is_file"], st["size"], st["mode"]) == (True, len(data), 0o640)
+        back = list(method(ch, "CopyFromGuest")({"path": "/tmp/ours"}, timeout=60))
+    assert b"".join(m.get("data", b"") for m in back) == b"from-ours\n"
+    assert hashlib.sha256(ok_bytes(kindling(vm, "exec", "ag", "--", "cat", "/tmp/via-grpc"))).digest() == \
+        hashlib.sha256(data).digest()
+    # the gRPC front end's import, after readiness (agent/front_ends.py), as measured in the guest
+    ready = ok(kindling(vm, "exec", "ag", "--", "cat", "/run/kindling/grpc.ready"))
+    assert ready.startswith("import_ms=") and float(ready.split("=")[1]) > 0, ready
+    print(f"gRPC front end import in the guest: {ready.strip()}")
+
+
+def ok_bytes(result):
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
+    return result.stdout
