@@ -28,4 +28,6 @@ def test_agent_vs_qga_smoke(tmp_path):
             assert len(result[kind][who]["raw"]) == 1 and result[kind][who]["median"] > 0
     for who in ("ours", "qga"):
         assert set(result["copy_mib_s"][who]) == {"in", "out", "both"}
+    assert len(result["spawn_floor"]["raw"]) == 3 and result["spawn_floor"]["median"] > 0
+    assert "spawn floor" in r.stdout
     assert result["qga_version"] and result["qga_port"].startswith("/dev/vport")
