@@ -25,7 +25,7 @@ import time
 import trio
 
 from agent import server, transports
-from initsys import control, libc, protocol
+from initsys import control, protocol
 
 USAGE = ("usage: python3 -m agent.main --transport serial|vsock|unix [--path PATH] [--port PORT]"
          " [--chroot DIR] [--control PORT_DEVICE]\n"
@@ -103,7 +103,6 @@ async def _main(transport, agent, ready_fd, ready_file, announce):
     async with trio.open_nursery() as nursery:
         await nursery.start(server.serve, transport, agent)
         report_ready(ready_fd, ready_file, announce)
-        libc.malloc_trim()      # start-up's freed heap back to the kernel (PSS, issue 14)
 
         async def stop_on_signals():
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

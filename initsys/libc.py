@@ -57,12 +57,6 @@ def ioprio_set(which, who, ioprio):
     return _check(_libc.syscall(SYS_IOPRIO_SET, which, who, ioprio), f"ioprio_set({which}, {who}, {ioprio:#x})")
 
 
-def malloc_trim(pad=0):
-    """glibc's malloc_trim: give free heap pages back to the kernel (PSS, issue 14).
-    True when some memory was released."""
-    return bool(_libc.malloc_trim(ctypes.c_size_t(pad)))
-
-
 def reboot(cmd):
     return _check(_libc.reboot(cmd), "reboot")
 

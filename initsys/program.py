@@ -141,7 +141,6 @@ async def run(cfg, reaper):
         proc, code = await _start(cfg, reaper)
     if proc is None:
         return code, protocol.exit_message(code)
-    libc.malloc_trim()      # the boot's freed heap back to the kernel: PID 1 now idles
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_forward_signals, proc)
         nursery.start_soon(powerbutton.forward_presses, proc)
