@@ -64,7 +64,7 @@ DEFAULT_QGA_CHUNK_KIB = 1024    # fastest both ways in `--qga-sweep 64,1024,4096
 GUEST_OURS, GUEST_QGA = "/tmp/kbench-ours.bin", "/tmp/kbench-qga.bin"
 GUEST_FLOOR = "/tmp/kbench-spawn-floor"
 FLOOR_SOURCE = ROOT / "bench" / "spawn_floor.c"
-FLOOR_SPAWNS = 200          # spawns per floor measurement
+FLOOR_SPAWNS = 200          # spawns per floor measurement (--floor-spawns)
 
 
 class QgaError(Exception):
@@ -255,11 +255,11 @@ def build_floor(work: Path) -> Path:
     return binary
 
 
-async def floor_true(agent, runs: int) -> list[float]:
-    """Seconds per fork+exec+wait of `true` in the guest, one figure per run of FLOOR_SPAWNS."""
+async def floor_true(agent, runs: int, spawns: int) -> list[float]:
+    """Seconds per fork+exec+wait of `true` in the guest, one figure per run of `spawns`."""
     per_spawn = []
     for _ in range(runs):
-        out = await guest_out(agent, [GUEST_FLOOR, str(FLOOR_SPAWNS)])
+        out = await guest_out(agent, [GUEST_FLOOR, str(spawns)])
         per_spawn.append(float(out) / 1e6)
     return per_spawn
 
@@ -303,7 +303,7 @@ async def measure(args, instance, work: Path) -> dict:
                 if not i % 2:
                     ours.append(await ours_true(agent))
             r["true_connected"] = {"ours": stats(ours), "qga": stats(theirs), "qga_status_polls": polls}
-            r["spawn_floor"] = stats(await floor_true(agent, max(3, args.runs // 5)))
+            r["spawn_floor"] = stats(await floor_true(agent, max(3, args.runs // 5), args.floor_spawns))
 
             if args.qga_sweep:
                 r["qga_sweep"] = {}
@@ -398,12 +398,14 @@ def main() -> None:
                         "measured with --qga-sweep)")
     p.add_argument("--qga-sweep", type=lambda s: [int(x) for x in s.split(",")], default=[],
                    metavar="KIB,...", help="first measure qemu-ga's copy at these chunk sizes")
+    p.add_argument("--floor-spawns", type=int, default=FLOOR_SPAWNS,
+                   help="fork+exec+wait of `true` per spawn-floor run (%(default)s)")
     p.add_argument("--memory", type=int, default=1024, help="guest MiB")
     p.add_argument("--accel", default="tcg", choices=("tcg", "kvm", "auto"))
     p.add_argument("--json", type=Path, metavar="FILE", help="write the raw numbers here")
     args = p.parse_args()
-    if min(args.runs, args.copy_runs, args.copy_mib) < 1:
-        p.error("--runs, --copy-runs and --copy-mib must be at least 1")
+    if min(args.runs, args.copy_runs, args.copy_mib, args.floor_spawns) < 1:
+        p.error("--runs, --copy-runs, --copy-mib and --floor-spawns must be at least 1")
     for kib in [args.qga_chunk_kib, *args.qga_sweep]:
         if not 1 <= kib << 10 <= QGA_MAX_CHUNK:
             p.error(f"qemu-ga chunk {kib} KiB: 1 KiB .. {QGA_MAX_CHUNK >> 10} KiB")
