@@ -275,6 +275,21 @@ def stats(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "raw": values}
 
 
+async def fresh_trues(runs: int, agent_sock, qga_sock) -> dict:
+    """`true` on a fresh connection: both agents reconnect every time."""
+    ours, theirs = [], []
+    for _ in range(runs):
+        t = time.perf_counter()
+        async with open_agent(agent_sock, timeout=30) as agent:
+            await ours_true(agent)
+        ours.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        async with open_qga(qga_sock, QGA_START_TIMEOUT) as qga:
+            await qga_true(qga)
+        theirs.append(time.perf_counter() - t)
+    return {"ours": stats(ours), "qga": stats(theirs)}
+
+
 async def measure(args, instance, work: Path) -> dict:
     agent_sock, qga_sock = instance.agent_socket, instance.qga_socket
     src, back = work / "in.bin", work / "back.bin"
@@ -325,17 +340,7 @@ async def measure(args, instance, work: Path) -> dict:
                     copies[who]["both"].append(2 * size_mib / (t_in + t_out))
             r["copy_mib_s"] = {who: {d: stats(v) for d, v in c.items()} for who, c in copies.items()}
 
-    ours, theirs = [], []                      # fresh connections: both reconnect every time
-    for i in range(args.runs):
-        t = time.perf_counter()
-        async with open_agent(agent_sock, timeout=30) as agent:
-            await ours_true(agent)
-        ours.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        async with open_qga(qga_sock, QGA_START_TIMEOUT) as qga:
-            await qga_true(qga)
-        theirs.append(time.perf_counter() - t)
-    r["true_fresh"] = {"ours": stats(ours), "qga": stats(theirs)}
+    r["true_fresh"] = await fresh_trues(args.runs, agent_sock, qga_sock)
     back.unlink(missing_ok=True)
     return r
 
