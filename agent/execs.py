@@ -14,6 +14,7 @@ output) expired.  A command that cannot be started gives 127 (not found) or
 126 (not executable), like a shell, with an "error" text.
 """
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -25,6 +26,7 @@ import termios
 import trio
 
 from agent import mux as muxmod
+from agent import spawn
 from agent.wire import ProtocolError, field
 from initsys import users
 
@@ -32,6 +34,7 @@ EXIT_TIMED_OUT = 124
 EXIT_NOT_EXECUTABLE = 126
 EXIT_NOT_FOUND = 127
 KILL_GRACE = 5.0
+CORK_DELAY = 0.05        # seconds an exec's first frames may wait to share one write
 MAX_TIMEOUT = 365 * 86400.0
 
 
@@ -111,34 +114,32 @@ def _killpg(pid, signum=signal.SIGKILL):
 
 
 async def _spawn(spec):
+    """(Child, pty master fd or None)."""
     kwargs = {"env": spec.env, "cwd": spec.cwd, "start_new_session": True}
-    home = None
+    user = None
     if spec.user is not None:
         uid, gid, extra, home = resolve_user(spec.user)
-        kwargs.update(user=uid, group=gid, extra_groups=extra)
+        user = (uid, gid, extra)
         if home and not spec.home_given:
             spec.env["HOME"] = home
-    master = None
-    if spec.tty:
-        master, slave = os.openpty()
-        os.set_inheritable(master, False)
-        try:
-            set_winsize(master, spec.rows, spec.cols)
-            if spec.user is not None:
-                os.fchown(slave, kwargs["user"], -1)
-            spec.env.setdefault("TERM", "xterm")
-            proc = await trio.lowlevel.open_process(
-                spec.argv, stdin=slave, stdout=slave, stderr=slave,
-                preexec_fn=_take_controlling_tty, **kwargs)
-        except BaseException:
-            os.close(master)
-            raise
-        finally:
-            os.close(slave)
-    else:
-        proc = await trio.lowlevel.open_process(
-            spec.argv, stdin=subprocess.PIPE if spec.stdin else subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
+    if not spec.tty:
+        proc = await spawn.start(spec.argv, stdin=subprocess.PIPE if spec.stdin else subprocess.DEVNULL,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, user=user, **kwargs)
+        return proc, None
+    master, slave = os.openpty()
+    os.set_inheritable(master, False)
+    try:
+        set_winsize(master, spec.rows, spec.cols)
+        if user is not None:
+            os.fchown(slave, user[0], -1)
+        spec.env.setdefault("TERM", "xterm")
+        proc = await spawn.start(spec.argv, stdin=slave, stdout=slave, stderr=slave,
+                                 preexec_fn=_take_controlling_tty, user=user, **kwargs)
+    except BaseException:
+        os.close(master)
+        raise
+    finally:
+        os.close(slave)
     return proc, master
 
 
@@ -155,6 +156,7 @@ def _start_error(spec, e):
 
 
 async def _pump_out(session, stream, ch, chunk):
+    """One output stream to its channel, until EOF (the caller sends the channel's eof)."""
     try:
         while True:
             try:
@@ -166,7 +168,6 @@ async def _pump_out(session, stream, ch, chunk):
             await session.send_data(ch, data)
     finally:
         await stream.aclose()
-    await session.send_eof(ch)
 
 
 async def _pump_in(session, stream, tty):
@@ -199,23 +200,9 @@ async def _pump_in(session, stream, tty):
         pass
 
 
-async def run_exec(session, body, agent):
-    spec = parse_exec(body, agent.base_env)
-    try:
-        proc, master = await _spawn(spec)
-    except OSError as e:
-        code, message = _start_error(spec, e)
-        await session.send("exit", {"code": code, "signal": None, "timed_out": False, "error": message})
-        return
+def _control_handler(session, proc, master):
+    """The session's on_control while the command runs: signal, resize, cancel."""
     pid = proc.pid
-    if master is not None:
-        out = trio.lowlevel.FdStream(master)    # owns the master from now on
-        # the pty master is one fd for both directions: a dup for input
-        stdin = trio.lowlevel.FdStream(os.dup(master)) if spec.stdin else None
-        outputs = [(out, "out")]
-    else:
-        stdin = proc.stdin
-        outputs = [(proc.stdout, "out"), (proc.stderr, "err")]
 
     def on_control(typ, msg):
         if typ == "signal":
@@ -243,24 +230,35 @@ async def run_exec(session, body, agent):
         else:
             raise ProtocolError(f"exec session: unexpected {typ!r} message")
 
-    session.on_control = on_control
-    for typ, msg in session.take_queued_control():     # sent while the command was starting
-        on_control(typ, msg)
-    chunk = session.mux.chunk
+    return on_control
+
+
+async def _uncork_after(session, delay):
+    """A command still running after `delay` gets what it has sent so far (started, first
+    output) and its output streamed from then on."""
+    await trio.sleep(delay)
+    await session.uncork()
+
+
+async def _supervise(session, spec, proc, stdin, outputs):
+    """Stream stdio until the command ends and its output is drained; kill its group on a
+    timeout, cancel or error.  Returns (returncode, timed_out, drained)."""
     timer = trio.CancelScope()
+    drained = False
     try:
-        await session.send("started", {"pid": pid})
         if spec.timeout:
             timer.deadline = trio.current_time() + spec.timeout
         with timer:
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(_uncork_after, session, CORK_DELAY)
                 if spec.stdin:
                     nursery.start_soon(_pump_in, session, stdin, spec.tty)
                 async with trio.open_nursery() as pumps:
                     for stream, ch in outputs:
-                        pumps.start_soon(_pump_out, session, stream, ch, chunk)
+                        pumps.start_soon(_pump_out, session, stream, ch, session.mux.chunk)
                     await proc.wait()
-                nursery.cancel_scope.cancel()   # output drained: stop waiting for stdin
+                drained = True
+                nursery.cancel_scope.cancel()   # stop waiting for stdin and the cork timer
         killed = timer.cancelled_caught
     except BaseException:
         killed = True
@@ -269,16 +267,56 @@ async def run_exec(session, body, agent):
         with trio.CancelScope(shield=True):
             # Timeout, host cancel, lost connection or a bug: the whole group goes.
             if proc.returncode is None or killed:
-                _killpg(pid)
+                _killpg(proc.pid)
             with trio.move_on_after(KILL_GRACE):
                 await proc.wait()
+            proc.close()
             for stream in (stdin, *(s for s, _ in outputs)):
                 if stream is not None:
                     await stream.aclose()
     rc = proc.returncode if proc.returncode is not None else -signal.SIGKILL   # stuck in D state
-    if timer.cancelled_caught:
-        await session.send("exit", {"code": EXIT_TIMED_OUT, "signal": None, "timed_out": True})
-    elif rc < 0:
-        await session.send("exit", {"code": 128 - rc, "signal": -rc, "timed_out": False})
+    return rc, timer.cancelled_caught, drained
+
+
+def _exit_body(rc, timed_out):
+    if timed_out:
+        return {"code": EXIT_TIMED_OUT, "signal": None, "timed_out": True}
+    if rc < 0:
+        return {"code": 128 - rc, "signal": -rc, "timed_out": False}
+    return {"code": rc, "signal": None, "timed_out": False}
+
+
+async def run_exec(session, body, agent):
+    """The exec operation.  Its frames are corked (agent/mux.py): a command that ends within
+    CORK_DELAY costs one write for started, output, eofs and exit; a longer one gets
+    started and its output from CORK_DELAY on, and its eofs and exit in one write."""
+    spec = parse_exec(body, agent.base_env)
+    try:
+        proc, master = await _spawn(spec)
+    except OSError as e:
+        code, message = _start_error(spec, e)
+        await session.send("exit", {"code": code, "signal": None, "timed_out": False, "error": message})
+        return
+    if master is not None:
+        out = trio.lowlevel.FdStream(master)    # owns the master from now on
+        # the pty master is one fd for both directions: a dup for input
+        stdin = trio.lowlevel.FdStream(os.dup(master)) if spec.stdin else None
+        outputs = [(out, "out")]
     else:
-        await session.send("exit", {"code": rc, "signal": None, "timed_out": False})
+        stdin = proc.stdin
+        outputs = [(proc.stdout, "out"), (proc.stderr, "err")]
+    session.on_control = _control_handler(session, proc, master)
+    for typ, msg in session.take_queued_control():     # sent while the command was starting
+        session.on_control(typ, msg)
+    session.cork()
+    try:
+        await session.send("started", {"pid": proc.pid})
+        rc, timed_out, drained = await _supervise(session, spec, proc, stdin, outputs)
+        session.cork()      # the tail: eofs and exit in one write
+        if drained:
+            for _, ch in outputs:
+                await session.send_eof(ch)
+        await session.send("exit", _exit_body(rc, timed_out))
+    finally:
+        with trio.CancelScope(shield=True), trio.move_on_after(KILL_GRACE), contextlib.suppress(muxmod.Closed):
+            await session.uncork()

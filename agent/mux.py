@@ -12,7 +12,12 @@ handled at once by the session's `on_control` callback or queued up to
 MAX_CONTROL_QUEUE.  Frames for sessions that no longer exist are dropped.
 
 Senders share the stream under one FIFO lock, a frame at a time, so data
-frames of different sessions interleave fairly.  Both the agent and the host
+frames of different sessions interleave fairly.  A session may be *corked*
+(Session.cork): its frames then collect in order and go out as one write at
+uncork() -- e.g. a short exec's started, output, eof and exit frames, which
+would otherwise cost one virtio-serial write (a VM exit under TCG) each.
+Corked bytes are bounded (CORK_LIMIT) and flushed before waiting for credit,
+so corking never holds back what the peer needs to grant more.  Both the agent and the host
 client use this class; `inbound` says which channels the peer may send on.
 """
 
@@ -24,6 +29,7 @@ from agent import wire
 from agent.wire import ProtocolError
 
 MAX_CONTROL_QUEUE = 16
+CORK_LIMIT = 64 << 10       # corked bytes that force a flush
 
 
 class Closed(Exception):
@@ -64,6 +70,8 @@ class Session:
         self.default_control = None
         self.finished = None        # the terminal message (exit/result/error), client side
         self.closed = False
+        self._corked = None         # frames held back while corked (a list), else None
+        self._corked_bytes = 0
 
     # --- receiving (called by Mux.run, synchronously) ---
 
@@ -159,20 +167,19 @@ class Session:
 
     async def send(self, typ, body):
         """A control frame (no credit)."""
-        if self.closed:
-            raise Closed(f"session {self.sid} closed")
-        await self.mux.send_frame(wire.encode([typ, self.sid, body]))
+        await self.send_frame_raw(wire.encode([typ, self.sid, body]))
 
     async def _send_counted(self, ch, frame):
         cost = len(frame)
         while self._credit.get(ch, self.mux.peer_window) < cost:
             if self.finished is not None:
                 raise Closed(f"session {self.sid} ended by the peer ({self.finished[0]})")
+            await self.uncork()     # the peer grants credit only for what it has received
             await self._park()
         if self.closed:
             raise Closed(f"session {self.sid} closed")
         self._credit[ch] = self._credit.get(ch, self.mux.peer_window) - cost
-        await self.mux.send_frame(frame)
+        await self._out(frame)
 
     async def send_data(self, ch, data):
         chunk = self.mux.chunk
@@ -192,7 +199,37 @@ class Session:
     async def send_frame_raw(self, frame):
         if self.closed:
             raise Closed(f"session {self.sid} closed")
-        await self.mux.send_frame(frame)
+        await self._out(frame)
+
+    async def _out(self, frame):
+        if self._corked is None:
+            await self.mux.send_frame(frame)
+            return
+        self._corked.append(frame)
+        self._corked_bytes += len(frame)
+        if self._corked_bytes >= CORK_LIMIT:
+            await self._flush()
+
+    def cork(self):
+        """Hold this session's frames back until uncork() (or CORK_LIMIT bytes)."""
+        if self._corked is None:
+            self._corked = []
+            self._corked_bytes = 0
+
+    async def uncork(self):
+        """Send what was held back, as one write, and stop corking."""
+        if self._corked is not None:
+            frames, self._corked = self._corked, None
+            await self._send_joined(frames)
+
+    async def _flush(self):
+        frames, self._corked = self._corked, []
+        await self._send_joined(frames)
+
+    async def _send_joined(self, frames):
+        self._corked_bytes = 0
+        if frames:
+            await self.mux.send_frame(b"".join(frames))
 
     def close(self):
         if not self.closed:

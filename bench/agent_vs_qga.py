@@ -15,6 +15,10 @@ it), then measures both, interleaved run by run:
                         open (r) / guest-file-read / close.  sha256 checked in the
                         guest after the write and on the host after the read.
 
+  spawn floor           fork + execvp + waitpid of `true` in a tight loop inside the
+                        guest (bench/spawn_floor.c, built static with the host's gcc
+                        and copied in): what any agent's `true` costs at the least.
+
 Prints medians (min..max) and the ratios (qga/ours for latency, ours/qga for
 throughput); `--json FILE` keeps the raw numbers.  `--qga-sweep 64,1024,...` first
 measures qemu-ga's write and read throughput per chunk size (KiB), which is how
@@ -34,6 +38,7 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -57,6 +62,9 @@ QGA_START_TIMEOUT = 30.0
 QGA_MAX_CHUNK = 48 << 20
 DEFAULT_QGA_CHUNK_KIB = 1024    # fastest both ways in `--qga-sweep 64,1024,4096` (8 MiB)
 GUEST_OURS, GUEST_QGA = "/tmp/kbench-ours.bin", "/tmp/kbench-qga.bin"
+GUEST_FLOOR = "/tmp/kbench-spawn-floor"
+FLOOR_SOURCE = ROOT / "bench" / "spawn_floor.c"
+FLOOR_SPAWNS = 200          # spawns per floor measurement (--floor-spawns)
 
 
 class QgaError(Exception):
@@ -234,6 +242,28 @@ async def qga_copy(qga, agent, data: bytes, chunk: int, digest: str) -> tuple[fl
     return t_in, t_out
 
 
+def build_floor(work: Path) -> Path:
+    """bench/spawn_floor.c, static (the guest's root may lack the host's libc version)."""
+    binary = work / "spawn_floor"
+    try:
+        subprocess.run(["gcc", "-static", "-O2", "-o", str(binary), str(FLOOR_SOURCE)],
+                       check=True, capture_output=True, text=True, timeout=120)
+    except FileNotFoundError:
+        raise SystemExit("gcc not found: the spawn floor is built on the host (apt-get install gcc)") from None
+    except subprocess.CalledProcessError as e:
+        raise SystemExit(f"building {FLOOR_SOURCE} failed: {e.stderr}") from None
+    return binary
+
+
+async def floor_true(agent, runs: int, spawns: int) -> list[float]:
+    """Seconds per fork+exec+wait of `true` in the guest, one figure per run of `spawns`."""
+    per_spawn = []
+    for _ in range(runs):
+        out = await guest_out(agent, [GUEST_FLOOR, str(spawns)])
+        per_spawn.append(float(out) / 1e6)
+    return per_spawn
+
+
 def check(got: str, want: str, where: str) -> None:
     if got != want:
         raise SystemExit(f"sha256 mismatch ({where}): {got} != {want}")
@@ -243,6 +273,21 @@ def check(got: str, want: str, where: str) -> None:
 
 def stats(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "raw": values}
+
+
+async def fresh_trues(runs: int, agent_sock, qga_sock) -> dict:
+    """`true` on a fresh connection: both agents reconnect every time."""
+    ours, theirs = [], []
+    for _ in range(runs):
+        t = time.perf_counter()
+        async with open_agent(agent_sock, timeout=30) as agent:
+            await ours_true(agent)
+        ours.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        async with open_qga(qga_sock, QGA_START_TIMEOUT) as qga:
+            await qga_true(qga)
+        theirs.append(time.perf_counter() - t)
+    return {"ours": stats(ours), "qga": stats(theirs)}
 
 
 async def measure(args, instance, work: Path) -> dict:
@@ -258,6 +303,7 @@ async def measure(args, instance, work: Path) -> dict:
          "qga_chunk_kib": args.qga_chunk_kib}
 
     async with open_agent(agent_sock, timeout=30) as agent:
+        await agent.copy_to(build_floor(work), GUEST_FLOOR)
         r["qga_port"] = await start_qga(agent)
         async with open_qga(qga_sock, QGA_START_TIMEOUT) as qga:
             r["qga_version"] = (await qga.call("guest-info"))["version"]
@@ -272,6 +318,7 @@ async def measure(args, instance, work: Path) -> dict:
                 if not i % 2:
                     ours.append(await ours_true(agent))
             r["true_connected"] = {"ours": stats(ours), "qga": stats(theirs), "qga_status_polls": polls}
+            r["spawn_floor"] = stats(await floor_true(agent, max(3, args.runs // 5), args.floor_spawns))
 
             if args.qga_sweep:
                 r["qga_sweep"] = {}
@@ -293,17 +340,7 @@ async def measure(args, instance, work: Path) -> dict:
                     copies[who]["both"].append(2 * size_mib / (t_in + t_out))
             r["copy_mib_s"] = {who: {d: stats(v) for d, v in c.items()} for who, c in copies.items()}
 
-    ours, theirs = [], []                      # fresh connections: both reconnect every time
-    for i in range(args.runs):
-        t = time.perf_counter()
-        async with open_agent(agent_sock, timeout=30) as agent:
-            await ours_true(agent)
-        ours.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        async with open_qga(qga_sock, QGA_START_TIMEOUT) as qga:
-            await qga_true(qga)
-        theirs.append(time.perf_counter() - t)
-    r["true_fresh"] = {"ours": stats(ours), "qga": stats(theirs)}
+    r["true_fresh"] = await fresh_trues(args.runs, agent_sock, qga_sock)
     back.unlink(missing_ok=True)
     return r
 
@@ -323,6 +360,9 @@ def table(r: dict) -> str:
         name = f"{r['copy_mib']} MiB {label} (MiB/s)"
         rows.append(f"{name:38} {cell(o, 1):>24} {cell(q, 1):>24} "
                     f"{o['median'] / q['median']:7.1f}x")
+    floor, ours = r["spawn_floor"], r["true_connected"]["ours"]
+    rows.append(f"{'spawn floor: C fork+exec+wait (ms)':38} {cell(floor, 1000):>24} {'':>24} "
+                f"{ours['median'] / floor['median']:7.1f}x  (ours/floor, target <= 1.5x)")
     polls = statistics.median(r["true_connected"]["qga_status_polls"])
     rows.append(f"latency ratio = qemu-ga/ours (target >= 3x); throughput ratio = ours/qemu-ga "
                 f"(target >= 5x)\nqemu-ga {r['qga_version']} on {r['qga_port']}, chunk "
@@ -363,12 +403,14 @@ def main() -> None:
                         "measured with --qga-sweep)")
     p.add_argument("--qga-sweep", type=lambda s: [int(x) for x in s.split(",")], default=[],
                    metavar="KIB,...", help="first measure qemu-ga's copy at these chunk sizes")
+    p.add_argument("--floor-spawns", type=int, default=FLOOR_SPAWNS,
+                   help="fork+exec+wait of `true` per spawn-floor run (%(default)s)")
     p.add_argument("--memory", type=int, default=1024, help="guest MiB")
     p.add_argument("--accel", default="tcg", choices=("tcg", "kvm", "auto"))
     p.add_argument("--json", type=Path, metavar="FILE", help="write the raw numbers here")
     args = p.parse_args()
-    if min(args.runs, args.copy_runs, args.copy_mib) < 1:
-        p.error("--runs, --copy-runs and --copy-mib must be at least 1")
+    if min(args.runs, args.copy_runs, args.copy_mib, args.floor_spawns) < 1:
+        p.error("--runs, --copy-runs, --copy-mib and --floor-spawns must be at least 1")
     for kib in [args.qga_chunk_kib, *args.qga_sweep]:
         if not 1 <= kib << 10 <= QGA_MAX_CHUNK:
             p.error(f"qemu-ga chunk {kib} KiB: 1 KiB .. {QGA_MAX_CHUNK >> 10} KiB")
