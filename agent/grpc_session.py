@@ -48,6 +48,12 @@ class GrpcSession:
 
     # --- what the operation sends -------------------------------------------------
 
+    def cork(self):
+        """No batching here: each message is its own gRPC frame (agent/mux.py corks ours)."""
+
+    async def uncork(self):
+        pass
+
     async def send(self, typ, body):
         if self.closed:
             raise Closed(f"session {self.sid} closed")
