@@ -1,0 +1,203 @@
+"""`kindling serve` without a VM, over raw HTTP: auth (no token, a wrong one, an expired or
+unsigned JWT, a good one of each kind), unknown ids, a transition the state refuses,
+malformed JSON, an oversized body, fields Kindling cannot honour -- each the right status
+and hypeman's error body naming the problem, and the server still serving afterwards.
+Also the listen rule without a token, and the pure pieces (durations, create's fields)."""
+
+import subprocess
+import sys
+import time
+
+import jwt
+import pytest
+
+from host_shim import metadata, serve_app, serve_wire
+from host_shim.instance import Instance
+from host_shim.metadata import Metadata
+from host_shim.serve_wire import ApiError
+from host_shim.state import State
+from tests.serve_fixture import JWT_SECRET, KindlingServer
+from tests.vm import ROOT
+
+TOKEN = "plain-token-for-tests"
+
+
+def stopped_instance(home, name="idle"):
+    """A Stopped instance (metadata only: no QEMU, nothing to boot)."""
+    instance = Instance.create(home)
+    now = time.time_ns()
+    meta = Metadata(id=instance.id, name=name, created_at=now, command=["sh"],
+                    config={"init_mode": "exec"}, agent_skipped=True, argv=["qemu-system-x86_64"],
+                    accel="tcg", log_max_bytes=1 << 20, log_keep=3, boot=1,
+                    boot_requested_at=now, logs_final=True)
+    meta.record_state(State.STOPPED)
+    metadata.save(instance, meta)
+    return instance
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    home = tmp_path_factory.mktemp("kserve")
+    stopped_instance(home)
+    with KindlingServer(home, token=TOKEN, jwt_secret=JWT_SECRET) as s:
+        yield s
+
+
+def token(exp_in: float, secret: str = JWT_SECRET) -> str:
+    return jwt.encode({"sub": "tests", "exp": int(time.time() + exp_in)}, secret, algorithm="HS256")
+
+
+def assert_error(response, status: int, code: str, *words: str):
+    got, headers, body = response
+    assert got == status, body
+    assert body["code"] == code, body
+    for word in words:
+        assert word in body["message"], body
+    assert headers.get("x-should-retry") == "false"
+
+
+def test_health_needs_no_token(server):
+    assert server.request("GET", "/health")[::2] == (200, {"status": "ok"})
+
+
+@pytest.mark.parametrize("sent, why", [
+    (None, "no token"),
+    ("wrong-token", "invalid token"),
+    ("expired-jwt", "expired"),
+    ("jwt-other-secret", "invalid token"),
+    ("jwt-without-exp", "exp"),
+])
+def test_requests_without_a_valid_token_get_401(server, sent, why):
+    tokens = {"expired-jwt": token(-60), "jwt-other-secret": token(600, "another-secret-" * 3),
+              "jwt-without-exp": jwt.encode({"sub": "x"}, JWT_SECRET, algorithm="HS256")}
+    response = server.request("GET", "/instances", token=tokens.get(sent, sent))
+    assert_error(response, 401, "unauthorized", why)
+    assert response[1].get("www-authenticate") == "Bearer"
+
+
+@pytest.mark.parametrize("kind", ["plain", "jwt"])
+def test_a_valid_token_of_either_kind_is_accepted(server, kind):
+    status, _, body = server.request("GET", "/instances",
+                                     token=TOKEN if kind == "plain" else token(600))
+    assert status == 200
+    assert [(i["name"], i["state"]) for i in body] == [("idle", "Stopped")]
+
+
+def test_an_instance_has_hypemans_fields(server):
+    status, _, body = server.request("GET", "/instances/idle", token=TOKEN)
+    assert status == 200
+    assert body["name"] == "idle" and body["state"] == "Stopped" and body["hypervisor"] == "qemu"
+    assert body["created_at"].endswith("Z") and body["image"] == "kindling/busybox"
+
+
+def test_list_filters_by_state(server):
+    assert server.request("GET", "/instances?state=Running", token=TOKEN)[2] == []
+
+
+@pytest.mark.parametrize("method, path", [
+    ("GET", "/instances/no-such-vm"), ("DELETE", "/instances/no-such-vm"),
+    ("POST", "/instances/no-such-vm/stop"), ("GET", "/instances/no-such-vm/wait?state=Running"),
+    ("GET", "/instances/no-such-vm/logs"), ("GET", "/instances/no-such-vm/logs?follow=true"),
+])
+def test_an_unknown_id_is_404(server, method, path):
+    assert_error(server.request(method, path, token=TOKEN), 404, "not_found",
+                 "no such instance: no-such-vm")
+
+
+@pytest.mark.parametrize("operation, needs", [("restore", "Standby"),
+                                              ("standby", "Running or Paused")])
+def test_a_transition_the_state_refuses_is_409(server, operation, needs):
+    response = server.request("POST", f"/instances/idle/{operation}", token=TOKEN)
+    assert_error(response, 409, "conflict", "it is Stopped", needs)
+
+
+def test_fork_to_standby_of_a_stopped_instance_is_409(server):
+    response = server.request("POST", "/instances/idle/fork", token=TOKEN,
+                              body={"name": "copy", "target_state": "Standby"})
+    assert_error(response, 409, "conflict", "no memory to fork")
+
+
+def test_malformed_json_is_400_and_the_server_stays_up(server):
+    response = server.request("POST", "/instances", b'{"image": "x", "name":', token=TOKEN)
+    assert_error(response, 400, "bad_request", "malformed JSON")
+    assert_error(server.request("POST", "/instances", b"[1, 2]", token=TOKEN), 400,
+                 "bad_request", "must be a JSON object")
+    assert server.request("GET", "/health")[0] == 200
+
+
+def test_an_oversized_body_is_413_and_the_server_stays_up(server):
+    body = b'{"image": "' + b"x" * (serve_app.MAX_BODY + 10) + b'"}'
+    assert_error(server.request("POST", "/instances", body, token=TOKEN), 413,
+                 "payload_too_large", str(serve_app.MAX_BODY))
+    assert server.request("GET", "/instances", token=TOKEN)[0] == 200
+
+
+@pytest.mark.parametrize("field, value", [("gpu", {"profile": "L40S-1Q"}), ("devices", ["gpu0"]),
+                                          ("credentials", {"KEY": {}}), ("tags", {"a": "b"})])
+def test_fields_kindling_cannot_honour_are_422_naming_them(server, field, value):
+    response = server.request("POST", "/instances", token=TOKEN,
+                              body={"image": "x", "name": "n", field: value})
+    assert_error(response, 422, "unsupported_field", f"{field}:")
+
+
+def test_a_wait_for_a_state_kindling_cannot_wait_for_names_it(server):
+    response = server.request("GET", "/instances/idle/wait?state=Paused&timeout=1s", token=TOKEN)
+    assert_error(response, 422, "unsupported_field", "state:", "Running or Stopped")
+
+
+def test_a_wait_for_the_state_it_is_in_returns_at_once(server):
+    status, _, body = server.request("GET", "/instances/idle/wait?state=Stopped", token=TOKEN)
+    assert status == 200 and body == {"state": "Stopped", "timed_out": False, "state_error": None}
+
+
+def test_without_a_token_it_refuses_a_non_loopback_address(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "host_shim.cli", "serve", "--listen", "0.0.0.0:4973"],
+                       cwd=ROOT, env={"KINDLING_HOME": str(tmp_path), "PATH": "/usr/bin:/bin",
+                                      "PYTHONPATH": ":".join(sys.path)},
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 125
+    assert "refusing to listen on 0.0.0.0 without a token" in r.stderr
+
+
+# --- the pure pieces ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, seconds", [("30s", 30), ("2m", 120), ("1m30s", 90),
+                                           ("500ms", 0.5), ("1h", 3600)])
+def test_go_durations(text, seconds):
+    assert serve_app.go_duration("timeout", text, 60) == seconds
+
+
+@pytest.mark.parametrize("text", ["30", "s", "1x", "-1s", "0s"])
+def test_bad_go_durations_name_the_field(text):
+    with pytest.raises(ApiError, match="timeout:"):
+        serve_app.go_duration("timeout", text, 60)
+
+
+def test_create_fields_become_create_options():
+    kwargs = serve_wire.create_kwargs({
+        "image": "reg/app:1", "name": "web", "cmd": ["a", "b"], "env": {"K": "v"},
+        "size": "1GB", "vcpus": 2, "skip_kernel_headers": True, "skip_guest_agent": True,
+        "network": {"enabled": True},
+        "volumes": [{"volume_id": "data", "mount_path": "/data", "readonly": True}]})
+    assert kwargs == {"image": "reg/app:1", "name": "web", "command": ("a", "b"),
+                      "env": {"K": "v"}, "memory": "1GB", "cpus": 2, "headers": False,
+                      "agent": "none", "net": True, "volumes": ["data:/data:ro"]}
+
+
+def test_an_entrypoint_list_is_kindlings_entrypoint_and_its_arguments():
+    kwargs = serve_wire.create_kwargs({"image": "i", "name": "n", "entrypoint": ["/bin/sh", "-c"],
+                                       "cmd": ["echo hi"]})
+    assert (kwargs["entrypoint"], kwargs["command"]) == ("/bin/sh", ("-c", "echo hi"))
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"name": "n"}, "image: required"),
+    ({"image": "i", "name": "n", "cmd": "echo"}, "cmd: expected a list of strings"),
+    ({"image": "i", "name": "n", "vcpus": True}, "vcpus: expected a whole number"),
+    ({"image": "i", "name": "n", "colour": "red"}, "unknown field: colour"),
+    ({"image": "i", "name": "n", "network": {"egress": {}}}, "network.egress:"),
+    ({"image": "i", "name": "n", "hypervisor": "firecracker"}, "hypervisor:"),
+])
+def test_bad_create_bodies_name_the_field(body, message):
+    with pytest.raises(ApiError, match=message):
+        serve_wire.create_kwargs(body)
