@@ -38,9 +38,9 @@ from . import serve_wire as wire
 from .api import Kindling
 from .errors import Conflict, KindlingError, NotFound
 from .serve_auth import Auth
-from .serve_wire import ApiError, bad_request
+from .serve_store import Store
+from .serve_wire import MAX_BODY, ApiError, bad_request, read_json
 
-MAX_BODY = 1 << 20               # a create request is a few hundred bytes
 MAX_WAIT = 300.0                 # hypeman caps GET /wait at 5 minutes
 DEFAULT_WAIT = 60.0
 THREADS = 128                    # concurrent host-model calls (a wait holds one for minutes)
@@ -249,39 +249,6 @@ def go_duration(field: str, text: str | None, default: float) -> float:
     return seconds
 
 
-def too_large() -> ApiError:
-    return ApiError(413, "payload_too_large", f"the request body is larger than {MAX_BODY} bytes")
-
-
-async def read_body(request: Request) -> bytes:
-    """The body, at most MAX_BODY bytes (413 past that, read no further).  Starlette's own
-    limit answers a declared oversize length in plain text, not hypeman's JSON."""
-    length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > MAX_BODY:
-        raise too_large()
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise too_large()
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def read_json(request: Request) -> dict:
-    """The request's JSON object ({} for no body); 400 names what is wrong with it."""
-    body = await read_body(request)
-    if not body.strip():
-        return {}
-    try:
-        value = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise bad_request(f"malformed JSON in the request body: {e}") from None
-    if not isinstance(value, dict):
-        raise bad_request(f"the request body must be a JSON object, got {type(value).__name__}")
-    return value
-
-
 # --- the application -------------------------------------------------------------------------
 
 def _guarded(auth: Auth, handler):
@@ -308,7 +275,8 @@ def routes(server: Server) -> list[Route]:
         (inst + "/logs", "GET", server.logs), (inst + "/stat", "GET", server.stat),
     ]
     return [Route("/health", server.health, methods=["GET"])] + [
-        Route(path, g(handler), methods=[method]) for path, method, handler in table]
+        Route(path, g(handler), methods=[method]) for path, method, handler in table
+    ] + Store(server).routes(g)
 
 
 async def _on_api_error(request: Request, e: ApiError) -> JSONResponse:

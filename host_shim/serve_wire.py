@@ -9,6 +9,7 @@ with an ApiError naming the field (UNSUPPORTED), never ignored.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 
 from . import sizes
@@ -16,6 +17,7 @@ from .info import InstanceInfo
 from .state import State
 
 GIB = 1 << 30
+MAX_BODY = 1 << 20               # a create request is a few hundred bytes
 
 
 class ApiError(Exception):
@@ -217,3 +219,36 @@ def create_kwargs(body: dict) -> dict:
     mounts = _typed(body, "volumes", list, "a list of volume mounts") or []
     kwargs["volumes"] = [_volume_spec(m) for m in mounts]
     return kwargs
+
+
+def too_large() -> ApiError:
+    return ApiError(413, "payload_too_large", f"the request body is larger than {MAX_BODY} bytes")
+
+
+async def read_body(request: Request) -> bytes:
+    """The body, at most MAX_BODY bytes (413 past that, read no further).  Starlette's own
+    limit answers a declared oversize length in plain text, not hypeman's JSON."""
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > MAX_BODY:
+        raise too_large()
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise too_large()
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_json(request: Request) -> dict:
+    """The request's JSON object ({} for no body); 400 names what is wrong with it."""
+    body = await read_body(request)
+    if not body.strip():
+        return {}
+    try:
+        value = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise bad_request(f"malformed JSON in the request body: {e}") from None
+    if not isinstance(value, dict):
+        raise bad_request(f"the request body must be a JSON object, got {type(value).__name__}")
+    return value

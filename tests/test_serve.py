@@ -201,3 +201,30 @@ def test_an_entrypoint_list_is_kindlings_entrypoint_and_its_arguments():
 def test_bad_create_bodies_name_the_field(body, message):
     with pytest.raises(ApiError, match=message):
         serve_wire.create_kwargs(body)
+
+
+# --- volumes and images ---------------------------------------------------------------------
+
+def test_volumes_create_list_get_delete(server):
+    status, _, made = server.request("POST", "/volumes", token=TOKEN,
+                                     body={"name": "scratch", "size_gb": 1})
+    assert status == 201, made
+    assert (made["id"], made["name"], made["size_gb"], made["attachments"]) == \
+        ("scratch", "scratch", 1, [])
+    assert_error(server.request("POST", "/volumes", token=TOKEN,
+                                body={"name": "scratch", "size_gb": 1}),
+                 409, "conflict", "already exists")
+    assert [v["id"] for v in server.request("GET", "/volumes", token=TOKEN)[2]] == ["scratch"]
+    assert server.request("GET", "/volumes/scratch", token=TOKEN)[2] == made
+    assert server.request("DELETE", "/volumes/scratch", token=TOKEN)[0] == 204
+    assert_error(server.request("GET", "/volumes/scratch", token=TOKEN), 404, "not_found",
+                 "no such volume: scratch")
+    assert_error(server.request("DELETE", "/volumes/scratch", token=TOKEN), 404, "not_found",
+                 "no such volume: scratch")
+
+
+@pytest.mark.parametrize("body, message", [({"name": "v", "size_gb": 0}, "size_gb:"),
+                                           ({"size_gb": 1}, "name: required")])
+def test_bad_volume_bodies_are_400(server, body, message):
+    assert_error(server.request("POST", "/volumes", token=TOKEN, body=body), 400, "bad_request",
+                 message)
