@@ -34,7 +34,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from . import serve_wire as wire
+from . import serve_openapi, serve_wire as wire
 from .api import Kindling
 from .errors import Conflict, KindlingError, NotFound
 from .serve_auth import Auth
@@ -208,6 +208,10 @@ class Server:
     async def health(self, request: Request):
         return JSONResponse({"status": "ok"})
 
+    async def openapi(self, request: Request):
+        """docs/openapi.json, byte for byte (no token needed: it is documentation)."""
+        return Response(serve_openapi.text(), media_type="application/json")
+
 
 class ClientGone(Exception):
     """The client of a followed log went away."""
@@ -263,7 +267,7 @@ def _guarded(auth: Auth, handler):
 
 
 def routes(server: Server) -> list[Route]:
-    """hypeman's paths (plus /openapi.json, added by host_shim/serve_openapi.py)."""
+    """hypeman's paths, and /openapi.json (host_shim/serve_openapi.py)."""
     g = partial(_guarded, server.auth)
     inst = "/instances/{id}"
     table = [
@@ -274,7 +278,8 @@ def routes(server: Server) -> list[Route]:
         (inst + "/fork", "POST", server.fork), (inst + "/wait", "GET", server.wait),
         (inst + "/logs", "GET", server.logs), (inst + "/stat", "GET", server.stat),
     ]
-    return [Route("/health", server.health, methods=["GET"])] + [
+    return [Route("/health", server.health, methods=["GET"]),
+            Route("/openapi.json", server.openapi, methods=["GET"])] + [
         Route(path, g(handler), methods=[method]) for path, method, handler in table
     ] + Store(server).routes(g)
 

@@ -4,6 +4,7 @@ malformed JSON, an oversized body, fields Kindling cannot honour -- each the rig
 and hypeman's error body naming the problem, and the server still serving afterwards.
 Also the listen rule without a token, and the pure pieces (durations, create's fields)."""
 
+import json
 import subprocess
 import sys
 import time
@@ -228,3 +229,11 @@ def test_volumes_create_list_get_delete(server):
 def test_bad_volume_bodies_are_400(server, body, message):
     assert_error(server.request("POST", "/volumes", token=TOKEN, body=body), 400, "bad_request",
                  message)
+
+
+def test_the_served_openapi_document_is_the_committed_one(server):
+    status, _, served = server.request("GET", "/openapi.json")
+    assert status == 200
+    assert served == json.loads((ROOT / "docs" / "openapi.json").read_text()), \
+        "docs/openapi.json is stale: python -m host_shim.serve_openapi > docs/openapi.json"
+    assert set(served["paths"]) >= {"/instances", "/instances/{id}/wait", "/volumes", "/images"}
