@@ -79,7 +79,7 @@ def drive(client, app_ref: str) -> None:
         assert valid(Instance, client.instances.stop(ref)).state == "Stopped"
         assert client.instances.delete(ref) is None
         with pytest.raises(hypeman.NotFoundError):
-            client.instances.retrieve(ref)
+            client.instances.get(ref)
     assert client.instances.list() == []
     assert client.images.delete(app_ref) is None     # the shared cache's store: leave no image
 
