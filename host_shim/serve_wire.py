@@ -56,9 +56,21 @@ def _volume_id(image: str) -> str:
     return name[:-4] if "/volumes/" in image and name.endswith(".img") else image
 
 
+BASE_IMAGE = "kindling/"        # kindling/busybox, kindling/debian: the built-in systems
+
+
 def image_of(options: dict) -> str:
     """The image an instance runs: its OCI reference, else Kindling's base system."""
-    return options.get("image") or f"kindling/{options.get('base') or 'busybox'}"
+    return options.get("image") or f"{BASE_IMAGE}{options.get('base') or 'busybox'}"
+
+
+def image_option(image: str) -> dict:
+    """create's `image` as Kindling's option: a base system named as image_of names it,
+    else an OCI reference."""
+    from image_build.build import BASES
+    if image.startswith(BASE_IMAGE) and image[len(BASE_IMAGE):] in BASES:
+        return {"base": image[len(BASE_IMAGE):]}
+    return {"image": image}
 
 
 def instance_json(info: InstanceInfo) -> dict:
@@ -203,7 +215,7 @@ def create_kwargs(body: dict) -> dict:
         raise unsupported("hypervisor", "Kindling runs QEMU only")
     if body.get("platform") not in (None, "linux/amd64"):
         raise unsupported("platform", "Kindling runs linux/amd64 guests only")
-    kwargs = {"image": body["image"], "name": body["name"], **_program(body)}
+    kwargs = {**image_option(body["image"]), "name": body["name"], **_program(body)}
     if (env := _typed(body, "env", dict, "an object of NAME to value")) is not None:
         kwargs["env"] = env
     for field, option in (("size", "memory"), ("overlay_size", "overlay_size")):

@@ -185,6 +185,13 @@ def test_create_fields_become_create_options():
                       "agent": "none", "net": True, "volumes": ["data:/data:ro"]}
 
 
+def test_kindlings_base_systems_are_images_named_as_instances_show_them():
+    assert serve_wire.create_kwargs({"image": "kindling/debian", "name": "n"})["base"] == "debian"
+    assert serve_wire.image_of({"base": "debian"}) == "kindling/debian"
+    assert serve_wire.create_kwargs({"image": "kindling/other", "name": "n"})["image"] == \
+        "kindling/other"
+
+
 def test_an_entrypoint_list_is_kindlings_entrypoint_and_its_arguments():
     kwargs = serve_wire.create_kwargs({"image": "i", "name": "n", "entrypoint": ["/bin/sh", "-c"],
                                        "cmd": ["echo hi"]})

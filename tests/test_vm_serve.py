@@ -5,6 +5,8 @@ volumes and images listed.  Every response is parsed by the SDK, then validated 
 own pydantic models (the SDK itself only constructs them, without checking)."""
 
 import json
+import threading
+import time
 
 import hypeman
 import pytest
@@ -62,6 +64,7 @@ def drive(client, app_ref: str) -> None:
     shown = valid(PathInfo, client.instances.stat(vm.id, path="/app/show"))
     assert (shown.exists, shown.is_file, shown.mode, shown.is_dir) == (True, True, 0o755, False)
     assert valid(PathInfo, client.instances.stat(vm.id, path="/doomed")).exists is False
+    check_waits_run_at_once(client, vm.id)
 
     assert valid(Instance, client.instances.standby(vm.id)).state == "Standby"
     fork = valid(Instance, client.instances.fork(vm.id, name="api-fork"))
@@ -94,3 +97,23 @@ def check_volumes_and_images(client, app_ref: str) -> None:
     assert (image.name, image.status, image.working_dir) == (app_ref, "ready", "/work/dir")
     assert image.env == {"GREETING": "hello-oci"} and image.cmd == ["from-cmd"]
     assert app_ref in [valid(Image, i).name for i in client.images.list()]
+
+
+def check_waits_run_at_once(client, ref: str, n: int = 3, seconds: int = 10) -> None:
+    """n waits for Stopped, each timing out after `seconds` (the VM keeps running: a
+    client's deadline stops nothing), sent at once: together they take about `seconds`,
+    not n times that -- one long request blocks no other -- and a list sent meanwhile
+    is answered."""
+    results = []
+    waiters = [threading.Thread(target=lambda: results.append(client.instances.wait(
+        ref, state="Stopped", api_timeout=f"{seconds}s"))) for _ in range(n)]
+    started = time.monotonic()
+    for waiter in waiters:
+        waiter.start()
+    assert [i.name for i in client.instances.list()] == ["api-vm"]
+    for waiter in waiters:
+        waiter.join(timeout=120)
+    took = time.monotonic() - started
+    assert [(valid(WaitForStateResponse, r).state, r.timed_out) for r in results] == \
+        [("Running", True)] * n
+    assert seconds <= took < (n - 1) * seconds, f"{n} waits of {seconds} s took {took:.1f} s"
