@@ -234,9 +234,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     instance = _resolve(args.vm)
     info = InstanceInfo.of(instance, trio.run(lifecycle.analyze, instance))
     if args.svg is not None:
-        svg = chart.render_svg(info.timeline, title=f"kindling boot of {info.name} "
-                               f"({info.id}), boot {info.boot}",
-                               time_to_running=info.time_to_running)
+        svg = chart.render_instance(info)
         try:
             Path(args.svg).write_text(svg)
         except OSError as e:

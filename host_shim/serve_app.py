@@ -38,6 +38,7 @@ from . import serve_openapi, serve_wire as wire
 from .api import Kindling
 from .errors import Conflict, KindlingError, NotFound
 from .serve_auth import Auth
+from .serve_extras import Extras
 from .serve_store import Store
 from .serve_wire import MAX_BODY, ApiError, bad_request, read_json
 
@@ -281,7 +282,7 @@ def routes(server: Server) -> list[Route]:
     return [Route("/health", server.health, methods=["GET"]),
             Route("/openapi.json", server.openapi, methods=["GET"])] + [
         Route(path, g(handler), methods=[method]) for path, method, handler in table
-    ] + Store(server).routes(g)
+    ] + Store(server).routes(g) + Extras(server).routes(g)
 
 
 async def _on_api_error(request: Request, e: ApiError) -> JSONResponse:

@@ -127,17 +127,43 @@ def paths() -> dict:
     }
 
 
+def extras() -> dict:
+    """Kindling's own paths (host_shim/serve_extras.py); exec is a WebSocket, outside
+    OpenAPI: see the info description."""
+    base, path = "/kindling/instances/{id}", ("path", S)
+    raw = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+    put = _op("copy a file into the guest as path", "200", _obj(
+        ["entries", "bytes"], entries=I, bytes=I, skipped=I), query=(path, ("mode", S)))
+    put["requestBody"] = {"required": True, "content": raw}
+    get = _op("a guest file's bytes, or a tar of a directory", "200", None, query=(path,))
+    get["responses"]["200"]["content"] = {**raw, "application/x-tar": raw[
+        "application/octet-stream"]}
+    timeline = _obj(["id", "name", "boot", "timeline"], id=S, name=S, boot=I,
+                    time_to_running={"type": ["number", "null"]}, timeline={"type": "object"})
+    svg = _op("the boot timeline as an SVG chart", "200", None)
+    svg["responses"]["200"]["content"] = {"image/svg+xml": {"schema": S}}
+    return {f"{base}/timeline": {"get": _op("the boot timeline", "200", timeline)},
+            f"{base}/timeline.svg": {"get": svg},
+            f"{base}/files": {"put": put, "get": get}}
+
+
+EXEC = ("Kindling's exec: a WebSocket at /kindling/instances/{id}/exec (bearer token on the "
+        "handshake).  First message, JSON: {argv, env, workdir, user, tty, stdin, timeout}; "
+        "then binary messages, the first byte the stream (1 stdout, 2 stderr); last, a text "
+        "message {exit_code, error}.")
+
+
 def document() -> dict:
     return {"openapi": "3.1.0",
             "info": {"title": "Kindling API (hypeman's subset)", "version": "0.1.0",
                      "description": "`kindling serve`: hypeman's paths and shapes over Kindling "
-                                    "(README: REST API)."},
+                                    "(README: REST API).  " + EXEC},
             "servers": [{"url": "http://localhost:4973"}],
             "security": [{"bearerAuth": []}],
             "components": {"securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer",
                                                               "bearerFormat": "token or HS256 JWT"}},
                            "schemas": SCHEMAS},
-            "paths": paths()}
+            "paths": paths() | extras()}
 
 
 def text() -> str:

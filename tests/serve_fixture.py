@@ -10,6 +10,7 @@ import http.client
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -88,3 +89,35 @@ class KindlingServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
+
+
+def exec_ws(base_url: str, ref: str, request: dict, token: str | None, timeout: float = 300):
+    """`WS /kindling/instances/{ref}/exec` (host_shim/serve_extras.py): (stdout, stderr,
+    the final message), or the websockets error when the server refuses the connection."""
+    from websockets.sync.client import connect
+    url = base_url.replace("http://", "ws://") + f"/kindling/instances/{ref}/exec"
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    out = {1: b"", 2: b""}
+    with connect(url, additional_headers=headers, open_timeout=60) as ws:
+        ws.send(json.dumps(request))
+        while True:
+            message = ws.recv(timeout=timeout)
+            if isinstance(message, str):
+                return out[1], out[2], json.loads(message)
+            out[message[0]] += message[1:]
+
+
+def post_oversized(port: int, path: str, body: bytes, token: str):
+    """POST `body` over a raw socket and read the answer even when the server answers (and
+    closes) before the body is all sent, as it may for a body over its limit: (status,
+    parsed JSON)."""
+    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        try:
+            sock.sendall(head + body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass                        # the server answered early: read what it said
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        return response.status, json.loads(response.read())

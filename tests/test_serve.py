@@ -17,7 +17,7 @@ from host_shim.instance import Instance
 from host_shim.metadata import Metadata
 from host_shim.serve_wire import ApiError
 from host_shim.state import State
-from tests.serve_fixture import JWT_SECRET, KindlingServer
+from tests.serve_fixture import JWT_SECRET, KindlingServer, exec_ws, post_oversized
 from tests.vm import ROOT
 
 TOKEN = "plain-token-for-tests"
@@ -128,8 +128,9 @@ def test_malformed_json_is_400_and_the_server_stays_up(server):
 
 def test_an_oversized_body_is_413_and_the_server_stays_up(server):
     body = b'{"image": "' + b"x" * (serve_app.MAX_BODY + 10) + b'"}'
-    assert_error(server.request("POST", "/instances", body, token=TOKEN), 413,
-                 "payload_too_large", str(serve_app.MAX_BODY))
+    status, answer = post_oversized(server.port, "/instances", body, TOKEN)
+    assert (status, answer["code"]) == (413, "payload_too_large"), answer
+    assert str(serve_app.MAX_BODY) in answer["message"]
     assert server.request("GET", "/instances", token=TOKEN)[0] == 200
 
 
@@ -244,3 +245,45 @@ def test_the_served_openapi_document_is_the_committed_one(server):
     assert served == json.loads((ROOT / "docs" / "openapi.json").read_text()), \
         "docs/openapi.json is stale: python -m host_shim.serve_openapi > docs/openapi.json"
     assert set(served["paths"]) >= {"/instances", "/instances/{id}/wait", "/volumes", "/images"}
+
+
+# --- Kindling's extras: timeline, copy, exec ------------------------------------------------
+
+def test_the_timeline_as_json_and_svg(server):
+    status, _, body = server.request("GET", "/kindling/instances/idle/timeline", token=TOKEN)
+    assert status == 200 and body["name"] == "idle" and "timeline" in body
+    status, headers, svg = server.request("GET", "/kindling/instances/idle/timeline.svg",
+                                          token=TOKEN)
+    assert status == 200 and headers["content-type"] == "image/svg+xml"
+    assert b"<svg" in svg and b"kindling boot of idle" in svg
+
+
+@pytest.mark.parametrize("method, path", [("PUT", "/kindling/instances/idle/files?path=/x"),
+                                          ("GET", "/kindling/instances/idle/files?path=/x")])
+def test_copy_needs_a_running_guest(server, method, path):
+    response = server.request(method, path, b"data" if method == "PUT" else None, token=TOKEN)
+    assert_error(response, 409, "conflict", "instance idle is Stopped")
+
+
+@pytest.mark.parametrize("query, message", [("path=rel", "path: expected an absolute path"),
+                                            ("path=/x&mode=999", "mode: expected octal")])
+def test_copy_arguments_are_checked(server, query, message):
+    assert_error(server.request("PUT", f"/kindling/instances/idle/files?{query}", b"d",
+                                token=TOKEN), 400, "bad_request", message)
+
+
+def test_exec_over_a_websocket_needs_a_token(server):
+    from websockets.exceptions import ConnectionClosed, InvalidStatus
+    with pytest.raises((ConnectionClosed, InvalidStatus)):
+        exec_ws(server.base_url, "idle", {"argv": ["true"]}, token=None)
+
+
+@pytest.mark.parametrize("request_, message", [
+    ({"argv": ["true"]}, "instance idle is Stopped"),
+    ({"argv": ["true"], "colour": 1}, "unknown field: colour"),
+    ({"argv": "true"}, "argv: expected a list"),
+])
+def test_exec_errors_come_as_the_final_message(server, request_, message):
+    stdout, stderr, final = exec_ws(server.base_url, "idle", request_, token=TOKEN)
+    assert (stdout, stderr) == (b"", b"")
+    assert message in final["error"], final

@@ -1,10 +1,13 @@
 """hypeman's own Python SDK (PyPI `hypeman`) drives a real `kindling serve` (one TCG guest,
 plus its fork): create from an image in a local registry with env and cmd, wait for
 Running, logs, stat, standby, fork, restore (the source and the fork), stop, delete;
-volumes and images listed.  Every response is parsed by the SDK, then validated by its
+volumes and images listed.  Kindling's extras on the same guest: exec over a WebSocket,
+copy in and out, the boot timeline.  Every response is parsed by the SDK, then validated by its
 own pydantic models (the SDK itself only constructs them, without checking)."""
 
+import io
 import json
+import tarfile
 import threading
 import time
 
@@ -14,7 +17,7 @@ from hypeman.types import Image, Instance, PathInfo, Volume, WaitForStateRespons
 from hypeman.types.health_check_response import HealthCheckResponse
 
 from tests.oci_fixtures import app_layout, app_ref, oci_work, registry  # noqa: F401
-from tests.serve_fixture import KindlingServer
+from tests.serve_fixture import KindlingServer, exec_ws
 from tests.vm import eventually, private_home, qemu_pids_using
 
 pytestmark = pytest.mark.vm
@@ -41,13 +44,13 @@ def test_hypemans_sdk_drives_kindling_serve(app_ref):
             client = hypeman.Hypeman(api_key=TOKEN, base_url=server.base_url, max_retries=0,
                                      timeout=900)
             try:
-                drive(client, app_ref)
+                drive(client, server, app_ref)
             finally:
                 client.close()
         assert qemu_pids_using(home) == []
 
 
-def drive(client, app_ref: str) -> None:
+def drive(client, server, app_ref: str) -> None:
     assert valid(HealthCheckResponse, client.health.check()).status == "ok"
     vm = valid(Instance, client.instances.create(
         image=app_ref, name="api-vm", entrypoint=["/bin/sh", "-c"], cmd=[PROGRAM],
@@ -65,6 +68,7 @@ def drive(client, app_ref: str) -> None:
     assert (shown.exists, shown.is_file, shown.mode, shown.is_dir) == (True, True, 0o755, False)
     assert valid(PathInfo, client.instances.stat(vm.id, path="/doomed")).exists is False
     check_waits_run_at_once(client, vm.id)
+    check_extras(client, server, vm.id)
 
     assert valid(Instance, client.instances.standby(vm.id)).state == "Standby"
     fork = valid(Instance, client.instances.fork(vm.id, name="api-fork"))
@@ -117,3 +121,25 @@ def check_waits_run_at_once(client, ref: str, n: int = 3, seconds: int = 10) -> 
     assert [(valid(WaitForStateResponse, r).state, r.timed_out) for r in results] == \
         [("Running", True)] * n
     assert seconds <= took < (n - 1) * seconds, f"{n} waits of {seconds} s took {took:.1f} s"
+
+
+def check_extras(client, server, ref: str) -> None:
+    """exec streamed over the WebSocket, a file copied in (seen by the SDK's stat) and out,
+    a directory out as a tar, the boot timeline."""
+    stdout, stderr, final = exec_ws(server.base_url, ref, {
+        "argv": ["sh", "-c", "echo out; cat; echo err >&2; exit 3"], "stdin": "in\n"}, TOKEN)
+    assert (stdout, stderr, final) == (b"out\nin\n", b"err\n", {"exit_code": 3, "error": None})
+    base = f"/kindling/instances/{ref}"
+    status, _, copied = server.request("PUT", f"{base}/files?path=/tmp/up.txt&mode=0640",
+                                       b"uploaded\n", token=TOKEN)
+    assert status == 200 and copied["bytes"] == 9, copied
+    up = valid(PathInfo, client.instances.stat(ref, path="/tmp/up.txt"))
+    assert (up.is_file, up.size, up.mode) == (True, 9, 0o640)
+    assert server.request("GET", f"{base}/files?path=/tmp/up.txt", token=TOKEN)[::2] == \
+        (200, b"uploaded\n")
+    status, headers, tree = server.request("GET", f"{base}/files?path=/app", token=TOKEN)
+    assert status == 200 and headers["content-type"] == "application/x-tar"
+    with tarfile.open(fileobj=io.BytesIO(tree)) as tar:
+        assert tar.extractfile("app/show").read().startswith(b"#!/bin/sh")
+    status, _, timeline = server.request("GET", f"{base}/timeline", token=TOKEN)
+    assert status == 200 and timeline["time_to_running"] > 0, timeline
