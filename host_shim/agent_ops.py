@@ -156,11 +156,12 @@ async def copy(src: str, dst: str, home=None) -> CopyResult:
     return await copy_out(svm, spath, dpath, home)
 
 
-async def stat_path(ref: str, path: str, home=None) -> StatResult:
-    """What `path` is in the guest (StatResult.exists False when there is nothing)."""
+async def stat_path(ref: str, path: str, home=None, *, follow: bool = False) -> StatResult:
+    """What `path` is in the guest (StatResult.exists False when there is nothing); with
+    `follow`, what a symlink there points to (stat rather than lstat)."""
     instance = await _running(ref, "stat", home)
     async with _agent(instance) as client:
-        return await client.stat(path)
+        return await client.stat(path, follow=follow)
 
 
 async def stat(target: str, home=None) -> StatResult:

@@ -16,6 +16,7 @@ a message a user can act on.  docs/api.md documents every method.
 from __future__ import annotations
 
 import contextlib
+import math
 from inspect import Parameter
 import io
 from collections.abc import Callable
@@ -133,6 +134,23 @@ class Kindling:
         return InstanceInfo.of(instance, self._call(lifecycle.wait, instance, target,
                                                     timeout=timeout))
 
+    def wait_at_most(self, ref: str, state: str | State, timeout: float) -> tuple[InstanceInfo, bool]:
+        """wait, but for at most `timeout` seconds and never stopping the VM (a client's
+        deadline is not the boot deadline): (the instance, whether the time ran out)."""
+        target = State(str(state).capitalize()) if not isinstance(state, State) else state
+        api_args.seconds("timeout", timeout)
+        instance = self._resolve(ref)
+
+        async def bounded():
+            with trio.move_on_after(timeout):
+                return await lifecycle.wait(instance, target, timeout=math.inf)
+            return None
+
+        meta = self._call(bounded)
+        if meta is None:
+            return self.inspect(ref), True
+        return InstanceInfo.of(instance, meta), False
+
     def logs(self, ref: str, source: str = "app", *, follow: bool = False,
              on_line: Callable[[str], None] | None = None) -> list[str]:
         """The log lines (all boots); `app` is the serial console without the sentinel
@@ -209,11 +227,12 @@ class Kindling:
         src, dst = api_args.host_path("src", src), api_args.host_path("dst", dst)
         return self._call(agent_ops.copy, src, dst, self.home)
 
-    def stat(self, ref: str, path: str) -> StatResult:
+    def stat(self, ref: str, path: str, *, follow: bool = False) -> StatResult:
         """What `path` is in the guest: a StatResult (exists, type, mode, size, uid, gid,
-        mtime_ns, target); `exists` is False when there is nothing there."""
+        mtime_ns, target); `exists` is False when there is nothing there.  With `follow`,
+        a symlink is followed (stat, not lstat)."""
         path = api_args.guest_path("path", path)
-        return self._call(agent_ops.stat_path, ref, path, self.home)
+        return self._call(agent_ops.stat_path, ref, path, self.home, follow=bool(follow))
 
     # --- volumes ---------------------------------------------------------------
 

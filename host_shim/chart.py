@@ -128,3 +128,9 @@ def render_svg(timeline: Timeline, *, title: str, time_to_running: float | None)
         f'<text class="title" x="{PAD}" y="22">{escape(title)}</text>',
     ]
     return "\n".join(head + out + ["</svg>"]) + "\n"
+
+
+def render_instance(info) -> str:
+    """The chart of an InstanceInfo's boot (`kindling analyze --svg`, kindling serve)."""
+    return render_svg(info.timeline, title=f"kindling boot of {info.name} ({info.id}), boot "
+                                           f"{info.boot}", time_to_running=info.time_to_running)

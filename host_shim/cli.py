@@ -23,8 +23,8 @@ import trio
 
 from initsys import protocol
 
-from . import (agent_ops, chart, events, fork, image_cli, lifecycle, metadata, options, runner, sizes,
-               standby, volumes, watchdog)
+from . import (agent_ops, chart, events, fork, image_cli, lifecycle, metadata, options, runner, serve,
+               sizes, standby, volumes, watchdog)
 from .errors import (EXIT_KINDLING, KindlingError, build_errors, die, from_build_error,
                      kindling_error_in)
 from .info import InstanceInfo
@@ -234,9 +234,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     instance = _resolve(args.vm)
     info = InstanceInfo.of(instance, trio.run(lifecycle.analyze, instance))
     if args.svg is not None:
-        svg = chart.render_svg(info.timeline, title=f"kindling boot of {info.name} "
-                               f"({info.id}), boot {info.boot}",
-                               time_to_running=info.time_to_running)
+        svg = chart.render_instance(info)
         try:
             Path(args.svg).write_text(svg)
         except OSError as e:
@@ -506,6 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_agent_commands(sub)
     _add_volume_commands(sub)
     image_cli.add_commands(sub, _command)
+    serve.add_command(sub, _command)
     return parser
 
 

@@ -29,8 +29,18 @@ class KindlingError(Exception):
         self.exit_code = exit_code
 
 
-class NoSuchInstance(KindlingError):
+class NotFound(KindlingError):
+    """The thing named (an instance, a volume) does not exist (`kindling serve`: 404)."""
+
+
+class NoSuchInstance(NotFound):
     pass
+
+
+class Conflict(KindlingError):
+    """Refused because of the current state of what it acts on: a transition the state
+    table does not allow from the instance's state, a name or a volume in use
+    (`kindling serve`: 409)."""
 
 
 def die(message: str, hint: str | None = None, exit_code: int | None = None) -> NoReturn:

@@ -33,7 +33,7 @@ from pathlib import Path
 import trio
 
 from . import lifecycle, metadata, netns, prepare, snapshot, standby
-from .errors import die
+from .errors import Conflict, die
 from .instance import Instance, check_name, kindling_home
 from .metadata import Metadata
 from .run import run
@@ -99,7 +99,7 @@ async def _fork(home: Path, source: Instance, name: str,
     async with metadata.update(source) as meta:
         await lifecycle.observe_locked(source, meta)
         if why := refusal(meta, target):
-            die(why)
+            raise Conflict(why)
         fork = lifecycle.claim(home, name, lambda new: _make(source, meta, new, name))
     try:
         return fork, await _to_target(fork, target or meta.state)

@@ -28,7 +28,7 @@ from . import console, control, locks, logfiles, markers, metadata, netns, optio
 from . import log, snapshot, watchdog
 from . import run as run_mod
 from . import timeline as tl
-from .errors import EXIT_KINDLING, KindlingError, NoSuchInstance, die, disk_full_errors
+from .errors import EXIT_KINDLING, Conflict, KindlingError, NoSuchInstance, die, disk_full_errors
 from .follow import POLL_INTERVAL, ConsoleFollower, Progress
 from .instance import LOCK_TIMEOUT, Instance, check_name, home_lock, kindling_home
 from .markers import MarkerRecord
@@ -208,8 +208,9 @@ def claim(home: Path, name: str | None, first_metadata: Callable[[Instance], Met
         if name is not None:
             for _, other in metadata.load_all(home):
                 if other.name == name:
-                    die(f"the name {name!r} is already in use by instance {other.id}",
-                        hint=f"choose another --name, or `kindling delete {name}` first")
+                    raise Conflict(f"the name {name!r} is already in use by instance "
+                                   f"{other.id}", hint=f"choose another --name, or `kindling "
+                                                       f"delete {name}` first")
         instance = Instance.create(home)
         try:
             metadata.save(instance, first_metadata(instance))
@@ -335,11 +336,12 @@ async def start(instance: Instance) -> Metadata:
     if meta.state is State.STOPPED:
         return await _boot(instance, now_ns())
     if meta.state is State.STANDBY:
-        die(f"cannot start instance {meta.name}: it is Standby (its VM state is in a snapshot)",
-            hint=f"`kindling restore {meta.name}` resumes it from the snapshot; `kindling stop "
-                 f"{meta.name}` drops the snapshot, then `kindling start` boots it afresh")
-    die(f"cannot start instance {meta.name}: it is {meta.state}",
-        hint=meta.error or f"see `kindling inspect {meta.name}`")
+        raise Conflict(f"cannot start instance {meta.name}: it is Standby (its VM state is in "
+                       f"a snapshot)", hint=f"`kindling restore {meta.name}` resumes it from the "
+                       f"snapshot; `kindling stop {meta.name}` drops the snapshot, then "
+                       f"`kindling start` boots it afresh")
+    raise Conflict(f"cannot start instance {meta.name}: it is {meta.state}",
+                   hint=meta.error or f"see `kindling inspect {meta.name}`")
 
 
 # --- stop / delete ------------------------------------------------------------

@@ -28,7 +28,7 @@ from __future__ import annotations
 import trio
 
 from . import guest_sync, lifecycle, log, metadata, netns, qmp, snapshot, vmm
-from .errors import KindlingError, die
+from .errors import Conflict, KindlingError, die
 from .instance import Instance
 from .metadata import Metadata
 from .state import State
@@ -39,8 +39,8 @@ STANDBY_BY = "kindling standby"
 
 
 def refuse(meta: Metadata, operation: str, needs: str, hint: str | None = None) -> None:
-    die(f"cannot {operation} instance {meta.name}: it is {meta.state} ({operation} needs "
-        f"{needs})", hint=hint or meta.error or f"see `kindling inspect {meta.name}`")
+    raise Conflict(f"cannot {operation} instance {meta.name}: it is {meta.state} ({operation} "
+                   f"needs {needs})", hint=hint or meta.error or f"see `kindling inspect {meta.name}`")
 
 
 async def _qmp(instance: Instance, command: str) -> None:

@@ -15,7 +15,7 @@ import enum
 from collections import deque
 from dataclasses import dataclass
 
-from .errors import KindlingError
+from .errors import Conflict
 
 
 class State(enum.StrEnum):
@@ -130,7 +130,7 @@ VMM_ACTIVE = frozenset({State.CREATED, State.INITIALIZING, State.RUNNING, State.
                         State.SHUTDOWN, State.UNKNOWN})
 
 
-class ForbiddenTransition(KindlingError):
+class ForbiddenTransition(Conflict):
     def __init__(self, old: State, new: State):
         allowed = ", ".join(sorted(ALLOWED.get(old, ()))) or "nothing"
         super().__init__(f"forbidden state transition {old} -> {new} "
@@ -178,7 +178,7 @@ def transition_path(old: State | None, new: State) -> list[State]:
 
 # --- the guard for operations that need a running guest ----------------------
 
-class NotRunning(KindlingError):
+class NotRunning(Conflict):
     """An operation that needs a running guest was asked of an instance that is not Running."""
 
     def __init__(self, message: str, hint: str | None, state: State):

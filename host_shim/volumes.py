@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import sizes
-from .errors import build_errors, die
+from .errors import Conflict, NotFound, build_errors, die
 
 MODES = ("ro", "rw", "overlay")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -74,7 +74,7 @@ def create(home: Path, name: str, size: str | int) -> "VolumeInfo":
             hint=f"kindling volume create {name} --size 64M")
     image = volumes_dir(home) / f"{name}.img"
     if image.exists():
-        die(f"volume {name!r} already exists: {image}")
+        raise Conflict(f"volume {name!r} already exists: {image}")
     image.parent.mkdir(parents=True, exist_ok=True)
     with build_errors(f"volume {name}"):
         make_volume(image, nbytes)
@@ -117,7 +117,7 @@ def info(home: Path, name: str) -> VolumeInfo:
     try:
         size = image.stat().st_size
     except FileNotFoundError:
-        die(f"no such volume: {name}", hint="`kindling volume list` shows the volumes in "
+        raise NotFound(f"no such volume: {name}", hint="`kindling volume list` shows the volumes in "
                                             f"{volumes_dir(home)}")
     return VolumeInfo(name, image, size, users(home, image))
 
@@ -135,10 +135,10 @@ def remove(home: Path, name: str) -> VolumeInfo:
     """Remove volume NAME; refused while an instance (not deleted) attaches it."""
     volume = info(home, name)
     if volume.used_by:
-        die(f"volume {name} is in use by instance{'s' if len(volume.used_by) > 1 else ''} "
-            f"{', '.join(volume.used_by)}",
-            hint=f"delete {'them' if len(volume.used_by) > 1 else 'it'} first: "
-                 f"kindling delete {' '.join(volume.used_by)}")
+        raise Conflict(f"volume {name} is in use by instance"
+                       f"{'s' if len(volume.used_by) > 1 else ''} {', '.join(volume.used_by)}",
+                       hint=f"delete {'them' if len(volume.used_by) > 1 else 'it'} first: "
+                            f"kindling delete {' '.join(volume.used_by)}")
     volume.path.unlink()
     return volume
 

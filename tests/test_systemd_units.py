@@ -98,3 +98,43 @@ def test_systemd_analyze_verify_fails_without_the_runtime(tmp_path):
     result = _verify(tmp_path)
     assert result.returncode != 0
     assert "is not executable" in result.stderr
+
+
+# --- the host's unit: `kindling serve` (systemd_units/host/, not installed in guests) ---------
+
+SERVE_UNIT = Path(systemd_units.UNIT_DIR) / "host" / "kindling-serve.service"
+
+
+def _verify_serve_unit(root: Path, with_kindling: bool):
+    """systemd-analyze verify on the serve unit installed in `root`, which has the host's
+    own system units (sysinit.target, network-online.target) and, if asked, an executable
+    /usr/local/bin/kindling."""
+    assert shutil.which("systemd-analyze"), "systemd-analyze not found: `make test` installs systemd"
+    shutil.copytree("/usr/lib/systemd/system", root / "usr/lib/systemd/system", symlinks=True)
+    (root / "etc/systemd/system").mkdir(parents=True)
+    shutil.copy(SERVE_UNIT, root / "etc/systemd/system")
+    if with_kindling:
+        (root / "usr/local/bin").mkdir(parents=True)
+        (root / "usr/local/bin/kindling").write_text("#!/bin/sh\n")
+        (root / "usr/local/bin/kindling").chmod(0o755)
+    return subprocess.run(["systemd-analyze", "verify", f"--root={root}",
+                           f"/etc/systemd/system/{SERVE_UNIT.name}"],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_systemd_analyze_verify_passes_on_the_serve_unit(tmp_path):
+    result = _verify_serve_unit(tmp_path, with_kindling=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "kindling" not in result.stderr, result.stderr
+
+
+def test_the_serve_unit_check_is_real(tmp_path):
+    result = _verify_serve_unit(tmp_path, with_kindling=False)
+    assert result.returncode != 0
+    assert "/usr/local/bin/kindling is not executable" in result.stderr
+
+
+def test_the_serve_unit_leaves_the_vms_running_and_serves_with_a_token():
+    text = SERVE_UNIT.read_text()
+    assert "\nKillMode=process\n" in text
+    assert "kindling serve --listen 0.0.0.0:4973 --jwt-secret-file " in text
