@@ -38,6 +38,10 @@ WANTED_MODULES = [
 # with sunrpc, lockd, dns_resolver... as its closure says).  A kernel without them
 # (a custom --kernel) gets an initrd without the list; such a mount then fails naming it.
 ON_DEMAND_MODULES = {"nfs": ["nfsv4"]}
+# ... and kept xz-packed there (the NFS group is 5.3 MiB plain, a fifth of the initrd):
+# the boot never reads them, and the kernel (CONFIG_MODULE_DECOMPRESS off in Debian 12's)
+# cannot take them packed, so initsys/kmod.py unpacks one into a memfd when needed.
+PACKED_SUFFIX = ".xz"
 
 # In the initrd (merged /usr: /lib -> usr/lib).
 INITRD_MODULES_ROOT = "/usr/lib/modules"
@@ -182,17 +186,26 @@ def _decompress(src: Path, dest: Path) -> None:
     os.chmod(dest, 0o644)
 
 
-def _place(ko: Path, basedir: Path, release: str, stage_root: Path) -> str:
-    """One module into the staging tree (decompressed); its in-initrd path."""
+def _place(ko: Path, basedir: Path, release: str, stage_root: Path, packed: bool = False) -> str:
+    """One module into the staging tree (decompressed; xz-packed again when `packed`:
+    initsys/kmod.py unpacks such a module into memory to load it); its in-initrd path."""
     tree = (basedir / "lib" / "modules" / release).resolve()
     try:
         rel = ko.resolve().relative_to(tree).as_posix()
     except ValueError:
         rel = ko.relative_to(basedir / "lib" / "modules" / release).as_posix()
-    in_initrd = f"{INITRD_MODULES_ROOT}/{release}/{plain_name(rel)}"
+    in_initrd = f"{INITRD_MODULES_ROOT}/{release}/{plain_name(rel)}" + (PACKED_SUFFIX if packed else "")
     dest = stage_root / in_initrd.lstrip("/")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    _decompress(ko, dest)
+    if not packed:
+        _decompress(ko, dest)
+        return in_initrd
+    plain = dest.with_name(dest.name + ".plain")
+    _decompress(ko, plain)
+    with open(plain, "rb") as fin, lzma.open(dest, "wb", preset=9 | lzma.PRESET_EXTREME) as fout:
+        shutil.copyfileobj(fin, fout)
+    plain.unlink()
+    os.chmod(dest, 0o644)
     return in_initrd
 
 
@@ -213,7 +226,7 @@ def stage_on_demand(groups: dict[str, list[Path]], basedir: Path, release: str,
     """Write each on-demand group and its load list; returns their in-initrd paths."""
     staged = {}
     for name, ko_paths in groups.items():
-        staged[name] = [_place(ko, basedir, release, stage_root) for ko in ko_paths]
+        staged[name] = [_place(ko, basedir, release, stage_root, packed=True) for ko in ko_paths]
         lst = stage_root / on_demand_list(name).lstrip("/")
         lst.parent.mkdir(parents=True, exist_ok=True)
         lst.write_text("".join(p + "\n" for p in staged[name]))

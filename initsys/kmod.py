@@ -41,9 +41,24 @@ def module_paths(list_path=MODULES_LIST):
         return []
 
 
+def _open(path):
+    """A descriptor of the module's ELF: the file itself, or for an xz-packed on-demand
+    module (image_build/kmod.py PACKED_SUFFIX) a memfd holding it unpacked."""
+    if not path.endswith(".xz"):
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    import lzma  # only an on-demand group (an NFS volume) pays for it
+    with lzma.open(path) as packed:
+        elf = packed.read()
+    fd = os.memfd_create(os.path.basename(path), os.MFD_CLOEXEC)
+    view = memoryview(elf)
+    while view:
+        view = view[os.write(fd, view):]
+    return fd
+
+
 def load(path):
     """Load one module; already-loaded (EEXIST) is fine."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    fd = _open(path)
     try:
         libc.finit_module(fd)
     except OSError as e:
