@@ -95,10 +95,8 @@ class Server:
 
     async def start(self, request: Request):
         body = await read_json(request)
-        for field in ("cmd", "entrypoint"):
-            if body.get(field) is not None:
-                raise wire.unsupported(field, "Kindling's start boots the command the "
-                                              "instance was created with")
+        again = "Kindling's start boots the command the instance was created with"
+        wire.refuse_unsupported(body, {"cmd": again, "entrypoint": again})
         return await self._operation(request, self.k.start)
 
     async def stop(self, request: Request):
@@ -106,9 +104,8 @@ class Server:
 
     async def standby(self, request: Request):
         body = await read_json(request)
-        for field in ("compression", "compression_delay"):
-            if body.get(field) is not None:
-                raise wire.unsupported(field, "Kindling's snapshots are not compressed")
+        plain = "Kindling's snapshots are not compressed"
+        wire.refuse_unsupported(body, {"compression": plain, "compression_delay": plain})
         return await self._operation(request, self.k.standby)
 
     async def restore(self, request: Request):

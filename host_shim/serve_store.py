@@ -43,10 +43,8 @@ class Store:
 
     async def create_volume(self, request: Request):
         body = await read_json(request)
-        for field, why in (("tags", "Kindling keeps no tags"),
-                           ("id", "a Kindling volume's id is its name")):
-            if body.get(field) is not None:
-                raise wire.unsupported(field, why)
+        wire.refuse_unsupported(body, {"tags": "Kindling keeps no tags",
+                                       "id": "a Kindling volume's id is its name"})
         name, size_gb = body.get("name"), body.get("size_gb")
         if not isinstance(name, str) or not name:
             raise bad_request("name: required, a non-empty string")
@@ -78,10 +76,8 @@ class Store:
 
     async def create_image(self, request: Request):
         body = await read_json(request)
-        for field, why in (("credentials", "Kindling pulls with the host's registry settings"),
-                           ("tags", "Kindling keeps no tags")):
-            if body.get(field) is not None:
-                raise wire.unsupported(field, why)
+        wire.refuse_unsupported(body, {"credentials": "Kindling pulls with the host's registry settings",
+                                       "tags": "Kindling keeps no tags"})
         name, platform = body.get("name"), body.get("platform")
         if not isinstance(name, str) or not name:
             raise bad_request("name: required, an image reference such as docker.io/library/alpine:3")

@@ -38,6 +38,14 @@ def unsupported(field: str, why: str) -> ApiError:
     return ApiError(422, "unsupported_field", f"{field}: {why}")
 
 
+def refuse_unsupported(body: dict, fields: dict[str, str]) -> None:
+    """A 422 naming the first of `fields` (field -> why Kindling cannot honour it) that
+    the request sets: never silently ignored."""
+    for field, why in fields.items():
+        if body.get(field) is not None:
+            raise unsupported(field, why)
+
+
 def rfc3339(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, timezone.utc).isoformat().replace("+00:00", "Z")
 
@@ -200,9 +208,7 @@ def _program(body: dict) -> dict:
 
 def create_kwargs(body: dict) -> dict:
     """hypeman's create request as the keywords of `Kindling.create`."""
-    for field, why in UNSUPPORTED.items():
-        if body.get(field) is not None:
-            raise unsupported(field, why)
+    refuse_unsupported(body, UNSUPPORTED)
     known = {"image", "name", "cmd", "entrypoint", "env", "size", "vcpus", "overlay_size",
              "skip_kernel_headers", "skip_guest_agent", "network", "volumes", "hypervisor",
              "platform"}
