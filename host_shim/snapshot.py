@@ -240,11 +240,11 @@ def verify(instance: Instance) -> Record:
     return record
 
 
-async def load(instance: Instance, record: Record) -> None:
-    """Feed the snapshot to the QEMU just launched with `-incoming defer`; returns once
-    the incoming migration has completed (the VM is then paused: QEMU runs with -S).
-    Timeout: at the call site."""
-    with open(paths(instance).vmstate, "rb") as f:
+async def load(instance: Instance, record: Record, vmstate: Path | None = None) -> None:
+    """Feed the snapshot (the instance's, or `vmstate`: a template's, only read) to the
+    QEMU just launched with `-incoming defer`; returns once the incoming migration has
+    completed (the VM is then paused: QEMU runs with -S).  Timeout: at the call site."""
+    with open(vmstate or paths(instance).vmstate, "rb") as f:
         async with await qmp.QMPClient.connect(instance.qmp_socket) as client:
             version = version_text(await client.execute("query-version"))
             if version != record.qemu_version:
