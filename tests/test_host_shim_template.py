@@ -4,7 +4,6 @@ tests/test_vm_template.py."""
 
 import json
 import os
-from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
