@@ -64,3 +64,32 @@ def test_a_line_split_over_reads_is_read_whole():
     assert checkpoint.read_line(r) == "12 abcd\n"
     os.close(r)
     os.close(w)
+
+
+def test_resume_applies_the_hosts_clock_and_entropy_before_answering(monkeypatch):
+    """The clone's reseed: sync.apply gets the host's time and bytes (credited), then `ok`."""
+    from agent import sync
+    from initsys import console
+
+    to_guest_r, to_guest_w = os.pipe()
+    from_guest_r, from_guest_w = os.pipe()
+    port = os.dup(to_guest_r)
+    monkeypatch.setattr(checkpoint, "open_port", lambda: port)
+    monkeypatch.setattr(os, "write", _write_to(from_guest_w, port, os.write))
+    emitted, applied = [], []
+    monkeypatch.setattr(console, "emit", emitted.append)
+    monkeypatch.setattr(sync, "apply", lambda time_ns, info: applied.append(
+        (time_ns, bytes(info), emitted[:])))
+    entropy = os.urandom(64)
+    os.write(to_guest_w, f"{NOW} {entropy.hex()}\n".encode())
+    checkpoint.wait_and_resume()
+    assert emitted and emitted[0].startswith("KINDLING-CHECKPOINT ts=")
+    assert applied == [(NOW, bytes(sync.rand_pool_info(entropy)), emitted)]
+    assert os.read(from_guest_r, 10) == checkpoint.ANSWER
+    for fd in (to_guest_r, to_guest_w, from_guest_r, from_guest_w):
+        os.close(fd)
+
+
+def _write_to(target, port, real_write):
+    """os.write, with the port's writes sent to `target` (a pipe's read end cannot be written)."""
+    return lambda fd, data: real_write(target if fd == port else fd, data)

@@ -4,6 +4,12 @@ One template (--net, one volume slot) is made once for the module.  Two clones w
 different config (program, env, a volume) run their own programs with their own
 settings, read different bytes from /dev/urandom, have the host's clock, and do not see
 each other's overlay writes; then four clones created at once all reach Running.
+
+What breaking the code once showed: without the resume line's sync (initsys/checkpoint.py
+skipping sync.apply) a clone's clock was 20 s behind the host's, which the clock test
+catches; its urandom bytes still differed from its sibling's (the per-CPU CRNG streams
+diverge with each clone's own scheduling), so distinct bytes alone do not prove the
+reseed -- they show two clones never hand out the same stream.
 """
 
 import json
@@ -29,7 +35,11 @@ def home():
         made = json.loads(kindling(home, "template", "create", "--json", "t", "--net",
                                    "--volume-slots", "1", "--no-headers", timeout=600).stdout)
         assert made["name"] == "t" and made["volume_slots"] == 1
-        yield home
+        try:
+            yield home
+        finally:      # the clones' network namespaces (private_home removes files and VMs)
+            for vm in json.loads(kindling(home, "list", "--json").stdout):
+                kindling(home, "delete", vm["id"], check=False)
 
 
 def console(home, name) -> str:
