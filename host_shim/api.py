@@ -119,13 +119,13 @@ class Kindling:
                                            from_running=from_running, target=target_state))
 
     def template_create(self, name: str, *, volume_slots: int = 0, rebuild: bool = False,
-                        **opts) -> template.Template:
+                        shared_memory: bool = False, **opts) -> template.Template:
         """`kindling template create NAME`: `opts` are create's image and VM options
         (rootfs, base, image, kernel, memory, cpus, accel, agent, net, ...); clones:
         create(..., template=NAME)."""
         made = options.make(options.CreateOptions, opts, self.home)
         return self._call(template.create, name, made, self.home, volume_slots=volume_slots,
-                          rebuild=rebuild)
+                          rebuild=rebuild, shared_memory=shared_memory)
 
     def template_list(self) -> list[template.Template]:
         return template.list_all(self.home)

@@ -121,7 +121,8 @@ async def launch(tmpl: Template, instance: Instance, argv: list[str]) -> int:
     try:
         record = snapshot.load_record(tmpl.instance)
         with trio.fail_after(LOAD_TIMEOUT):
-            await snapshot.load(instance, record, vmstate=tmpl.vmstate)
+            await snapshot.load(instance, record, vmstate=tmpl.vmstate,
+                                capabilities=template.IGNORE_SHARED if tmpl.shared_memory else ())
         with template.connected(instance) as sock:    # before `cont`: see initsys/checkpoint.py
             await vmm.cont(instance)
             await _resume(instance, sock)

@@ -246,7 +246,8 @@ async def create(opts: options.CreateOptions, home: Path | None = None, *,
             disks = prepare.make_disks(instance, artifacts, config, opts)
             disks_ready = now_ns()
             if tmpl is not None:
-                argv = template.machine_argv(instance, artifacts, clone.disks_for(tmpl, instance, disks), opts)
+                argv = template.machine_argv(instance, artifacts, clone.disks_for(tmpl, instance, disks),
+                                             opts, tmpl)
             else:
                 argv = prepare.qemu_argv(instance, artifacts, disks, accel, opts, binary)
             if verbose is not None:

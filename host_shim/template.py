@@ -34,6 +34,19 @@ to its machine and devices (the clone's command line is built from the template'
 options).  The digest of a file hard-linked to the same inode as the template's copy is
 not recomputed.  A stale template is refused naming what changed; `template create NAME
 --rebuild` makes it again.
+
+Shared memory (`--shared-memory`, opt-in).  The template's guest RAM is a
+memory-backend-file `ram` (share=on) and the snapshot is saved with the migration
+capability `x-ignore-shared`, so vmstate holds only device state (~70 KB instead of
+~140 MiB); a clone maps `ram` with share=off (MAP_PRIVATE) and loads with the same
+capability: the pages it only reads stay the page cache's, shared by every clone, and
+the ones it writes are its own copies.  Measured once by hand (13:47-13:50 UTC, load
+~20): three clones of a busybox `sleep` template, PSS 101 MiB each (Rss 150) against 274
+MiB (Rss 329) for a cold guest of the same options.  Opt-in because the template's own
+boot, writing its RAM through an ext4 file, took 250 s to its checkpoint against 17-72 s
+without it on this loaded host.  A clone of such a template keeps the `ram` mapping in
+its command line (a later standby saves its RAM whole, a cold `start` overwrites it), so
+it needs the template to exist.
 """
 
 from __future__ import annotations
@@ -60,6 +73,9 @@ RECORD = "template.json"
 CHECKPOINT_ARG = "kindling_checkpoint=1"
 RESUME_PORT = "org.kindling.resume.0"     # initsys/checkpoint.py RESUME_PORT
 RESUME_SOCKET = "resume.sock"
+RAM_FILE = "ram"
+IGNORE_SHARED = ("x-ignore-shared",)      # the snapshot leaves the shared RAM to its file
+RAM_ID = "ram0"
 IMAGES = ("kernel", "initrd", "rootfs")
 # The options a clone takes from its template (they are in its memory or its devices).
 FIXED = ("rootfs", "image", "base", "kernel", "modules", "headers", "memory", "cpus", "accel",
@@ -91,6 +107,7 @@ class Template:
     checkpoint_seconds: float     # of which: QEMU's start to the checkpoint marker
     created_at: int
     format: int = FORMAT
+    shared_memory: bool = False   # RAM in `ram`, mapped privately by each clone (below)
     dir: Path = field(default=Path(), compare=False)
 
     @property
@@ -100,6 +117,10 @@ class Template:
     @property
     def vmstate(self) -> Path:
         return snapshot.paths(self.instance).vmstate
+
+    @property
+    def ram(self) -> Path:
+        return self.dir / RAM_FILE
 
     def to_json(self) -> dict:
         out = asdict(self)
@@ -197,11 +218,27 @@ def resume_args(instance: Instance) -> tuple[str, ...]:
     return tuple(prepare.serial_port_args("resume0", instance.dir / RESUME_SOCKET, RESUME_PORT))
 
 
-def machine_argv(instance: Instance, artifacts, disks, opts: options.CreateOptions) -> list[str]:
+def machine_argv(instance: Instance, artifacts, disks, opts: options.CreateOptions,
+                 tmpl: "Template | None" = None) -> list[str]:
     """The QEMU command line of a template or a clone: the same devices for the same
-    options and number of disks; each its own backends."""
-    return prepare.qemu_argv(instance, artifacts, disks, accel_mod.resolve(opts.accel), opts,
+    options and number of disks; each its own backends.  A clone of a template with
+    shared memory maps the template's RAM file privately (copy on write)."""
+    argv = prepare.qemu_argv(instance, artifacts, disks, accel_mod.resolve(opts.accel), opts,
                              qemu.find_qemu(), devices=resume_args(instance))
+    if tmpl is not None and tmpl.shared_memory:
+        argv = with_memory_file(argv, tmpl.ram, share=False)
+    return argv
+
+
+def with_memory_file(argv: list[str], path: Path, *, share: bool) -> list[str]:
+    """`argv` with its guest RAM in a file: shared (the template writes its RAM there, so
+    the snapshot need not hold it: x-ignore-shared) or private (a clone: the file's pages
+    are read in on demand and shared between clones in the page cache until written)."""
+    at = argv.index("-machine") + 1
+    size = argv[argv.index("-m") + 1]
+    backend = (f"memory-backend-file,id={RAM_ID},size={size}M,mem-path={qemu.opt_value(path)},"
+               f"share={'on' if share else 'off'}")
+    return [*argv[:at], f"{argv[at]},memory-backend={RAM_ID}", "-object", backend, *argv[at + 1:]]
 
 
 # --- template create ---------------------------------------------------------------------
@@ -221,8 +258,10 @@ def check_options(opts: options.CreateOptions, slots: int) -> None:
 
 
 async def create(name: str, opts: options.CreateOptions, home: Path | None = None, *,
-                 volume_slots: int = 0, rebuild: bool = False) -> Template:
-    """Make template `name`; nothing of it is left when this fails."""
+                 volume_slots: int = 0, rebuild: bool = False,
+                 shared_memory: bool = False) -> Template:
+    """Make template `name`; nothing of it is left when this fails.  `shared_memory`: its
+    RAM in a file that clones map privately (with_memory_file)."""
     requested = time.monotonic()
     home = Path(home or kindling_home())
     check_name(name)
@@ -240,7 +279,7 @@ async def create(name: str, opts: options.CreateOptions, home: Path | None = Non
         instance.app_log.touch()
     try:
         with disk_full_errors(home):
-            return await _make(instance, name, opts, volume_slots, requested)
+            return await _make(instance, name, opts, volume_slots, requested, shared_memory)
     except BaseException:
         with trio.CancelScope(shield=True):
             await vmm.stop(instance, graceful=0)
@@ -251,7 +290,7 @@ async def create(name: str, opts: options.CreateOptions, home: Path | None = Non
 
 
 async def _make(instance: Instance, name: str, opts: options.CreateOptions, slots: int,
-                requested: float) -> Template:
+                requested: float, shared_memory: bool = False) -> Template:
     if opts.net:
         netns.create(instance.id)
     artifacts = prepare.build_artifacts(opts, instance.images_dir)
@@ -260,8 +299,11 @@ async def _make(instance: Instance, name: str, opts: options.CreateOptions, slot
              placeholder(instance.config_img, "config"),
              *slot_disks(instance, 0, slots))
     argv = machine_argv(instance, artifacts, disks, opts)
+    if shared_memory:
+        argv = with_memory_file(argv, instance.dir / RAM_FILE, share=True)
     record, checkpoint_seconds = await checkpoint_and_save(
-        instance, qemu.with_kernel_args(argv, (CHECKPOINT_ARG,)))
+        instance, qemu.with_kernel_args(argv, (CHECKPOINT_ARG,)),
+        IGNORE_SHARED if shared_memory else ())
     template = Template(name=name, id=instance.id, options=options.to_json(opts),
                         volume_slots=slots,
                         digests={n: digest(getattr(artifacts, n)) for n in IMAGES},
@@ -269,14 +311,15 @@ async def _make(instance: Instance, name: str, opts: options.CreateOptions, slot
                         vmstate_size=record.vmstate_size,
                         build_seconds=round(time.monotonic() - requested, 3),
                         checkpoint_seconds=round(checkpoint_seconds, 3),
-                        created_at=record.saved_at, dir=instance.dir)
+                        created_at=record.saved_at, shared_memory=shared_memory, dir=instance.dir)
     obj = template.to_json()
     del obj["dir"]
     snapshot._write_atomically(instance.dir / RECORD, json.dumps(obj, indent=1) + "\n")
     return template
 
 
-async def checkpoint_and_save(instance: Instance, argv: list[str]) -> tuple[snapshot.Record, float]:
+async def checkpoint_and_save(instance: Instance, argv: list[str],
+                              capabilities: tuple[str, ...] = ()) -> tuple[snapshot.Record, float]:
     """Boot `argv` to its checkpoint, save it, end QEMU; the snapshot's Record and the
     seconds from QEMU's start to the checkpoint marker."""
     launched = time.monotonic()
@@ -289,7 +332,7 @@ async def checkpoint_and_save(instance: Instance, argv: list[str]) -> tuple[snap
             await qmp.execute(instance.qmp_socket, "stop")
         try:
             with trio.fail_after(SAVE_TIMEOUT):
-                record = await snapshot.save(instance, argv)
+                record = await snapshot.save(instance, argv, capabilities)
         except trio.TooSlowError:
             die(f"saving the template's snapshot took over {SAVE_TIMEOUT:g} s")
     await vmm.stop(instance, graceful=0)

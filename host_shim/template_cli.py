@@ -35,7 +35,8 @@ def cmd_create(args: argparse.Namespace) -> int:
              if o.group in TEMPLATE_ARGS and not o.run_only} | {"net": args.net}
     opts = options.make(options.CreateOptions, given, _home())
     made = trio.run(lambda: template.create(args.template_name, opts, _home(),
-                                            volume_slots=args.volume_slots, rebuild=args.rebuild))
+                                            volume_slots=args.volume_slots, rebuild=args.rebuild,
+                                            shared_memory=args.shared_memory))
     if args.json:
         print(json.dumps(_describe(made), indent=2, sort_keys=True))
     else:
@@ -86,6 +87,9 @@ def add_commands(sub, command) -> None:
     create.add_argument("--rebuild", action="store_true",
                         help="make it again if it exists (after a kernel, initrd, rootfs or "
                              "QEMU change made it stale)")
+    create.add_argument("--shared-memory", action="store_true",
+                        help="keep the guest RAM in a file that every clone maps privately "
+                             "(copy on write: clones share the pages they do not write)")
     create.add_argument("--net", action="store_true",
                         help="clones get eth0 in their own network namespace (as create --net)")
     options.add_arguments(create, "create", only_groups=("image", "virtual machine"))

@@ -177,3 +177,21 @@ def test_rm_removes_and_names_a_missing_one(tmp_path):
     assert template.list_all(tmp_path) == []
     with pytest.raises(KindlingError, match="no template named 't'"):
         template.remove(tmp_path, "t")
+
+
+def test_shared_memory_puts_the_guest_ram_in_a_file_shared_or_private():
+    argv = ["ip", "netns", "exec", "ns", "qemu", "-machine", "microvm,rtc=on", "-m", "512", "-smp", "2"]
+    shared = template.with_memory_file(argv, Path("/t/ram,x"), share=True)
+    assert shared[:7] == ["ip", "netns", "exec", "ns", "qemu", "-machine",
+                          "microvm,rtc=on,memory-backend=ram0"]
+    assert shared[7:9] == ["-object", "memory-backend-file,id=ram0,size=512M,mem-path=/t/ram,,x,share=on"]
+    assert shared[9:] == ["-m", "512", "-smp", "2"]
+    assert template.with_memory_file(argv, Path("/t/ram"), share=False)[8].endswith(",share=off")
+
+
+def test_a_shared_memory_record_loads_and_an_old_one_defaults_to_private(tmp_path):
+    made(tmp_path, "new", shared_memory=True)
+    made(tmp_path, "old")
+    assert template.load(tmp_path, "new").shared_memory is True
+    assert template.load(tmp_path, "new").ram == template.templates_dir(tmp_path) / "new" / "ram"
+    assert template.load(tmp_path, "old").shared_memory is False
