@@ -40,6 +40,8 @@ same image and VM options and two volume slots is made once before the runs (not
 counted: its build time is reported), each run restores it with its own disks and
 network; its "restore" is the host's launch -> guest started (QEMU's start, the
 snapshot loaded, `cont`, the resume line answered).  Target: template <= 0.7x floor.
+`template-shm` is the same with a `template create --shared-memory` template (its RAM in
+a file that clones map privately; the snapshot then holds device state only).
 
 `--runs 1` is the CI smoke run.
 """
@@ -66,7 +68,7 @@ from image_build.run import CommandError, run  # noqa: E402
 from tests.vm import qemu_pids_using  # noqa: E402
 
 VARIANTS = ("baseline", "default", "floor")
-EXTRA_VARIANTS = ("early", "template")  # issue 14: the agent forked before PID 1's imports;
+EXTRA_VARIANTS = ("early", "template", "template-shm")  # issue 14: the agent forked before PID 1's imports;
                                         # issue 12: create --template
 TEMPLATE = "bench"
 TARGET_TEMPLATE = 0.7       # template / floor
@@ -105,16 +107,18 @@ def create_argv(variant, name, floor):
         argv += ["--kernel-arg", "kindling_strategy=baseline"]
     if variant == "early":
         argv += ["--kernel-arg", "kindling_agent_fork=early"]
-    if variant == "template":
-        argv += ["--template", TEMPLATE]
+    if variant.startswith("template"):
+        argv += ["--template", TEMPLATE + variant[len("template"):]]
     return [*argv, "--", *PROGRAM]
 
 
-def make_template(home):
-    """The `template` variant's template (not counted): its record as template.json says."""
+def make_template(home, variant="template"):
+    """A template variant's template (not counted): its record as template.json says."""
     t0 = time.monotonic()
-    r = kindling(home, "template", "create", "--json", TEMPLATE, "--accel", "tcg", "--net",
-                 "--agent", "serial", "--volume-slots", str(len(VOLUMES)), timeout=BOOT_TIMEOUT)
+    shared = ["--shared-memory"] if variant == "template-shm" else []
+    r = kindling(home, "template", "create", "--json", TEMPLATE + variant[len("template"):],
+                 "--accel", "tcg", "--net", "--agent", "serial", "--volume-slots",
+                 str(len(VOLUMES)), *shared, timeout=BOOT_TIMEOUT)
     made = json.loads(r.stdout)
     return {"wall_s": time.monotonic() - t0, "build_seconds": made["build_seconds"],
             "checkpoint_seconds": made["checkpoint_seconds"], "vmstate_bytes": made["vmstate_size"]}
@@ -146,7 +150,8 @@ def one_run(home, variant, name, floor):
         info = json.loads(kindling(home, "inspect", "--json", name).stdout)
         stages = {}
         launch, started = host_event(info, "launch"), host_event(info, "guest started")
-        restore = started - launch if variant == "template" and None not in (launch, started) else None
+        restore = (started - launch if variant.startswith("template") and None not in (launch, started)
+                   else None)
         if variant != "floor":
             stages = guest_stages(Path(info["dir"]) / "logs" / "app.log", "program-start",
                                   time.monotonic() + 10)
@@ -190,9 +195,10 @@ def measure(runs, floor, variants=VARIANTS):
             kindling(home, "volume", "create", image, "--size", VOLUME_SIZE)
         for variant in ("default", "floor"):   # builds/caches images, warms the page cache
             one_run(home, variant, f"warm-{variant}", floor)
-        if "template" in variants:
-            results["template_build"] = make_template(home)
-            one_run(home, "template", "warm-template", floor)
+        for variant in ("template", "template-shm"):
+            if variant in variants:
+                results[f"{variant}_build"] = make_template(home, variant)
+                one_run(home, variant, f"warm-{variant}", floor)
         for i in range(runs):
             for variant in variants:
                 r = one_run(home, variant, f"{variant[0]}{i}", floor)
@@ -224,28 +230,33 @@ def ratio_lines(med):
     return lines, ratios
 
 
-def template_lines(results, med):
-    if "template" not in results:
+def template_lines(results, builds, med, variant="template"):
+    if variant not in results:
         return [], {}
-    build = results["template_build"]
-    restores = [r["restore_s"] for r in results["template"] if r["restore_s"] is not None]
-    lines = ["", f"template: built once in {build['build_seconds']:.1f} s (checkpoint "
+    build = builds[variant]
+    restores = [r["restore_s"] for r in results[variant] if r["restore_s"] is not None]
+    lines = ["", f"{variant}: built once in {build['build_seconds']:.1f} s (checkpoint "
                  f"{build['checkpoint_seconds']:.1f} s after QEMU's start, snapshot "
                  f"{build['vmstate_bytes'] / 2**20:.0f} MiB); restore (launch -> guest started) "
                  f"median {statistics.median(restores):.2f} s"]
-    numbers = {"template_build": build, "median_restore_s": statistics.median(restores)}
+    key = variant.replace("-", "_")
+    numbers = {f"{key}_build": build, f"median_{key}_restore_s": statistics.median(restores)}
     if "floor" in med:
-        numbers["ratio_template_over_floor"] = r = med["template"] / med["floor"]
-        lines.append(f"template / floor    = {r:.2f}x   (target <= {TARGET_TEMPLATE}x: "
+        numbers[f"ratio_{key}_over_floor"] = r = med[variant] / med["floor"]
+        lines.append(f"{variant + ' / floor':19} = {r:.2f}x   (target <= {TARGET_TEMPLATE}x: "
                      f"{'met' if r <= TARGET_TEMPLATE else 'MISSED'})")
     return lines, numbers
 
 
 def report(results, runs, argv_shown):
-    build = results.pop("template_build", None)
-    tlines, tnumbers = template_lines({**results, "template_build": build} if build else results,
-                                      {v: statistics.median([r["wall_s"] for r in per_run])
-                                       for v, per_run in results.items()})
+    builds = {v: results.pop(f"{v}_build") for v in ("template", "template-shm")
+              if f"{v}_build" in results}
+    med_walls = {v: statistics.median([r["wall_s"] for r in per_run]) for v, per_run in results.items()}
+    tlines, tnumbers = [], {}
+    for variant in builds:
+        more_lines, more_numbers = template_lines(results, builds, med_walls, variant)
+        tlines += more_lines
+        tnumbers.update(more_numbers)
     walls = {v: [r["wall_s"] for r in per_run] for v, per_run in results.items()}
     med = {v: statistics.median(w) for v, w in walls.items()}
     host_med = {v: statistics.median([r["time_to_running_s"] for r in per_run])
@@ -259,7 +270,7 @@ def report(results, runs, argv_shown):
     ratios_text, ratios = ratio_lines(med)
     lines += ["", *ratios_text, *tlines]
     ratios.update(tnumbers)
-    for v in ("default", "early", "template"):
+    for v in ("default", "early", "template", "template-shm"):
         if v in results:
             one = results[v][len(results[v]) // 2]
             lines += ["", f"PID 1 stages of one {v} run (guest clock, s):",
