@@ -42,9 +42,9 @@ capability `x-ignore-shared`, so vmstate holds only device state (~70 KB instead
 capability: the pages it only reads stay the page cache's, shared by every clone, and
 the ones it writes are its own copies.  Measured once by hand (13:47-13:50 UTC, load
 ~20): three clones of a busybox `sleep` template, PSS 101 MiB each (Rss 150) against 274
-MiB (Rss 329) for a cold guest of the same options.  Opt-in because the template's own
-boot, writing its RAM through an ext4 file, took 250 s to its checkpoint against 17-72 s
-without it on this loaded host.  A clone of such a template keeps the `ram` mapping in
+MiB (Rss 329) for a cold guest of the same options.  Opt-in because no VM test covers it
+yet (its template boot took 250 s to the checkpoint at load ~20, but 11.7 s at load ~2:
+the load, not the file).  A clone of such a template keeps the `ram` mapping in
 its command line (a later standby saves its RAM whole, a cold `start` overwrites it), so
 it needs the template to exist.
 """
