@@ -34,7 +34,14 @@ install ran in one baseline run.
     .venv/bin/python bench/create_running.py [--runs 5] [--variants baseline,default,floor] [--json FILE]
 
 `--variants` picks and orders the variants; `early` is `default` with the agent
-forked before PID 1's imports (`--kernel-arg kindling_agent_fork=early`, issue 14).
+forked before PID 1's imports (`--kernel-arg kindling_agent_fork=early`, issue 14);
+`template` is `default` created with `--template` (issue 12): one template with the
+same image and VM options and two volume slots is made once before the runs (not
+counted: its build time is reported), each run restores it with its own disks and
+network; its "restore" is the host's launch -> guest started (QEMU's start, the
+snapshot loaded, `cont`, the resume line answered).  Target: template <= 0.7x floor.
+`template-shm` is the same with a `template create --shared-memory` template (its RAM in
+a file that clones map privately; the snapshot then holds device state only).
 
 `--runs 1` is the CI smoke run.
 """
@@ -61,7 +68,10 @@ from image_build.run import CommandError, run  # noqa: E402
 from tests.vm import qemu_pids_using  # noqa: E402
 
 VARIANTS = ("baseline", "default", "floor")
-EXTRA_VARIANTS = ("early",)  # default, the agent forked before PID 1's imports (issue 14)
+EXTRA_VARIANTS = ("early", "template", "template-shm")  # issue 14: the agent forked before PID 1's imports;
+                                        # issue 12: create --template
+TEMPLATE = "bench"
+TARGET_TEMPLATE = 0.7       # template / floor
 VOLUMES = (("v1", "/data1"), ("v2", "/data2"))
 VOLUME_SIZE = "64M"
 PROGRAM = ("sleep", "3600")
@@ -97,7 +107,25 @@ def create_argv(variant, name, floor):
         argv += ["--kernel-arg", "kindling_strategy=baseline"]
     if variant == "early":
         argv += ["--kernel-arg", "kindling_agent_fork=early"]
+    if variant.startswith("template"):
+        argv += ["--template", TEMPLATE + variant[len("template"):]]
     return [*argv, "--", *PROGRAM]
+
+
+def make_template(home, variant="template"):
+    """A template variant's template (not counted): its record as template.json says."""
+    t0 = time.monotonic()
+    shared = ["--shared-memory"] if variant == "template-shm" else []
+    r = kindling(home, "template", "create", "--json", TEMPLATE + variant[len("template"):],
+                 "--accel", "tcg", "--net", "--agent", "serial", "--volume-slots",
+                 str(len(VOLUMES)), *shared, timeout=BOOT_TIMEOUT)
+    made = json.loads(r.stdout)
+    return {"wall_s": time.monotonic() - t0, "build_seconds": made["build_seconds"],
+            "checkpoint_seconds": made["checkpoint_seconds"], "vmstate_bytes": made["vmstate_size"]}
+
+
+def host_event(info, name):
+    return next((e["at"] for e in info.get("timeline", {}).get("host", ()) if e["name"] == name), None)
 
 
 def guest_stages(app_log, want, deadline):
@@ -121,12 +149,16 @@ def one_run(home, variant, name, floor):
         wall = time.monotonic() - t0
         info = json.loads(kindling(home, "inspect", "--json", name).stdout)
         stages = {}
+        launch, started = host_event(info, "launch"), host_event(info, "guest started")
+        restore = (started - launch if variant.startswith("template") and None not in (launch, started)
+                   else None)
         if variant != "floor":
             stages = guest_stages(Path(info["dir"]) / "logs" / "app.log", "program-start",
                                   time.monotonic() + 10)
     finally:
         kindling(home, "delete", name, check=False)
-    return {"wall_s": wall, "time_to_running_s": info.get("time_to_running"), "stages": stages}
+    return {"wall_s": wall, "time_to_running_s": info.get("time_to_running"), "stages": stages,
+            "restore_s": restore}
 
 
 def last_boot_lines(home, name, keep=12):
@@ -156,13 +188,17 @@ def cleanup(home):
 
 
 def measure(runs, floor, variants=VARIANTS):
-    results = {v: [] for v in variants}
+    results = {v: [] for v in variants}      # + "template_build" (a dict) with the template
     home = Path(tempfile.mkdtemp(prefix="kcr-", dir="/tmp"))
     try:
         for image, _ in VOLUMES:
             kindling(home, "volume", "create", image, "--size", VOLUME_SIZE)
         for variant in ("default", "floor"):   # builds/caches images, warms the page cache
             one_run(home, variant, f"warm-{variant}", floor)
+        for variant in ("template", "template-shm"):
+            if variant in variants:
+                results[f"{variant}_build"] = make_template(home, variant)
+                one_run(home, variant, f"warm-{variant}", floor)
         for i in range(runs):
             for variant in variants:
                 r = one_run(home, variant, f"{variant[0]}{i}", floor)
@@ -194,7 +230,33 @@ def ratio_lines(med):
     return lines, ratios
 
 
+def template_lines(results, builds, med, variant="template"):
+    if variant not in results:
+        return [], {}
+    build = builds[variant]
+    restores = [r["restore_s"] for r in results[variant] if r["restore_s"] is not None]
+    lines = ["", f"{variant}: built once in {build['build_seconds']:.1f} s (checkpoint "
+                 f"{build['checkpoint_seconds']:.1f} s after QEMU's start, snapshot "
+                 f"{build['vmstate_bytes'] / 2**20:.0f} MiB); restore (launch -> guest started) "
+                 f"median {statistics.median(restores):.2f} s"]
+    key = variant.replace("-", "_")
+    numbers = {f"{key}_build": build, f"median_{key}_restore_s": statistics.median(restores)}
+    if "floor" in med:
+        numbers[f"ratio_{key}_over_floor"] = r = med[variant] / med["floor"]
+        lines.append(f"{variant + ' / floor':19} = {r:.2f}x   (target <= {TARGET_TEMPLATE}x: "
+                     f"{'met' if r <= TARGET_TEMPLATE else 'MISSED'})")
+    return lines, numbers
+
+
 def report(results, runs, argv_shown):
+    builds = {v: results.pop(f"{v}_build") for v in ("template", "template-shm")
+              if f"{v}_build" in results}
+    med_walls = {v: statistics.median([r["wall_s"] for r in per_run]) for v, per_run in results.items()}
+    tlines, tnumbers = [], {}
+    for variant in builds:
+        more_lines, more_numbers = template_lines(results, builds, med_walls, variant)
+        tlines += more_lines
+        tnumbers.update(more_numbers)
     walls = {v: [r["wall_s"] for r in per_run] for v, per_run in results.items()}
     med = {v: statistics.median(w) for v, w in walls.items()}
     host_med = {v: statistics.median([r["time_to_running_s"] for r in per_run])
@@ -206,8 +268,9 @@ def report(results, runs, argv_shown):
         m, lo, hi = summary(walls[v])
         lines.append(f"{v:10} {m:8.2f} {lo:8.2f} {hi:8.2f}   {host_med[v]:28.2f}")
     ratios_text, ratios = ratio_lines(med)
-    lines += ["", *ratios_text]
-    for v in ("default", "early"):
+    lines += ["", *ratios_text, *tlines]
+    ratios.update(tnumbers)
+    for v in ("default", "early", "template", "template-shm"):
         if v in results:
             one = results[v][len(results[v]) // 2]
             lines += ["", f"PID 1 stages of one {v} run (guest clock, s):",

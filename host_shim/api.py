@@ -26,7 +26,8 @@ from pathlib import Path
 
 import trio
 
-from . import agent_ops, api_args, fork, images, lifecycle, metadata, options, runner, standby, volumes
+from . import (agent_ops, api_args, fork, images, lifecycle, metadata, options, runner, standby,
+               template, volumes)
 from .agent_client import CopyResult, ExecResult, StatResult
 from .errors import die, kindling_error_in
 from .info import InstanceInfo
@@ -117,6 +118,21 @@ class Kindling:
         Standby or Stopped (default: the source's state)."""
         return InstanceInfo.of(*self._call(fork.fork, ref, name, home=self.home,
                                            from_running=from_running, target=target_state))
+
+    def template_create(self, name: str, *, volume_slots: int = 0, rebuild: bool = False,
+                        shared_memory: bool = False, **opts) -> template.Template:
+        """`kindling template create NAME`: `opts` are create's image and VM options
+        (rootfs, base, image, kernel, memory, cpus, accel, agent, net, ...); clones:
+        create(..., template=NAME)."""
+        made = options.make(options.CreateOptions, opts, self.home)
+        return self._call(template.create, name, made, self.home, volume_slots=volume_slots,
+                          rebuild=rebuild, shared_memory=shared_memory)
+
+    def template_list(self) -> list[template.Template]:
+        return template.list_all(self.home)
+
+    def template_rm(self, name: str) -> None:
+        template.remove(self.home, name)
 
     def list(self) -> list[InstanceInfo]:
         return [InstanceInfo.of(i, m)

@@ -24,7 +24,7 @@ import trio
 from initsys import protocol
 
 from . import (agent_ops, chart, events, fork, image_cli, lifecycle, metadata, options, runner, serve,
-               sizes, standby, volumes, watchdog)
+               sizes, standby, template_cli, volumes, watchdog)
 from .errors import (EXIT_KINDLING, KindlingError, build_errors, die, from_build_error,
                      kindling_error_in)
 from .info import InstanceInfo
@@ -504,6 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_agent_commands(sub)
     _add_volume_commands(sub)
     image_cli.add_commands(sub, _command)
+    template_cli.add_commands(sub, _command)
     serve.add_command(sub, _command)
     return parser
 

@@ -135,7 +135,8 @@ def copy_disks(source: Instance, smeta: Metadata, fork: Instance) -> None:
     """The writable disks copied (reflink/sparse), the images hard-linked, the config
     disk rebuilt (or copied: a raw --config-json test hook is kept as given)."""
     shutil.copytree(source.images_dir, fork.images_dir, copy_function=snapshot.link_or_copy)
-    for disk in [source.overlay_img, *sorted(source.dir.glob("volume-overlay-*.img"))]:
+    slots = sorted(source.dir.glob("slot-*.img"))     # a template clone's unused volume slots
+    for disk in [source.overlay_img, *sorted(source.dir.glob("volume-overlay-*.img")), *slots]:
         run(["cp", "--reflink=auto", "--sparse=always", os.fspath(disk),
              os.fspath(fork.dir / disk.name)], timeout=COPY_TIMEOUT)
     if smeta.options.get("config_disk") is not None:

@@ -16,6 +16,7 @@ the probe is made under the same lock.
 
 import math
 import time
+from functools import partial
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from initsys import protocol
 
 from . import accel as accel_mod
 from . import console, control, locks, logfiles, markers, metadata, netns, options, prepare, qemu, vmm
-from . import log, snapshot, watchdog
+from . import clone, log, snapshot, template, watchdog
 from . import run as run_mod
 from . import timeline as tl
 from .errors import EXIT_KINDLING, Conflict, KindlingError, NoSuchInstance, die, disk_full_errors
@@ -227,6 +228,9 @@ async def create(opts: options.CreateOptions, home: Path | None = None, *,
     requested = now_ns()
     home = Path(home or kindling_home())
     opts = options.checked(opts, home)
+    tmpl = template.load(home, opts.template) if opts.template else None
+    if tmpl is not None:
+        opts = clone.options_for(tmpl, opts)     # its image and VM options are the template's
     prepare.check_inputs(opts)
     name = check_name(opts.name) if opts.name else None
     config = prepare.config_for(opts)
@@ -238,11 +242,17 @@ async def create(opts: options.CreateOptions, home: Path | None = None, *,
             if opts.net:
                 netns.create(instance.id)
             artifacts = prepare.build_artifacts(opts, instance.images_dir)
+            if tmpl is not None:
+                clone.check_fresh(tmpl, artifacts)
             images_ready = now_ns()
             config = prepare.settle_headers(config, artifacts, opts)
             disks = prepare.make_disks(instance, artifacts, config, opts)
             disks_ready = now_ns()
-            argv = prepare.qemu_argv(instance, artifacts, disks, accel, opts, binary)
+            if tmpl is not None:
+                argv = template.machine_argv(instance, artifacts, clone.disks_for(tmpl, instance, disks),
+                                             opts, tmpl)
+            else:
+                argv = prepare.qemu_argv(instance, artifacts, disks, accel, opts, binary)
             if verbose is not None:
                 verbose(f"instance {instance.dir}")
                 verbose(f"running: {run_mod.format_command(argv)}")
@@ -251,7 +261,8 @@ async def create(opts: options.CreateOptions, home: Path | None = None, *,
                 meta.config = _config_value(config)
             meta = await _boot(instance, requested,
                                ((tl.IMAGES_READY, images_ready), (tl.DISKS_READY, disks_ready)),
-                               argv=qemu.with_kernel_args(argv, opts.first_launch_kernel_args))
+                               argv=qemu.with_kernel_args(argv, opts.first_launch_kernel_args),
+                               launch=partial(clone.launch, tmpl) if tmpl is not None else None)
         except BaseException:
             with trio.CancelScope(shield=True):
                 await vmm.stop(instance, graceful=0)
@@ -262,19 +273,21 @@ async def create(opts: options.CreateOptions, home: Path | None = None, *,
 
 async def _boot(instance: Instance, requested: int,
                 prep_events: tuple[tuple[str, int], ...] = (), *,
-                argv: list[str] | None = None) -> Metadata:
+                argv: list[str] | None = None, launch=None) -> Metadata:
     """Start a new boot of a stopped instance: fresh log, QEMU with -S, then cont.
-    `argv`: this launch's command line (default: the instance's, meta.argv)."""
+    `argv`: this launch's command line (default: the instance's, meta.argv); `launch`:
+    instead of that, a clone's restore from its template (clone.launch)."""
     async with metadata.update(instance) as meta:
         if vmm.pid_of(instance) is not None:
             await observe_locked(instance, meta)     # someone else started it meanwhile
             return meta
-        await _boot_locked(instance, meta, requested, prep_events, argv)
+        await _boot_locked(instance, meta, requested, prep_events, argv, launch)
     return meta
 
 
 async def _boot_locked(instance: Instance, meta: Metadata, requested: int,
-                       prep_events: tuple[tuple[str, int], ...], argv: list[str] | None):
+                       prep_events: tuple[tuple[str, int], ...], argv: list[str] | None,
+                       launch=None):
     if not meta.argv:
         die(f"instance {meta.name} was never completely created (its create was "
             "interrupted)", hint=f"delete it with `kindling delete {meta.name}`")
@@ -293,10 +306,13 @@ async def _boot_locked(instance: Instance, meta: Metadata, requested: int,
     meta.log_since = logfiles.start_fresh_log(instance, meta.log_keep)
     instance.qmp_socket.unlink(missing_ok=True)     # left by a killed QEMU
     meta.mark(tl.LAUNCH)
-    meta.pid = await vmm.launch(instance, argv or meta.argv)
-    meta.mark(tl.VMM_READY)
-    await observe_locked(instance, meta, scan=False)     # Created (-S)
-    await vmm.cont(instance)
+    if launch is None:
+        meta.pid = await vmm.launch(instance, argv or meta.argv)
+        meta.mark(tl.VMM_READY)
+        await observe_locked(instance, meta, scan=False)     # Created (-S)
+        await vmm.cont(instance)
+    else:                          # restored, `cont`, resumed: the guest runs already
+        meta.pid = await launch(instance, argv or meta.argv)
     meta.mark(tl.GUEST_STARTED)
     await observe_locked(instance, meta, scan=False)     # Initializing
 

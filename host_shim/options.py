@@ -213,6 +213,10 @@ OPTIONS: tuple[Option, ...] = (
            "may reach over plain http, unverified (repeatable; also `insecure` in "
            "$KINDLING_HOME/registries.json)", ("--insecure-registry",), "HOST", "image",
            "append", convert=_strings, goes_to=("build",)),
+    Option("template", str | None, None, "start from template NAME (`kindling template "
+           "create`): restored at its checkpoint with this instance's own disks, config and "
+           "network, instead of a cold boot; its image and VM options are the template's",
+           ("--template",), "NAME", "image", convert=_text, goes_to=("build", "qemu", "metadata")),
     Option("base", str | None, None, BASE_HELP, ("--base",), "busybox|debian", "image",
            convert=_base, goes_to=("build", "config")),
     Option("kernel", Path | None, None, "guest kernel (default: Debian's cloud kernel)",
@@ -362,12 +366,14 @@ def _add_one(parser, opt: Option) -> None:
     parser.add_argument(*opt.flags, **kwargs)
 
 
-def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+def add_arguments(parser: argparse.ArgumentParser, command: str, only_groups=None) -> None:
     """The arguments of `kindling create` or `kindling run`, in --help's sections.
-    Values are taken as text here and checked by `from_args` (errors exit 125)."""
+    Values are taken as text here and checked by `from_args` (errors exit 125).
+    `only_groups`: just the options of those sections (`template create`: image, VM)."""
+    chosen = [o for o in for_command(command) if only_groups is None or o.group in only_groups]
     groups = {name: parser.add_argument_group(name) for name in GROUPS
-              if any(o.group == name for o in for_command(command))}
-    for opt in for_command(command):
+              if any(o.group == name for o in chosen)}
+    for opt in chosen:
         _add_one(groups[opt.group] if opt.group else parser, opt)
 
 

@@ -282,7 +282,9 @@ def make_disks(instance: Instance, artifacts, config: dict | bytes | None,
 
 
 def qemu_argv(instance: Instance, artifacts, disks: tuple[qemu.Disk, ...], accel: accel_mod.Accel,
-              opts: CreateOptions, binary: str) -> list[str]:
+              opts: CreateOptions, binary: str, devices: tuple[str, ...] = ()) -> list[str]:
+    """`devices`: more (a template's resume port, host_shim/template.py), on the bus of the
+    control port."""
     machine_name = qemu.DEFAULT_MACHINE  # the one machine every device below is placed on
     machine = qemu.machine_for(machine_name)
     network, net_args = None, ()
@@ -305,7 +307,7 @@ def qemu_argv(instance: Instance, artifacts, disks: tuple[qemu.Disk, ...], accel
         # -S: the VMM is created with the guest stopped (state Created) until QMP `cont`;
         # -pidfile: QEMU holds a lock on it while it runs (host_shim/vmm.py).
         extra_args=("-pidfile", os.fspath(instance.pidfile), "-S", *net_args, *agent_devices,
-                    *control_devices),
+                    *control_devices, *devices),
         # the kernel hands init the first of two equal keys: a test hook's value must win
         cmdline_extra=(("kindling_net=1",) if opts.net else ()) + tuple(a for a in (agent_karg,) if not any(
             k.startswith("kindling_agent=") for k in opts.kernel_args)) + control_karg + tuple(opts.kernel_args),

@@ -137,7 +137,15 @@ def version_text(reply: dict) -> str:
 
 # --- saving -------------------------------------------------------------------
 
-async def _migrate_out(client: qmp.QMPClient, fd: int) -> None:
+async def set_capabilities(client: qmp.QMPClient, capabilities: tuple[str, ...]) -> None:
+    """Migration capabilities on (a template's `x-ignore-shared`: host_shim/template.py)."""
+    if capabilities:
+        await client.execute("migrate-set-capabilities", {"capabilities": [
+            {"capability": name, "state": True} for name in capabilities]})
+
+
+async def _migrate_out(client: qmp.QMPClient, fd: int, capabilities: tuple[str, ...] = ()) -> None:
+    await set_capabilities(client, capabilities)
     await client.execute("migrate-set-parameters", {"max-bandwidth": MAX_BANDWIDTH})
     await client.send_fd(FD_NAME, fd)
     await client.execute("migrate", {"uri": f"fd:{FD_NAME}"})
@@ -155,9 +163,9 @@ async def _until_finished(client: qmp.QMPClient, doing: str) -> None:
         await trio.sleep(POLL)
 
 
-async def save(instance: Instance, argv: list[str]) -> Record:
+async def save(instance: Instance, argv: list[str], capabilities: tuple[str, ...] = ()) -> Record:
     """Write the paused VM's state to snapshot/ (QEMU keeps running, paused), then the
-    record.  Raises SnapshotError (or QMPError when QEMU went away) and leaves nothing
+    record (`capabilities`: migration capabilities to turn on first).  Raises SnapshotError (or QMPError when QEMU went away) and leaves nothing
     that counts as a snapshot when it fails.  Timeout: at the call site."""
     drop(instance)
     p = paths(instance)
@@ -168,7 +176,7 @@ async def save(instance: Instance, argv: list[str]) -> Record:
             try:
                 async with await qmp.QMPClient.connect(instance.qmp_socket) as client:
                     version = version_text(await client.execute("query-version"))
-                    await _migrate_out(client, fd)
+                    await _migrate_out(client, fd, capabilities)
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -240,16 +248,18 @@ def verify(instance: Instance) -> Record:
     return record
 
 
-async def load(instance: Instance, record: Record) -> None:
-    """Feed the snapshot to the QEMU just launched with `-incoming defer`; returns once
-    the incoming migration has completed (the VM is then paused: QEMU runs with -S).
-    Timeout: at the call site."""
-    with open(paths(instance).vmstate, "rb") as f:
+async def load(instance: Instance, record: Record, vmstate: Path | None = None,
+               capabilities: tuple[str, ...] = ()) -> None:
+    """Feed the snapshot (the instance's, or `vmstate`: a template's, only read) to the
+    QEMU just launched with `-incoming defer`; returns once the incoming migration has
+    completed (the VM is then paused: QEMU runs with -S).  Timeout: at the call site."""
+    with open(vmstate or paths(instance).vmstate, "rb") as f:
         async with await qmp.QMPClient.connect(instance.qmp_socket) as client:
             version = version_text(await client.execute("query-version"))
             if version != record.qemu_version:
                 raise SnapshotError(f"the snapshot was saved by QEMU {record.qemu_version}, "
                                     f"this is QEMU {version}: its state cannot be loaded")
+            await set_capabilities(client, capabilities)
             await client.send_fd(FD_NAME, f.fileno())
             await client.execute("migrate-incoming", {"uri": f"fd:{FD_NAME}"})
             await _until_finished(client, "loading the snapshot")

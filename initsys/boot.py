@@ -52,6 +52,14 @@ class Boot:
         from initsys import control
         return control.requested()
 
+    def checkpointing(self):
+        """A template's boot: stop at the checkpoint (kindling_checkpoint=1, initsys/checkpoint.py)."""
+        from initsys import checkpoint
+        return checkpoint.requested(self.environ)
+
+    def cold(self):
+        return not self.checkpointing()
+
     def network_hinted(self):
         """The host's prestart hint, kernel argument kindling_net=1 (initsys/network_helper.py)."""
         return self.environ.get("kindling_net") == "1"
@@ -100,6 +108,20 @@ class Boot:
         from initsys import devices
         self._watcher = devices.BlockWatcher()  # listening before the block driver loads
         kmod.load_all()
+
+    def load_modules_but_disks(self):
+        """The checkpoint's `modules`: the closure without the block driver (no disk probed)."""
+        from initsys import checkpoint, devices
+        self._watcher = devices.BlockWatcher()  # listening before the block driver loads
+        kmod.load_all(only=lambda path: not checkpoint.is_block_driver(path))
+
+    def checkpoint(self):
+        from initsys import checkpoint
+        checkpoint.wait_and_resume()
+
+    def load_block_driver(self):
+        from initsys import checkpoint
+        kmod.load_all(only=checkpoint.is_block_driver)
 
     def wait_for_disks(self):
         disks = self._watcher.wait_for_roles(DISK_ROLES, DISK_TIMEOUT)

@@ -20,21 +20,31 @@ def steps(b):
     thread -- which overlaps `imports` -- or TRIO).  A tuple names stages that run
     concurrently or are measured together; `when` skips a step; line=False names a
     stage for FATAL lines without printing a KINDLING-STAGE line."""
+    cold, warm = b.cold, b.checkpointing      # a template's boot: initsys/checkpoint.py
     return (
         Step(MAIN, "mounts", mounts.mount_basic),                      # /proc /sys /dev /run ...
         Step(MAIN, "agent-spawn", b.spawn_agent, when=b.agent_forks_early),  # then it imports alone
         Step(MAIN, "network-spawn", b.prestart_network, when=b.network_hinted),  # kindling_net=1
-        Step(SETUP, "modules", b.load_modules),
+        # -- a template's boot: what is the same on every boot, then the checkpoint --
+        Step(MAIN, "modules", b.load_modules_but_disks, when=warm),     # no block driver yet
+        Step(MAIN, "ports", b.wait_for_agent_port, when=both(warm, b.agent_on_serial)),
+        Step(MAIN, "control", b.open_control, when=both(warm, b.control_requested)),
+        Step(MAIN, "imports", b.import_trio, when=warm),
+        Step(MAIN, "agent-spawn", b.spawn_agent, when=both(warm, b.agent_forks_late)),
+        Step(MAIN, "checkpoint", b.checkpoint, when=warm),            # snapshotted; clones go on
+        Step(MAIN, "modules", b.load_block_driver, when=warm),          # the clone's own disks
+        # -- every boot from here (a cold one does its modules, ports, control here) --
+        Step(SETUP, "modules", b.load_modules, when=cold),
         Step(SETUP, "disks", b.wait_for_disks),
-        Step(SETUP, "ports", b.wait_for_agent_port, when=b.agent_on_serial),
-        Step(SETUP, "control", b.open_control, when=b.control_requested),  # before any program
+        Step(SETUP, "ports", b.wait_for_agent_port, when=both(cold, b.agent_on_serial)),
+        Step(SETUP, "control", b.open_control, when=both(cold, b.control_requested)),  # before any program
         Step(SETUP, "rootfs", b.assemble_root),
         Step(SETUP, "config", b.read_config),                          # + strategy, the agent's fate
         Step(SETUP, "newroot", mounts.bind_into_newroot),
         Step(SETUP, "network", b.settle_network, line=False),           # launch its helper now if it may
         Step(SETUP, ("kernel", "python"), b.time_kernel_and_python),
-        Step(MAIN, "imports", b.import_trio),                          # overlaps the SETUP thread
-        Step(MAIN, "agent-spawn", b.spawn_agent, when=b.agent_forks_late),  # forked: shares the imports
+        Step(MAIN, "imports", b.import_trio, when=cold),                # overlaps the SETUP thread
+        Step(MAIN, "agent-spawn", b.spawn_agent, when=both(cold, b.agent_forks_late)),  # shares the imports
         Step(TRIO, "setup-join", b.join_setup),
         Step(TRIO, ("volumes", "network"), b.volumes_and_network),     # concurrently (initsys/stages.py)
         Step(TRIO, "units", b.install_units, when=b.systemd_mode),
@@ -44,6 +54,11 @@ def steps(b):
         Step(TRIO, "program", b.run_program, when=b.exec_mode, line=False),  # prints program-start
         Step(MAIN, "systemd", b.switch_root, when=b.systemd_mode, line=False),  # never returns
     )
+
+
+def both(*conditions):
+    """A step's `when` that holds when every one of `conditions` does."""
+    return lambda: all(condition() for condition in conditions)
 
 
 def main(t0):

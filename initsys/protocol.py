@@ -24,9 +24,10 @@ EXIT = "HYPEMAN-EXIT"
 # Kindling extensions (documented in docs/protocol.md).
 FATAL = "KINDLING-FATAL"
 STAGE = "KINDLING-STAGE"
+CHECKPOINT = "KINDLING-CHECKPOINT"   # a template's guest waits to be snapshotted (kindling_checkpoint=1)
 
 SENTINELS = (PROGRAM_START, AGENT_READY, HEADERS_START, HEADERS_READY,
-             HEADERS_FAILED, EXIT, FATAL, STAGE)
+             HEADERS_FAILED, EXIT, FATAL, STAGE, CHECKPOINT)
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_HOME = "/root"
@@ -171,6 +172,10 @@ def headers_failed_line(error, ts=None):
     return f"{HEADERS_FAILED} ts={format_ts(ts)} error={go_quote(error)}"
 
 
+def checkpoint_line(ts=None):
+    return f"{CHECKPOINT} ts={format_ts(ts)}"
+
+
 def exit_line(code, message):
     return f"{EXIT} code={int(code)} message={go_quote(message)}"
 
@@ -289,7 +294,7 @@ def _fatal_fields(rest):
 
 _GRAMMAR = {PROGRAM_START: _ts_fields, AGENT_READY: _ts_fields, HEADERS_START: _ts_fields,
             HEADERS_READY: _ts_fields, HEADERS_FAILED: _ts_fields, EXIT: _exit_fields,
-            FATAL: _fatal_fields, STAGE: _stage_fields}
+            FATAL: _fatal_fields, STAGE: _stage_fields, CHECKPOINT: _ts_fields}
 
 
 def find_sentinel(line):

@@ -45,3 +45,20 @@ def test_create_running_benchmark_smoke_run(tmp_path):
     assert "headers-wait" in data["variants"]["baseline"]["per_run"][0]["stages"]
     home = data["kindling_home"]    # removed, and no VM of this run left behind
     assert not os.path.exists(home) and qemu_pids_using(home) == []
+
+
+def test_the_template_variant_reports_its_ratio_build_and_restore():
+    import create_running   # bench/create_running.py
+
+    def run(wall, restore=None):
+        return {"wall_s": wall, "time_to_running_s": wall - 1, "stages": {}, "restore_s": restore}
+    results = {"floor": [run(10.0), run(12.0)], "template": [run(6.0, 1.0), run(8.0, 3.0)],
+               "template_build": {"wall_s": 30.0, "build_seconds": 29.5, "checkpoint_seconds": 20.0,
+                                  "vmstate_bytes": 100 << 20}}
+    argv = create_running.create_argv("template", "n", "/floor")
+    assert argv[-5:] == ["--template", create_running.TEMPLATE, "--", *create_running.PROGRAM]
+    text, numbers = create_running.report(results, 2, ["x"])
+    assert "template / floor    = 0.64x   (target <= 0.7x: met)" in text
+    assert "built once in 29.5 s" in text and "restore (launch -> guest started) median 2.00 s" in text
+    assert numbers["ratio_template_over_floor"] == pytest.approx(7.0 / 11.0)
+    assert "template_build" not in results          # reported apart from the variants

@@ -201,12 +201,32 @@ def test_the_steps_name_every_stage_in_order():
     names = []
     for step in boot_steps():
         names += list(step.name) if isinstance(step.name, tuple) else [step.name]
-    assert names == ["mounts", "agent-spawn", "network-spawn", "modules", "disks", "ports", "control", "rootfs",
+    assert names == ["mounts", "agent-spawn", "network-spawn",
+                     "modules", "ports", "control", "imports", "agent-spawn", "checkpoint", "modules",
+                     "modules", "disks", "ports", "control", "rootfs",
                      "config", "newroot", "network", "kernel", "python", "imports", "agent-spawn", "setup-join",
                      "volumes", "network", "units", "headers-spawn", "headers-wait", "agent",
                      "program", "systemd"]
     where = {step.name: step.where for step in boot_steps()}
     assert where["imports"] == MAIN and where["modules"] == SETUP and where[("volumes", "network")] == TRIO
+
+
+def wanted_until_disks(monkeypatch, environ):
+    monkeypatch.setenv("kindling_control", "1")
+    names = []
+    for step in main.steps(Boot(0.0, environ=environ)):
+        if step.name == "disks":
+            return names
+        if step.wanted():
+            names.append(step.name)
+
+
+def test_a_template_boot_stops_at_the_checkpoint_before_the_block_driver(monkeypatch):
+    warm = wanted_until_disks(monkeypatch, {"kindling_checkpoint": "1", "kindling_agent": "serial"})
+    assert warm == ["mounts", "modules", "ports", "control", "imports", "agent-spawn",
+                    "checkpoint", "modules"]
+    cold = wanted_until_disks(monkeypatch, {"kindling_agent": "serial"})
+    assert cold == ["mounts", "modules"]       # ports, control: after disks, in the setup thread
 
 
 def test_every_stage_name_is_documented():

@@ -240,6 +240,7 @@ SENTINEL_CASES = [
      {"stage": "mount-root", "error": 'mount /dev/vda: "no such device"'}),
     (protocol.stage_line("kernel", 0.0, 0.912345), protocol.STAGE,
      {"name": "kernel", "start": "0.000000", "end": "0.912345"}),
+    (protocol.checkpoint_line(TS), protocol.CHECKPOINT, {"ts": TS_TEXT}),
 ]
 
 

@@ -1,0 +1,110 @@
+"""The checkpoint of a template's boot: where PID 1 waits to be snapshotted, and how a
+clone of it continues (kernel argument `kindling_checkpoint=1`, issue 12).
+
+A template (host_shim/template.py) is a guest stopped after the work that is the same
+on every boot -- the API mounts, the module closure, `import trio` and the agent's
+imports, the agent forked, the network helper prestarted, the control port open --
+and before anything instance-specific.  The line between the two is the block driver:
+the checkpoint's boot loads every module of the closure except `virtio_blk`, so the
+template's guest has never probed a disk, never read a config.json, an overlay or a
+volume, and no page of any disk is in its page cache.  A clone restored from the
+template then sees its own disks (its own serials, its own images) when the driver
+probes them after the resume, exactly as a cold boot does.
+
+The handshake, on a dedicated virtio-serial port `org.kindling.resume.0` whose host
+end is a unix socket QEMU listens on (`resume.sock` in the instance directory):
+
+1. PID 1 opens the port, prints `KINDLING-CHECKPOINT ts=...` (control port first, then
+   the console, docs/protocol.md) and blocks reading the port.
+2. The template's host, on the marker: QMP stop, save the snapshot, quit QEMU.
+3. A clone's host, after QMP `cont`, writes ONE line: `<host CLOCK_REALTIME ns>
+   <64 bytes of entropy in hex>\\n`.  PID 1 sets the clock, adds the entropy with credit
+   and forces the CRNG to reseed -- agent/sync.py's code, the one definition, also used
+   by the agent after a restore -- then answers `ok\\n` and loads the block driver; the
+   boot goes on from `disks` exactly as a cold one.
+
+The host keeps its end connected from before `cont` to the answer: a read of a
+virtio-serial port whose host end is not connected returns EOF at once (the kernel's
+virtio_console), which here is an error, not a reason to spin.
+
+What is NOT fresh in a clone: state made before the checkpoint and copied with the
+memory -- Python's hash seed and `random` module state of PID 1, the agent and the
+network helper (none of them uses `random` for anything secret: `secrets` and
+os.urandom read the reseeded kernel CRNG), and the guest's MAC address (virtio-net's
+MAC is the same default for every Kindling guest, cold or cloned: each one is alone in
+its own network namespace, host_shim/netns.py).
+"""
+
+import os
+
+RESUME_PORT = "org.kindling.resume.0"
+BLOCK_DRIVER = "virtio_blk"
+PORT_TIMEOUT = 10.0
+MAX_LINE = 4096
+ANSWER = b"ok\n"
+
+
+def requested(environ=os.environ):
+    return environ.get("kindling_checkpoint") == "1"
+
+
+def is_block_driver(path):
+    """Whether a module file of the closure is the block driver (virtio_blk.ko[.xz...])."""
+    return os.path.basename(path).split(".", 1)[0] == BLOCK_DRIVER
+
+
+def parse(line):
+    """(time_ns, entropy) of the host's resume line, checked by agent/sync.py's rules."""
+    from agent import sync
+
+    parts = line.split()
+    if len(parts) != 2 or not parts[0].isdigit():
+        raise ValueError(f"resume line {line[:80]!r}: expected `<time_ns> <entropy hex>`")
+    try:
+        entropy = bytes.fromhex(parts[1])
+    except ValueError:
+        raise ValueError(f"resume line: the entropy {parts[1][:40]!r} is not hex") from None
+    try:
+        return sync.parse({"time_ns": int(parts[0]), "entropy": entropy})
+    except Exception as e:      # agent.execs.RequestError / agent.wire.ProtocolError
+        raise ValueError(f"resume line: {e}") from None
+
+
+def read_line(fd):
+    """One line from the port (blocking); EOF before it is an error."""
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = os.read(fd, MAX_LINE)
+        if not chunk:
+            raise OSError(f"virtio-serial port {RESUME_PORT}: the host closed it before "
+                          "resuming the guest")
+        data += chunk
+        if len(data) > MAX_LINE:
+            raise OSError(f"virtio-serial port {RESUME_PORT}: a line over {MAX_LINE} bytes")
+    return data.decode("ascii", "replace")
+
+
+def open_port():
+    from initsys import ports
+
+    path = ports.wait_for_port(RESUME_PORT, PORT_TIMEOUT)
+    if path is None:
+        raise OSError(f"virtio-serial port {RESUME_PORT} did not appear within "
+                      f"{PORT_TIMEOUT:.0f} s (kindling_checkpoint=1)")
+    return os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOCTTY)
+
+
+def wait_and_resume():
+    """Print the marker, block until a clone's host resumes the guest, then refresh the
+    clock and the RNG from the host's line before anything else runs."""
+    from agent import sync
+    from initsys import console, protocol
+
+    fd = open_port()
+    try:
+        console.emit(protocol.checkpoint_line())
+        time_ns, entropy = parse(read_line(fd))
+        sync.apply(time_ns, sync.rand_pool_info(entropy))
+        os.write(fd, ANSWER)
+    finally:
+        os.close(fd)
