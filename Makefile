@@ -33,6 +33,8 @@ bench: deps
 	$(VENV)/bin/python bench/scale.py --vms 8 --json $(BENCH_OUT)/scale.json
 	$(VENV)/bin/python bench/standby.py --iterations 5 --json $(BENCH_OUT)/standby.json
 	$(VENV)/bin/python bench/api_scale.py --vms 16 --json $(BENCH_OUT)/api_scale.json
+	$(VENV)/bin/python bench/template_memory.py --guests 8 --json $(BENCH_OUT)/template_memory.json
+	$(VENV)/bin/python bench/kmod_load.py --runs 3 --json $(BENCH_OUT)/kmod_load.json
 
 # create_running.py and agent_vs_qga.py get their one-iteration smoke runs inside `make test`
 # (tests/test_bench_*.py also check that every figure is reported); the others run here.
@@ -43,6 +45,8 @@ bench-smoke: deps
 	$(VENV)/bin/python bench/oci.py --iterations 1 --json $(BENCH_OUT)/smoke-oci.json
 	$(VENV)/bin/python bench/standby.py --iterations 1 --json $(BENCH_OUT)/smoke-standby.json
 	$(VENV)/bin/python bench/api_scale.py --vms 1 --json $(BENCH_OUT)/smoke-api_scale.json
+	$(VENV)/bin/python bench/template_memory.py --guests 1 --json $(BENCH_OUT)/smoke-template_memory.json
+	$(VENV)/bin/python bench/kmod_load.py --runs 1 --json $(BENCH_OUT)/smoke-kmod_load.json
 
 deps: apt venv
 
