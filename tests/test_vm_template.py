@@ -3,7 +3,9 @@
 One template (--net, one volume slot) is made once for the module.  Two clones with
 different config (program, env, a volume) run their own programs with their own
 settings, read different bytes from /dev/urandom, have the host's clock, and do not see
-each other's overlay writes; then four clones created at once all reach Running.
+each other's overlay writes; then four clones created at once all reach Running; then a
+`--shared-memory` template's clone maps its RAM file privately and leaves it unchanged
+(breaking it -- the clone mapping the file share=on -- fails that test).
 
 What breaking the code once showed: without the resume line's sync (initsys/checkpoint.py
 skipping sync.apply) a clone's clock was 20 s behind the host's, which the clock test
@@ -12,6 +14,7 @@ diverge with each clone's own scheduling), so distinct bytes alone do not prove 
 reseed -- they show two clones never hand out the same stream.
 """
 
+import hashlib
 import json
 import re
 import subprocess
@@ -103,3 +106,26 @@ def test_four_clones_created_at_once_all_reach_running(home):
     for n in names:
         meta = kindling_json(home, "wait", n, "--for", "running", "--timeout", "300")
         assert meta["state"] == "Running"
+
+
+def test_a_shared_memory_clone_maps_the_templates_ram_privately(home):
+    """--shared-memory: the clone's QEMU maps the template's RAM file copy-on-write
+    (MAP_PRIVATE), runs its own program, and the file keeps the template's bytes."""
+    for n in [f"c{i}" for i in range(4)]:
+        kindling(home, "delete", n, check=False)       # memory for one more guest
+    kindling(home, "template", "create", "s", "--shared-memory", "--no-headers", timeout=600)
+    ram = home / "templates" / "s" / "ram"
+    with open(ram, "rb") as f:
+        before = hashlib.file_digest(f, "sha256").hexdigest()
+    kindling(home, "create", "--name", "m", "--template", "s", "--env", "WHO=shm",
+             "--", "sh", "-c", PROGRAM)
+    assert kindling_json(home, "wait", "m", "--for", "running", "--timeout", "300")["state"] == "Running"
+    eventually(lambda: value(home, "m", "who"), "m's program output", timeout=120)
+    assert value(home, "m", "who") == "shm"
+    pid = kindling_json(home, "inspect", "m")["pid"]
+    mapped = [line.split() for line in open(f"/proc/{pid}/maps") if line.rstrip().endswith(str(ram))]
+    assert mapped, f"QEMU {pid} does not map {ram}"
+    assert all(perms[3] == "p" for _, perms, *_ in mapped), mapped     # private, not shared
+    kindling(home, "delete", "m")
+    with open(ram, "rb") as f:
+        assert hashlib.file_digest(f, "sha256").hexdigest() == before
