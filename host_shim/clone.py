@@ -14,10 +14,11 @@ the volumes, the logs, the network namespace.  What differs:
   placeholders, more volumes than slots is an error (`disks_for`);
 * the launch (`launch`): QEMU with the template's device set and this instance's
   backends, `-incoming defer`, fed the template's vmstate (opened read-only: many clones
-  read one file), then `cont`, then ONE line on the resume port -- the host's clock and
-  64 bytes of os.urandom -- whose answer says PID 1 has reseeded its RNG and set its
-  clock before anything else ran (initsys/checkpoint.py).  From there the guest boots
-  as a cold one from its `disks` stage and prints the same markers.
+  read one file), then `cont`, then ONE line on the resume port -- the host's clock, 64
+  bytes of os.urandom and the clone's config.json (the same bytes as its config disk)
+  -- whose answer says PID 1 has reseeded its RNG and set its clock before anything
+  else ran (initsys/checkpoint.py).  From there the guest launches its network helper
+  and boots as a cold one from its `disks` stage, printing the same markers.
 
 The host's state model is unchanged: the instance is Initializing from `cont` until
 PROGRAM-START and AGENT-READY, then Running.  Its metadata keeps the cold-boot command
@@ -28,6 +29,7 @@ lifecycle.create then removes the instance: nothing half-made is left.
 
 from __future__ import annotations
 
+import base64
 import os
 import socket
 import time
@@ -47,7 +49,7 @@ ENTROPY_BYTES = 64
 def options_for(tmpl: Template, opts: options.CreateOptions) -> options.CreateOptions:
     """`opts` with the template's fixed options; an explicit different one is an error."""
     made = options.make(options.CreateOptions, {k: tmpl.options[k] for k in template.FIXED}, None)
-    defaults = options.CreateOptions()
+    defaults = options.checked(options.CreateOptions())    # as converted: --accel's is `auto`
     for name in template.FIXED:
         mine, theirs = getattr(opts, name), getattr(made, name)
         if mine != theirs and mine != getattr(defaults, name):
@@ -92,16 +94,24 @@ def disks_for(tmpl: Template, instance: Instance, disks: tuple) -> tuple:
     return (*disks, *template.slot_disks(instance, volumes, tmpl.volume_slots))
 
 
-def resume_line() -> bytes:
-    return f"{time.time_ns()} {os.urandom(ENTROPY_BYTES).hex()}\n".encode()
+def resume_line(config: bytes) -> bytes:
+    """`<time_ns> <entropy hex> <config.json base64>\\n` (initsys/checkpoint.py)."""
+    from initsys.checkpoint import MAX_LINE
+
+    line = (f"{time.time_ns()} {os.urandom(ENTROPY_BYTES).hex()} "
+            f"{base64.b64encode(config).decode()}\n").encode()
+    if len(line) > MAX_LINE:
+        die(f"config.json: {len(config)} bytes, too large for a template's clone "
+            f"(the resume line holds at most {MAX_LINE} bytes)")
+    return line
 
 
-async def _resume(instance: Instance, sock: socket.socket) -> None:
+async def _resume(instance: Instance, sock: socket.socket, config: bytes) -> None:
     """After `cont`: the resume line, and PID 1's answer."""
     from initsys.checkpoint import ANSWER
 
     stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
-    await stream.send_all(resume_line())
+    await stream.send_all(resume_line(config))
     answer = b""
     with trio.move_on_after(ANSWER_TIMEOUT):
         while not answer.endswith(b"\n"):
@@ -115,8 +125,10 @@ async def _resume(instance: Instance, sock: socket.socket) -> None:
                             hint=f"see `kindling logs {instance.id}`")
 
 
-async def launch(tmpl: Template, instance: Instance, argv: list[str]) -> int:
-    """QEMU restored from the template, resumed; its pid.  Ended again if that fails."""
+async def launch(tmpl: Template, config: bytes, instance: Instance, argv: list[str]) -> int:
+    """QEMU restored from the template, resumed with `config` (the bytes of the clone's
+    config.json, image_build/disks.config_bytes); its pid.  Ended again if that fails."""
+    resume_line(config)      # too large: an error before QEMU starts
     pid = await vmm.launch(instance, snapshot.incoming_argv(argv))
     try:
         record = snapshot.load_record(tmpl.instance)
@@ -125,7 +137,7 @@ async def launch(tmpl: Template, instance: Instance, argv: list[str]) -> int:
                                 capabilities=template.IGNORE_SHARED if tmpl.shared_memory else ())
         with template.connected(instance) as sock:    # before `cont`: see initsys/checkpoint.py
             await vmm.cont(instance)
-            await _resume(instance, sock)
+            await _resume(instance, sock, config)
     except BaseException as e:
         with trio.CancelScope(shield=True):
             await vmm.stop(instance, graceful=0)

@@ -262,13 +262,21 @@ async def create(opts: options.CreateOptions, home: Path | None = None, *,
             meta = await _boot(instance, requested,
                                ((tl.IMAGES_READY, images_ready), (tl.DISKS_READY, disks_ready)),
                                argv=qemu.with_kernel_args(argv, opts.first_launch_kernel_args),
-                               launch=partial(clone.launch, tmpl) if tmpl is not None else None)
+                               launch=_clone_launch(tmpl, config))
         except BaseException:
             with trio.CancelScope(shield=True):
                 await vmm.stop(instance, graceful=0)
             instance.remove()
             raise
     return instance, meta
+
+
+def _clone_launch(tmpl: template.Template | None, config: dict | bytes):
+    """A clone's launch (its config.json's bytes go on its resume line), or None."""
+    if tmpl is None:
+        return None
+    from image_build.disks import config_bytes
+    return partial(clone.launch, tmpl, config_bytes(config))
 
 
 async def _boot(instance: Instance, requested: int,

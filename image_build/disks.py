@@ -28,6 +28,22 @@ def _check_size(what: str, size_bytes) -> int:
     return size_bytes
 
 
+def config_bytes(config: dict | bytes | str, where: object = "config.json") -> bytes:
+    """The bytes of /config.json for `config`: a dict serialised as JSON, bytes or str
+    exactly as given.  The one definition: the config disk holds them, and a template's
+    clone gets the same bytes on its resume line (host_shim/clone.py)."""
+    if isinstance(config, (bytes, bytearray)):
+        return bytes(config)
+    if isinstance(config, str):
+        return config.encode()
+    if isinstance(config, dict):
+        try:
+            return (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
+        except (TypeError, ValueError) as e:
+            raise BuildError(f"config for {where} is not JSON-serialisable: {e}") from None
+    raise BuildError(f"config for {where}: expected a dict (or raw bytes), got {type(config).__name__}")
+
+
 def make_config_disk(config: dict | bytes | str, path: Path) -> Path:
     """An ext4 image holding /config.json (built with `mkfs.ext4 -d`).
 
@@ -35,17 +51,7 @@ def make_config_disk(config: dict | bytes | str, path: Path) -> Path:
     (e.g. to test how the guest rejects a malformed config).
     """
     path = Path(path)
-    if isinstance(config, (bytes, bytearray)):
-        data = bytes(config)
-    elif isinstance(config, str):
-        data = config.encode()
-    elif isinstance(config, dict):
-        try:
-            data = (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
-        except (TypeError, ValueError) as e:
-            raise BuildError(f"config for {path} is not JSON-serialisable: {e}") from None
-    else:
-        raise BuildError(f"config for {path}: expected a dict (or raw bytes), got {type(config).__name__}")
+    data = config_bytes(config, path)
     cache.ensure_dir(path.parent)
     src = Path(tempfile.mkdtemp(prefix="kindling-config-"))
     try:

@@ -12,6 +12,7 @@ from initsys import kmod, mounts
 
 DISK_TIMEOUT = 10.0
 DISK_ROLES = ("rootfs", "overlay", "config")
+CLONE_DISK_ROLES = ("rootfs", "overlay")   # its config came on the resume line
 
 
 class Boot:
@@ -31,6 +32,7 @@ class Boot:
         self._disks = None
         self._watcher = None
         self._headers = None
+        self._resumed_config = None   # a clone's config.json, from the resume line
 
     # -- conditions of steps (evaluated when the step comes) --
     def agent_on(self):
@@ -117,17 +119,23 @@ class Boot:
 
     def checkpoint(self):
         from initsys import checkpoint
-        checkpoint.wait_and_resume()
+        self._resumed_config = checkpoint.wait_and_resume()
+
+    def read_resumed_config(self):
+        """A clone's config.json, given on the resume line (initsys/checkpoint.py says why)."""
+        from initsys import protocol
+        self._settle_config(protocol.parse_config(self._resumed_config))
 
     def load_block_driver(self):
         from initsys import checkpoint
         kmod.load_all(only=checkpoint.is_block_driver)
 
     def wait_for_disks(self):
-        disks = self._watcher.wait_for_roles(DISK_ROLES, DISK_TIMEOUT)
+        roles = DISK_ROLES if self.cold() else CLONE_DISK_ROLES
+        disks = self._watcher.wait_for_roles(roles, DISK_TIMEOUT)
         if disks is None:
             raise OSError(f"disks not found within {DISK_TIMEOUT:.0f} s: "
-                          + ", ".join(self._watcher.missing(DISK_ROLES)))
+                          + ", ".join(self._watcher.missing(roles)))
         self._disks = disks
 
     def wait_for_agent_port(self):
@@ -146,8 +154,12 @@ class Boot:
 
     def read_config(self):
         """Read config.json and settle what it decides at once: the strategy and the agent."""
+        from initsys import config
+        self._settle_config(config.load(self._disks["config"]))
+
+    def _settle_config(self, cfg):
         from initsys import config, stages
-        self.cfg = config.load(self._disks["config"])
+        self.cfg = cfg
         config.warn(self.cfg)
         self.strategy = stages.strategy_of(self.cfg, self.environ)
         if not self.agent_on() and not self.cfg.skip_guest_agent:

@@ -18,10 +18,20 @@ end is a unix socket QEMU listens on (`resume.sock` in the instance directory):
    the console, docs/protocol.md) and blocks reading the port.
 2. The template's host, on the marker: QMP stop, save the snapshot, quit QEMU.
 3. A clone's host, after QMP `cont`, writes ONE line: `<host CLOCK_REALTIME ns>
-   <64 bytes of entropy in hex>\\n`.  PID 1 sets the clock, adds the entropy with credit
-   and forces the CRNG to reseed -- agent/sync.py's code, the one definition, also used
-   by the agent after a restore -- then answers `ok\\n` and loads the block driver; the
-   boot goes on from `disks` exactly as a cold one.
+   <64 bytes of entropy in hex> <the clone's config.json, base64>\\n`.  PID 1 sets the
+   clock, adds the entropy with credit and forces the CRNG to reseed -- agent/sync.py's
+   code, the one definition, also used by the agent after a restore -- then answers
+   `ok\\n`, takes the config (the same bytes as the clone's config disk holds: the
+   host makes both with image_build/disks.config_bytes), launches the network helper
+   with it and only then loads the block driver; the boot goes on from `disks` as a
+   cold one, with the network configured while the disks are probed.
+
+Why the config travels on the line: the network helper's netlink work is the longest
+stage of a clone (~0.8 s of guest time, with TCG's translation cache empty after the
+restore).  Read from the config disk, it could start only after the block driver, the
+disks and the root; given at the resume, it overlaps them (bench/create_running.py's
+`template` variant).  A clone never mounts its config disk; the disk is still made and
+attached, and a cold boot of the same instance (`kindling stop` + `start`) reads it.
 
 The host keeps its end connected from before `cont` to the answer: a read of a
 virtio-serial port whose host end is not connected returns EOF at once (the kernel's
@@ -35,12 +45,13 @@ MAC is the same default for every Kindling guest, cold or cloned: each one is al
 its own network namespace, host_shim/netns.py).
 """
 
+import binascii
 import os
 
 RESUME_PORT = "org.kindling.resume.0"
 BLOCK_DRIVER = "virtio_blk"
 PORT_TIMEOUT = 10.0
-MAX_LINE = 4096
+MAX_LINE = 4 << 20      # a config.json of up to ~3 MiB, base64'd
 ANSWER = b"ok\n"
 
 
@@ -54,34 +65,41 @@ def is_block_driver(path):
 
 
 def parse(line):
-    """(time_ns, entropy) of the host's resume line, checked by agent/sync.py's rules."""
+    """(time_ns, entropy, config.json bytes) of the host's resume line, the time and
+    entropy checked by agent/sync.py's rules (the config is checked when parsed)."""
     from agent import sync
 
     parts = line.split()
-    if len(parts) != 2 or not parts[0].isdigit():
-        raise ValueError(f"resume line {line[:80]!r}: expected `<time_ns> <entropy hex>`")
+    if len(parts) != 3 or not parts[0].isdigit():
+        raise ValueError(f"resume line {line[:80]!r}: expected "
+                         "`<time_ns> <entropy hex> <config.json base64>`")
     try:
         entropy = bytes.fromhex(parts[1])
     except ValueError:
         raise ValueError(f"resume line: the entropy {parts[1][:40]!r} is not hex") from None
     try:
-        return sync.parse({"time_ns": int(parts[0]), "entropy": entropy})
+        config = binascii.a2b_base64(parts[2], strict_mode=True)
+    except binascii.Error as e:
+        raise ValueError(f"resume line: the config.json is not base64 ({e})") from None
+    try:
+        return (*sync.parse({"time_ns": int(parts[0]), "entropy": entropy}), config)
     except Exception as e:      # agent.execs.RequestError / agent.wire.ProtocolError
         raise ValueError(f"resume line: {e}") from None
 
 
 def read_line(fd):
     """One line from the port (blocking); EOF before it is an error."""
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = os.read(fd, MAX_LINE)
+    chunks, size = [], 0
+    while not chunks or not chunks[-1].endswith(b"\n"):
+        chunk = os.read(fd, 1 << 16)
         if not chunk:
             raise OSError(f"virtio-serial port {RESUME_PORT}: the host closed it before "
                           "resuming the guest")
-        data += chunk
-        if len(data) > MAX_LINE:
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > MAX_LINE:
             raise OSError(f"virtio-serial port {RESUME_PORT}: a line over {MAX_LINE} bytes")
-    return data.decode("ascii", "replace")
+    return b"".join(chunks).decode("ascii", "replace")
 
 
 def open_port():
@@ -96,15 +114,17 @@ def open_port():
 
 def wait_and_resume():
     """Print the marker, block until a clone's host resumes the guest, then refresh the
-    clock and the RNG from the host's line before anything else runs."""
+    clock and the RNG from the host's line before anything else runs.  Returns the
+    clone's config.json (bytes, not yet parsed)."""
     from agent import sync
     from initsys import console, protocol
 
     fd = open_port()
     try:
         console.emit(protocol.checkpoint_line())
-        time_ns, entropy = parse(read_line(fd))
+        time_ns, entropy, config = parse(read_line(fd))
         sync.apply(time_ns, sync.rand_pool_info(entropy))
         os.write(fd, ANSWER)
     finally:
         os.close(fd)
+    return config

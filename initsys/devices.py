@@ -134,6 +134,16 @@ class BlockWatcher:
         return out
 
 
+def wait_for_link(ifname, timeout, sysfs="/sys"):
+    """Block until /sys/class/net/<ifname> exists; False when `timeout` passes.  An
+    interface that is there already costs one stat: the uevent monitor (pyudev's
+    context loads libudev through ctypes, ~0.5 s of guest CPU right after a template's
+    restore) is made only when it must be waited for."""
+    if os.path.exists(f"{sysfs}/class/net/{ifname}"):
+        return True
+    return LinkWatcher().wait(ifname, timeout, sysfs)    # re-checks once it listens
+
+
 class LinkWatcher:
     """Waits for a network interface, on kernel uevents of the `net` subsystem."""
 

@@ -32,6 +32,8 @@ def steps(b):
         Step(MAIN, "imports", b.import_trio, when=warm),
         Step(MAIN, "agent-spawn", b.spawn_agent, when=both(warm, b.agent_forks_late)),
         Step(MAIN, "checkpoint", b.checkpoint, when=warm),            # snapshotted; clones go on
+        Step(MAIN, "config", b.read_resumed_config, when=warm),       # given on the resume line
+        Step(MAIN, "network", b.settle_network, when=warm, line=False),  # works while disks probe
         Step(MAIN, "modules", b.load_block_driver, when=warm),          # the clone's own disks
         # -- every boot from here (a cold one does its modules, ports, control here) --
         Step(SETUP, "modules", b.load_modules, when=cold),
@@ -39,9 +41,9 @@ def steps(b):
         Step(SETUP, "ports", b.wait_for_agent_port, when=both(cold, b.agent_on_serial)),
         Step(SETUP, "control", b.open_control, when=both(cold, b.control_requested)),  # before any program
         Step(SETUP, "rootfs", b.assemble_root),
-        Step(SETUP, "config", b.read_config),                          # + strategy, the agent's fate
+        Step(SETUP, "config", b.read_config, when=cold),               # + strategy, the agent's fate
         Step(SETUP, "newroot", mounts.bind_into_newroot),
-        Step(SETUP, "network", b.settle_network, line=False),           # launch its helper now if it may
+        Step(SETUP, "network", b.settle_network, when=cold, line=False),  # launch its helper now if it may
         Step(SETUP, ("kernel", "python"), b.time_kernel_and_python),
         Step(MAIN, "imports", b.import_trio, when=cold),                # overlaps the SETUP thread
         Step(MAIN, "agent-spawn", b.spawn_agent, when=both(cold, b.agent_forks_late)),  # shares the imports

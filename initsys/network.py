@@ -5,7 +5,10 @@ costs ~0.6 s of guest CPU under TCG (ENVIRONMENT.md); in its own process it
 runs on the second vCPU while PID 1 mounts the volumes, so the stage costs
 wall time only when it is the longest one.  PID 1 passes the settings as a
 JSON argument (initsys/helpers.py); the helper exits 0, or 1 with one line on
-stderr saying what failed.
+stderr saying what failed.  The helper touches only the kernel (netlink, the
+hostname), never a file: PID 1 writes the resolver files into the root once the
+helper is done (`write_resolver_files`), so a clone can launch the helper at its
+resume, before its root exists (initsys/checkpoint.py).
 
 pyroute2's package __init__ imports everything (ndb, ipdb, sqlite3...).  We
 need only `pyroute2.iproute.linux`, so the parent package is registered as a
@@ -17,6 +20,7 @@ import os
 import sys
 
 LINK_TIMEOUT = 10.0
+EXIT_AT_ONCE = True     # no interpreter teardown after main (initsys/helpers.py)
 
 
 def import_iproute():
@@ -60,12 +64,12 @@ def write_resolver_files(settings, root):
         _write_file(os.path.join(etc, "hosts"), "\n".join(lines) + "\n")
 
 
-def configure(settings, root, ifname="eth0"):
-    """Bring up lo and `ifname` with the protocol's settings; write resolver files into root."""
-    from initsys.devices import LinkWatcher
+def configure(settings, ifname="eth0"):
+    """Bring up lo and `ifname` with the protocol's settings, set the hostname."""
+    from initsys.devices import wait_for_link
 
     IPRoute = import_iproute()
-    if not LinkWatcher().wait(ifname, LINK_TIMEOUT):
+    if not wait_for_link(ifname, LINK_TIMEOUT):
         raise OSError(f"network interface {ifname} did not appear within {LINK_TIMEOUT:.0f} s")
     with IPRoute() as ipr:
         (lo,) = ipr.link_lookup(ifname="lo")
@@ -84,7 +88,6 @@ def configure(settings, root, ifname="eth0"):
     if settings.get("hostname"):
         import socket
         socket.sethostname(settings["hostname"])
-    write_resolver_files(settings, root)
 
 
 def settings_of(cfg):
@@ -93,8 +96,8 @@ def settings_of(cfg):
 
 
 def main(argv):
-    """Helper entry: ROOT SETTINGS_JSON [IFNAME], or `--go-fd N` (deferred: import
-    first, then read the JSON [ROOT, SETTINGS] from fd N; nothing there = not wanted)."""
+    """Helper entry: SETTINGS_JSON [IFNAME], or `--go-fd N [IFNAME]` (deferred: import
+    first, then read the SETTINGS_JSON from fd N; nothing there = not wanted)."""
     try:
         if argv[0] == "--go-fd":
             import_iproute()
@@ -103,12 +106,10 @@ def main(argv):
             go = read_all(int(argv[1]))
             if not go:
                 return 0
-            root, settings = json.loads(go)
-            ifname = argv[2] if len(argv) > 2 else "eth0"
+            settings, rest = json.loads(go), argv[2:]
         else:
-            root, settings = argv[0], json.loads(argv[1])
-            ifname = argv[2] if len(argv) > 2 else "eth0"
-        configure(settings, root, ifname)
+            settings, rest = json.loads(argv[0]), argv[1:]
+        configure(settings, rest[0] if rest else "eth0")
     except Exception as e:  # reported to PID 1 in one line
         from initsys.failure import describe
         sys.stderr.write(f"{describe(e)}\n")

@@ -64,17 +64,19 @@ class NetworkHelper:
 
     def launch(self):
         """Hand the helper its settings (starting it when not prestarted)."""
-        root, settings = self.newroot, settings_json(self.cfg)
+        settings = settings_json(self.cfg)
         if self.state == PRESTARTED:
-            self._helper.release(_go_data(root, settings))
+            self._helper.release(settings.encode())
         else:
             self._expect(IDLE)
-            self._helper = helpers.launch(self.reaper, "network", root, settings)
+            self._helper = helpers.launch(self.reaper, "network", settings)
         self.state = LAUNCHED
 
     async def finish(self):
         """The network stage: launch if not yet, wait for the helper (30 s from its
-        start).  Raises helpers.HelperFailed with the helper's own message."""
+        start), then write the resolver files into the new root (the helper only
+        talks netlink: initsys/network.py).  Raises helpers.HelperFailed with the
+        helper's own message."""
         import trio
 
         if self.state in (IDLE, PRESTARTED):
@@ -85,6 +87,8 @@ class NetworkHelper:
         except BaseException:
             self.state = FAILED
             raise
+        from initsys.network import settings_of, write_resolver_files
+        write_resolver_files(settings_of(self.cfg), self.newroot)
         self.state = CONFIGURED
 
     def _expect(self, *states):
@@ -98,8 +102,3 @@ def settings_json(cfg):
     from initsys.network import settings_of
     return json.dumps(settings_of(cfg))
 
-
-def _go_data(root, settings):
-    """The `go` message of a prestarted helper: [ROOT, SETTINGS] (initsys/network.py)."""
-    import json
-    return json.dumps([root, json.loads(settings)]).encode()

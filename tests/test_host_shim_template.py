@@ -104,7 +104,7 @@ def test_a_changed_initrd_makes_the_template_stale_naming_it(tmp_path):
 
 
 def clone_opts(**given):
-    return options.checked(options.CreateOptions(command=("true",), accel="tcg", **given))
+    return options.checked(options.CreateOptions(**{"command": ("true",), "accel": "tcg", **given}))
 
 
 def test_a_clone_takes_the_templates_vm_options(tmp_path):
@@ -119,6 +119,16 @@ def test_a_clone_option_that_conflicts_with_the_template_is_refused(tmp_path, gi
     t = made(tmp_path)
     with pytest.raises(KindlingError, match=f"^{flag} .*template t was made with {flag}"):
         clone.options_for(t, clone_opts(**given))
+
+
+def test_an_option_left_out_takes_the_templates_value(tmp_path, monkeypatch):
+    """A template made with --accel tcg clones without --accel (its default, `auto`)."""
+    monkeypatch.delenv("KINDLING_ACCEL", raising=False)
+    t = made(tmp_path)
+    opts = clone.options_for(t, options.checked(options.CreateOptions(command=("true",))))
+    assert opts.accel == "tcg"
+    with pytest.raises(KindlingError, match="^--accel kvm: template t was made with --accel tcg"):
+        clone.options_for(t, clone_opts(accel="kvm"))
 
 
 def test_the_templates_own_value_given_again_is_fine(tmp_path):
@@ -140,9 +150,18 @@ def test_more_volumes_than_slots_is_refused_and_unused_slots_are_filled(tmp_path
 
 
 def test_the_resume_line_is_what_pid_1_parses():
-    time_ns, entropy = checkpoint.parse(clone.resume_line().decode())
+    from image_build.disks import config_bytes
+    config = config_bytes({"cmd": ["/bin/echo", "é \n"], "env": {"A": "1 2"}})
+    time_ns, entropy, got = checkpoint.parse(clone.resume_line(config).decode())
     assert len(entropy) == clone.ENTROPY_BYTES and abs(time_ns - __import__("time").time_ns()) < 10**9
-    assert checkpoint.parse(clone.resume_line().decode())[1] != entropy
+    assert got == config
+    assert checkpoint.parse(clone.resume_line(config).decode())[1] != entropy
+
+
+def test_a_config_too_large_for_the_resume_line_is_refused_before_qemu(monkeypatch):
+    monkeypatch.setattr(checkpoint, "MAX_LINE", 300)
+    with pytest.raises(KindlingError, match="config.json: 300 bytes, too large for a template's clone"):
+        clone.resume_line(b"x" * 300)
 
 
 @pytest.mark.parametrize("given, flag", [({"command": ("sh",)}, "the command"),

@@ -1,5 +1,6 @@
 """initsys/checkpoint.py on the host: the resume line, the block driver's split, EOF."""
 
+import base64
 import os
 
 import pytest
@@ -9,18 +10,24 @@ from initsys import checkpoint, kmod
 NOW = 1_780_000_000 * 10**9
 
 
-def test_the_resume_line_gives_time_and_entropy():
+CONFIG = b'{"cmd": ["/bin/true"]}\n'
+B64 = base64.b64encode(CONFIG).decode()
+
+
+def test_the_resume_line_gives_time_entropy_and_the_config():
     entropy = bytes(range(64))
-    assert checkpoint.parse(f"{NOW} {entropy.hex()}\n") == (NOW, entropy)
+    assert checkpoint.parse(f"{NOW} {entropy.hex()} {B64}\n") == (NOW, entropy, CONFIG)
 
 
 @pytest.mark.parametrize("line, says", [
-    ("", "expected `<time_ns> <entropy hex>`"),
-    (f"{NOW}\n", "expected `<time_ns> <entropy hex>`"),
-    (f"-5 {'00' * 64}", "expected `<time_ns> <entropy hex>`"),
-    (f"{NOW} zz", "is not hex"),
-    (f"{NOW} {'00' * 4}", "4 bytes, expected 16..512"),
-    (f"5 {'00' * 64}", "not a time between 2000 and 2100"),
+    ("", "expected `<time_ns> <entropy hex> <config.json base64>`"),
+    (f"{NOW}\n", "expected `<time_ns> <entropy hex> <config.json base64>`"),
+    (f"{NOW} {'00' * 64}\n", "expected `<time_ns> <entropy hex> <config.json base64>`"),
+    (f"-5 {'00' * 64} {B64}", "expected `<time_ns> <entropy hex> <config.json base64>`"),
+    (f"{NOW} zz {B64}", "is not hex"),
+    (f"{NOW} {'00' * 64} not*base64", "the config.json is not base64"),
+    (f"{NOW} {'00' * 4} {B64}", "4 bytes, expected 16..512"),
+    (f"5 {'00' * 64} {B64}", "not a time between 2000 and 2100"),
 ])
 def test_a_bad_resume_line_is_refused_naming_what(line, says):
     with pytest.raises(ValueError, match="resume line") as e:
@@ -57,6 +64,16 @@ def test_eof_before_the_line_is_an_error_not_a_spin():
     os.close(r)
 
 
+def test_a_line_over_the_limit_is_an_error(monkeypatch):
+    monkeypatch.setattr(checkpoint, "MAX_LINE", 8)
+    r, w = os.pipe()
+    os.write(w, b"1234567890")
+    with pytest.raises(OSError, match="a line over 8 bytes"):
+        checkpoint.read_line(r)
+    os.close(r)
+    os.close(w)
+
+
 def test_a_line_split_over_reads_is_read_whole():
     r, w = os.pipe()
     os.write(w, b"12 ab")
@@ -81,8 +98,8 @@ def test_resume_applies_the_hosts_clock_and_entropy_before_answering(monkeypatch
     monkeypatch.setattr(sync, "apply", lambda time_ns, info: applied.append(
         (time_ns, bytes(info), emitted[:])))
     entropy = os.urandom(64)
-    os.write(to_guest_w, f"{NOW} {entropy.hex()}\n".encode())
-    checkpoint.wait_and_resume()
+    os.write(to_guest_w, f"{NOW} {entropy.hex()} {B64}\n".encode())
+    assert checkpoint.wait_and_resume() == CONFIG
     assert emitted and emitted[0].startswith("KINDLING-CHECKPOINT ts=")
     assert applied == [(NOW, bytes(sync.rand_pool_info(entropy)), emitted)]
     assert os.read(from_guest_r, 10) == checkpoint.ANSWER

@@ -65,9 +65,9 @@ def test_a_prestarted_helper_gets_its_settings_when_launched_early(launches):
     assert [args[0] for _, args in launches] == ["--go-fd"]
 
 
-def test_without_the_hint_the_helper_starts_with_its_arguments_when_the_stage_comes(launches):
+def test_without_the_hint_the_helper_starts_with_its_arguments_when_the_stage_comes(launches, tmp_path):
     reaper = Reaper()
-    net = NetworkHelper(reaper, "/newroot")
+    net = NetworkHelper(reaper, str(tmp_path))
     net.settle(cfg(**NET, hostname="g"), launch_now=False)   # must wait (volumes first)
     assert net.state == network_helper.IDLE and launches == []
 
@@ -79,10 +79,27 @@ def test_without_the_hint_the_helper_starts_with_its_arguments_when_the_stage_co
             nursery.cancel_scope.cancel()
     trio.run(stage)
     assert net.state == network_helper.CONFIGURED
-    ((module, (root, settings)),) = launches
-    assert (module, root) == ("network", "/newroot")
+    ((module, (settings,)),) = launches          # the settings only: the helper writes no file
+    assert module == "network"
     assert json.loads(settings)["hostname"] == "g"
     assert net.started <= time.monotonic()
+    # PID 1 writes the resolver files into the root once the helper is done
+    assert (tmp_path / "etc" / "hostname").read_text() == "g\n"
+    assert "127.0.1.1\tg" in (tmp_path / "etc" / "hosts").read_text()
+
+
+def test_a_prestarted_helper_gets_the_settings_json_on_its_go_pipe(monkeypatch, tmp_path):
+    """What the deferred helper reads from its go pipe: exactly the settings JSON."""
+    out = tmp_path / "go"
+    child = "import os, sys; open(os.environ['GO_OUT'], 'wb').write(os.read(int(sys.argv[2]), 65536))"
+    monkeypatch.setenv("GO_OUT", str(out))
+    monkeypatch.setattr(helpers, "helper_argv", lambda module, *args: [sys.executable, "-c", child, *args])
+    net = NetworkHelper(Reaper(), "/newroot")
+    net.prestart()
+    net.settle(cfg(**NET, hostname="h"), launch_now=True)
+    assert net._helper.popen.wait(timeout=30) == 0
+    assert json.loads(out.read_bytes()) == {"guest_ip": "10.0.0.2", "guest_cidr": 24, "guest_gw": None,
+                                            "guest_dns": None, "hostname": "h", "mtu": None, "hosts": {}}
 
 
 def test_a_failing_helper_is_failed_and_says_why(monkeypatch):
@@ -107,3 +124,34 @@ def test_a_helper_cannot_be_prestarted_twice(launches):
         net.prestart()
     net.settle(cfg(), launch_now=False)
     assert net._helper.popen.wait(timeout=30) == 7
+
+
+PROBE = """import atexit, sys
+EXIT_AT_ONCE = {at_once}
+def main(argv):
+    atexit.register(lambda: print("teardown", flush=True))
+    print("main", argv[0])
+    return 3
+"""
+
+
+@pytest.mark.parametrize("at_once, out", [(True, "main x\n"), (False, "main x\nteardown\n")])
+def test_a_helper_that_exits_at_once_skips_the_interpreter_teardown(tmp_path, monkeypatch, at_once, out):
+    """helpers._BOOT: an EXIT_AT_ONCE module's process ends after main (output flushed,
+    its status kept) without atexit/teardown; others end normally.  The probe module
+    stands in for initsys.network (whose main needs a guest's netlink)."""
+    import subprocess
+    (tmp_path / "initsys").mkdir()
+    (tmp_path / "initsys" / "__init__.py").write_text("")
+    (tmp_path / "initsys" / "probe.py").write_text(PROBE.format(at_once=at_once))
+    monkeypatch.setattr(helpers, "LIB", str(tmp_path))
+    done = subprocess.run(helpers.helper_argv("probe", "x"), capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout) == (3, out)
+
+
+def test_a_link_that_is_there_costs_no_uevent_monitor(tmp_path, monkeypatch):
+    from initsys import devices
+    (tmp_path / "class" / "net" / "eth0").mkdir(parents=True)
+    made = []
+    monkeypatch.setattr(devices, "LinkWatcher", lambda: made.append(1) or pytest.fail("monitor made"))
+    assert devices.wait_for_link("eth0", 5, sysfs=str(tmp_path)) and made == []

@@ -202,8 +202,8 @@ def test_the_steps_name_every_stage_in_order():
     for step in boot_steps():
         names += list(step.name) if isinstance(step.name, tuple) else [step.name]
     assert names == ["mounts", "agent-spawn", "network-spawn",
-                     "modules", "ports", "control", "imports", "agent-spawn", "checkpoint", "modules",
-                     "modules", "disks", "ports", "control", "rootfs",
+                     "modules", "ports", "control", "imports", "agent-spawn", "checkpoint", "config",
+                     "network", "modules", "modules", "disks", "ports", "control", "rootfs",
                      "config", "newroot", "network", "kernel", "python", "imports", "agent-spawn", "setup-join",
                      "volumes", "network", "units", "headers-spawn", "headers-wait", "agent",
                      "program", "systemd"]
@@ -224,7 +224,7 @@ def wanted_until_disks(monkeypatch, environ):
 def test_a_template_boot_stops_at_the_checkpoint_before_the_block_driver(monkeypatch):
     warm = wanted_until_disks(monkeypatch, {"kindling_checkpoint": "1", "kindling_agent": "serial"})
     assert warm == ["mounts", "modules", "ports", "control", "imports", "agent-spawn",
-                    "checkpoint", "modules"]
+                    "checkpoint", "config", "network", "modules"]   # the network before the disks
     cold = wanted_until_disks(monkeypatch, {"kindling_agent": "serial"})
     assert cold == ["mounts", "modules"]       # ports, control: after disks, in the setup thread
 

@@ -22,13 +22,15 @@ import time
 
 import pytest
 
+from host_shim import netns
 from tests.vm import KINDLING, ROOT, env_for, eventually, kindling, kindling_json, private_home
 
 pytestmark = pytest.mark.vm
 
 PROGRAM = ('echo "who=$WHO"; echo "rand=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d \' \\n\')"; '
            'if [ -d /data/lost+found ]; then echo vol=yes; else echo vol=no; fi; '
-           'echo "addr=$(ip addr show eth0 | grep -o \'inet [0-9.]*\')"; sleep 600')
+           'echo "addr=$(ip addr show eth0 | grep -o \'inet [0-9.]*\')"; '
+           'echo "dns=$(cat /etc/resolv.conf)"; sleep 600')
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +77,8 @@ def test_two_clones_run_their_own_programs_with_their_own_settings(home):
     assert (value(home, "a", "who"), value(home, "b", "who")) == ("alpha", "beta")
     assert (value(home, "a", "vol"), value(home, "b", "vol")) == ("yes", "no")
     assert value(home, "a", "addr") == value(home, "b", "addr") == "inet 10.200.0.2"
+    # written by PID 1 into each clone's root once its helper configured eth0
+    assert value(home, "a", "dns") == value(home, "b", "dns") == f"nameserver {netns.GATEWAY}"
     rand_a, rand_b = value(home, "a", "rand"), value(home, "b", "rand")
     assert len(rand_a) == 32 and rand_a != rand_b
 
