@@ -33,6 +33,7 @@ class Boot:
         self._watcher = None
         self._headers = None
         self._resumed_config = None   # a clone's config.json, from the resume line
+        self._program = None          # exec mode, from program-start to its exit
 
     # -- conditions of steps (evaluated when the step comes) --
     def agent_on(self):
@@ -107,6 +108,12 @@ class Boot:
 
     # -- the setup thread --
     def load_modules(self):
+        """The module closure; a clone's only the block driver (the rest was loaded
+        before its template's checkpoint, and so was the block watcher made)."""
+        if self.checkpointing():
+            from initsys import checkpoint
+            kmod.load_all(only=checkpoint.is_block_driver)
+            return
         from initsys import devices
         self._watcher = devices.BlockWatcher()  # listening before the block driver loads
         kmod.load_all()
@@ -117,6 +124,12 @@ class Boot:
         self._watcher = devices.BlockWatcher()  # listening before the block driver loads
         kmod.load_all(only=lambda path: not checkpoint.is_block_driver(path))
 
+    def prestart_setup_thread(self):
+        """A template's boot: the setup thread, started now, waits for its steps."""
+        from initsys.steps import SetupThread
+        self.setup = SetupThread()
+        self.setup.start()
+
     def checkpoint(self):
         from initsys import checkpoint
         self._resumed_config = checkpoint.wait_and_resume()
@@ -125,10 +138,6 @@ class Boot:
         """A clone's config.json, given on the resume line (initsys/checkpoint.py says why)."""
         from initsys import protocol
         self._settle_config(protocol.parse_config(self._resumed_config))
-
-    def load_block_driver(self):
-        from initsys import checkpoint
-        kmod.load_all(only=checkpoint.is_block_driver)
 
     def wait_for_disks(self):
         roles = DISK_ROLES if self.cold() else CLONE_DISK_ROLES
@@ -212,9 +221,18 @@ class Boot:
         from initsys import agent_gate, systemd_mode
         self.switch = systemd_mode.prepare(self.cfg, agent_gate.transport_from_cmdline(self.environ))
 
-    def headers_in_background(self):
+    def headers_wanted(self):
+        """Exec mode, and config.json does not skip the kernel headers."""
         from initsys import headers_launch
         return self.exec_mode() and headers_launch.wanted(self.cfg)
+
+    def headers_before_program(self):
+        """baseline: the headers installed (and waited for) before the program."""
+        return self.headers_wanted() and self.baseline()
+
+    def headers_after_program(self):
+        """By default the worker starts once the program has: it never delays Running."""
+        return self.headers_wanted() and not self.baseline()
 
     async def spawn_headers(self):
         from initsys import headers_launch
@@ -233,12 +251,18 @@ class Boot:
         wait_ready = self.agent.release_and_poll if self.baseline() else self.agent.release_and_wait
         await wait_ready(mounts.NEWROOT, self.cfg.program_env(), agent_gate.transport_from_cmdline(self.environ))
 
-    async def run_program(self):
+    async def start_program(self):
         import gc
 
-        from initsys import console, program, protocol
+        from initsys import headers_launch, program
         gc.enable()  # disabled by /init for the boot (fewer collections while importing)
-        code, message = await program.run(self.cfg, self.reaper)
+        if self.headers_after_program():
+            headers_launch.mark_pending(mounts.NEWROOT)   # what the program may read first
+        self._program = await program.start(self.cfg, self.reaper)
+
+    async def finish_program(self):
+        from initsys import console, program, protocol
+        code, message = await program.finish(self._program, self.reaper)
         console.emit_own_line(protocol.exit_line(code, message))
 
     # -- main thread, after trio --

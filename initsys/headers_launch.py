@@ -35,12 +35,18 @@ def wanted(cfg, directory=HEADERS_DIR):
         return False  # an initrd built --no-headers
 
 
+def mark_pending(root):
+    """The status file says `pending` (PROTOCOL.md §5) before the program starts, also
+    when the worker is launched only after it (initsys/boot.py)."""
+    write_atomic(os.path.join(root, STATUS_FILE), "pending\n")
+
+
 def start(cfg, reaper, root, background=True):
     """Write `pending` and launch the worker on `root` (the boot's `headers-spawn`
     step); returns its Helper, or None.  Not `background`: it stays tracked, for `wait()`."""
     if not wanted(cfg):
         return None
-    write_atomic(os.path.join(root, STATUS_FILE), "pending\n")
+    mark_pending(root)
     console = os.open("/dev/console", os.O_WRONLY | os.O_NOCTTY | os.O_CLOEXEC)
     ctl = control.descriptor()   # its HEADERS-* lines go to the control port too
     env = None if ctl is None else dict(os.environ, **{control.FD_ENV: str(ctl)})

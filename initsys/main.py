@@ -31,12 +31,10 @@ def steps(b):
         Step(MAIN, "control", b.open_control, when=both(warm, b.control_requested)),
         Step(MAIN, "imports", b.import_trio, when=warm),
         Step(MAIN, "agent-spawn", b.spawn_agent, when=both(warm, b.agent_forks_late)),
+        Step(MAIN, "setup-thread", b.prestart_setup_thread, when=warm, line=False),  # idle until then
         Step(MAIN, "checkpoint", b.checkpoint, when=warm),            # snapshotted; clones go on
-        Step(MAIN, "config", b.read_resumed_config, when=warm),       # given on the resume line
-        Step(MAIN, "network", b.settle_network, when=warm, line=False),  # works while disks probe
-        Step(MAIN, "modules", b.load_block_driver, when=warm),          # the clone's own disks
         # -- every boot from here (a cold one does its modules, ports, control here) --
-        Step(SETUP, "modules", b.load_modules, when=cold),
+        Step(SETUP, "modules", b.load_modules),                         # a clone: the block driver
         Step(SETUP, "disks", b.wait_for_disks),
         Step(SETUP, "ports", b.wait_for_agent_port, when=both(cold, b.agent_on_serial)),
         Step(SETUP, "control", b.open_control, when=both(cold, b.control_requested)),  # before any program
@@ -45,15 +43,19 @@ def steps(b):
         Step(SETUP, "newroot", mounts.bind_into_newroot),
         Step(SETUP, "network", b.settle_network, when=cold, line=False),  # launch its helper now if it may
         Step(SETUP, ("kernel", "python"), b.time_kernel_and_python),
+        Step(MAIN, "config", b.read_resumed_config, when=warm),        # overlaps the SETUP thread:
+        Step(MAIN, "network", b.settle_network, when=warm, line=False),  # configured while disks probe
         Step(MAIN, "imports", b.import_trio, when=cold),                # overlaps the SETUP thread
         Step(MAIN, "agent-spawn", b.spawn_agent, when=both(cold, b.agent_forks_late)),  # shares the imports
         Step(TRIO, "setup-join", b.join_setup),
         Step(TRIO, ("volumes", "network"), b.volumes_and_network),     # concurrently (initsys/stages.py)
         Step(TRIO, "units", b.install_units, when=b.systemd_mode),
-        Step(TRIO, "headers-spawn", b.spawn_headers, when=b.headers_in_background),
+        Step(TRIO, "headers-spawn", b.spawn_headers, when=b.headers_before_program),  # baseline
         Step(TRIO, "headers-wait", b.wait_for_headers, when=b.headers_awaited),  # baseline only
         Step(TRIO, "agent", b.wait_for_agent, when=b.agent_gates_program),
-        Step(TRIO, "program", b.run_program, when=b.exec_mode, line=False),  # prints program-start
+        Step(TRIO, "program", b.start_program, when=b.exec_mode, line=False),  # prints program-start
+        Step(TRIO, "headers-spawn", b.spawn_headers, when=b.headers_after_program),  # never delays Running
+        Step(TRIO, "program", b.finish_program, when=b.exec_mode, line=False),  # its exit
         Step(MAIN, "systemd", b.switch_root, when=b.systemd_mode, line=False),  # never returns
     )
 

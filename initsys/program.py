@@ -133,14 +133,20 @@ def no_program():
     return 0, protocol.exit_message(0)
 
 
-async def run(cfg, reaper):
-    """Run the program to completion; returns (exit code, message)."""
+async def start(cfg, reaper):
+    """Start the program (stage `program-start`); returns what `finish` takes."""
     if not cfg.argv:
-        return no_program()
+        return None, no_program()
     with Stage("program-start"):  # PROGRAM-START: printed by the child
         proc, code = await _start(cfg, reaper)
+    return proc, (None if proc is not None else (code, protocol.exit_message(code)))
+
+
+async def finish(started, reaper):
+    """Wait for the program `start` started; returns (exit code, message)."""
+    proc, result = started
     if proc is None:
-        return code, protocol.exit_message(code)
+        return result
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_forward_signals, proc)
         nursery.start_soon(powerbutton.forward_presses, proc)

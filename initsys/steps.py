@@ -78,14 +78,23 @@ class Step:
 
 
 class SetupThread(threading.Thread):
-    """Runs its steps in order; an error ends them and waits in `error` for the join."""
+    """Runs its steps in order; an error ends them and waits in `error` for the join.
+    It may be started before it is given them (`give`): a template's boot starts it
+    before the checkpoint, so that a clone does not pay for a thread's start (~0.1 s
+    of guest time right after the restore, under TCG) on its critical path."""
 
-    def __init__(self, steps):
+    def __init__(self):
         super().__init__(name="setup", daemon=True)
-        self.steps = steps
+        self.steps = ()
         self.error = None
+        self._given = threading.Event()
+
+    def give(self, steps):
+        self.steps = steps
+        self._given.set()
 
     def run(self):
+        self._given.wait()
         try:
             for step in self.steps:
                 step.run()
@@ -100,8 +109,10 @@ def run(steps, boot):
     for where, group in itertools.groupby(steps, key=lambda step: step.where):
         group = list(group)
         if where == SETUP:
-            boot.setup = SetupThread(group)
-            boot.setup.start()
+            if boot.setup is None:
+                boot.setup = SetupThread()
+                boot.setup.start()
+            boot.setup.give(group)
         elif where == TRIO:
             import trio  # imported by an earlier MAIN step
             trio.run(_in_trio, boot, group)

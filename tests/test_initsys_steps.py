@@ -202,11 +202,11 @@ def test_the_steps_name_every_stage_in_order():
     for step in boot_steps():
         names += list(step.name) if isinstance(step.name, tuple) else [step.name]
     assert names == ["mounts", "agent-spawn", "network-spawn",
-                     "modules", "ports", "control", "imports", "agent-spawn", "checkpoint", "config",
-                     "network", "modules", "modules", "disks", "ports", "control", "rootfs",
-                     "config", "newroot", "network", "kernel", "python", "imports", "agent-spawn", "setup-join",
+                     "modules", "ports", "control", "imports", "agent-spawn", "setup-thread", "checkpoint",
+                     "modules", "disks", "ports", "control", "rootfs",
+                     "config", "newroot", "network", "kernel", "python", "config", "network", "imports", "agent-spawn", "setup-join",
                      "volumes", "network", "units", "headers-spawn", "headers-wait", "agent",
-                     "program", "systemd"]
+                     "program", "headers-spawn", "program", "systemd"]
     where = {step.name: step.where for step in boot_steps()}
     assert where["imports"] == MAIN and where["modules"] == SETUP and where[("volumes", "network")] == TRIO
 
@@ -224,7 +224,15 @@ def wanted_until_disks(monkeypatch, environ):
 def test_a_template_boot_stops_at_the_checkpoint_before_the_block_driver(monkeypatch):
     warm = wanted_until_disks(monkeypatch, {"kindling_checkpoint": "1", "kindling_agent": "serial"})
     assert warm == ["mounts", "modules", "ports", "control", "imports", "agent-spawn",
-                    "checkpoint", "config", "network", "modules"]   # the network before the disks
+                    "setup-thread", "checkpoint", "modules"]
+    # a clone's config (from the resume line) and network helper: on the main thread while
+    # the setup thread probes the disks
+    steps = main.steps(Boot(0.0, environ={"kindling_checkpoint": "1"}))
+    order = [(s.where, s.name) for s in steps]
+    config, network = order.index((MAIN, "config")), order.index((MAIN, "network"))
+    assert config > order.index((SETUP, "modules")) and network == config + 1
+    assert steps[config].wanted() and steps[network].wanted()
+    assert not main.steps(Boot(0.0, environ={}))[config].wanted()     # a cold boot: in the setup thread
     cold = wanted_until_disks(monkeypatch, {"kindling_agent": "serial"})
     assert cold == ["mounts", "modules"]       # ports, control: after disks, in the setup thread
 
@@ -306,3 +314,30 @@ def test_every_kernel_argument_is_documented():
     assert {"kindling_agent", "kindling_net", "kindling_strategy", "kindling_importtime"} <= ours
     for arg in sorted(ours) + [a.split("=")[0] for a in qemu.BASE_CMDLINE] + ["tsc_early_khz"]:
         assert f"`{arg}" in section, arg
+
+
+@pytest.mark.parametrize("strategy, tail", [
+    ("concurrent", ["program", "headers-spawn", "program"]),           # never delays Running
+    ("baseline", ["headers-spawn", "headers-wait", "program", "program"]),  # installed first
+])
+def test_the_headers_worker_starts_after_the_program_unless_baseline(strategy, tail, monkeypatch):
+    from initsys import headers_launch
+    monkeypatch.setattr(headers_launch, "wanted", lambda cfg: True)   # the initrd ships headers
+    b = Boot(0.0, environ={})
+    b.cfg = protocol.validate_config({"entrypoint": ["/bin/true"]})
+    b.strategy = strategy
+    b._headers = object()           # spawned (for headers-wait's condition)
+    trio_steps = [s.name for s in main.steps(b) if s.where == TRIO and s.wanted()]
+    assert trio_steps[-len(tail):] == tail
+
+
+def test_a_setup_thread_started_before_its_steps_runs_them_when_given():
+    """A template's boot starts the setup thread before the checkpoint; it waits idle."""
+    b = Boot(0.0, environ={})
+    b.prestart_setup_thread()
+    started = b.setup
+    ran = []
+    assert started.is_alive() and not ran
+    steps.run([Step(SETUP, "disks", lambda: ran.append(threading.current_thread()))], b)
+    b.setup.join(timeout=30)
+    assert b.setup is started and ran == [started]       # that thread, not a new one

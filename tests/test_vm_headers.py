@@ -5,6 +5,7 @@ The first extraction of Debian's headers (12,348 files) took 22-33 s of an idle
 The waits are generous for a loaded CI machine.
 """
 
+import re
 import time
 from pathlib import Path
 
@@ -43,7 +44,8 @@ def home():
 
 @pytest.fixture(scope="module")
 def vm(home):
-    kindling(home, "create", "--name", "hd", "--", "sh", "-c", "echo program-ran; sleep 3600")
+    kindling(home, "create", "--name", "hd", "--", "sh", "-c",
+             f"echo program-ran status=$(cat {STATUS}); sleep 3600")
     kindling(home, "wait", "hd", "--for", "running", "--timeout", "300")
     yield "hd"
     kindling(home, "delete", "hd", check=False)
@@ -92,6 +94,9 @@ def test_first_boot_installs_the_headers_after_running(home, vm):
                "the worker to end and be reaped", timeout=30)
     logs = kindling(home, "logs", vm).stdout
     assert "program-ran" in logs and "kindling-headers" not in logs and "HYPEMAN" not in logs
+    # the worker starts after the program (it never delays Running), but the status file
+    # is there for the program to read at once (`running` if the worker was quicker)
+    assert re.search(r"program-ran status=(pending|running)\r?\n", logs), logs
 
 
 def test_second_boot_takes_the_fast_path(home, vm):
