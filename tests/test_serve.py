@@ -239,6 +239,24 @@ def test_bad_volume_bodies_are_400(server, body, message):
                  message)
 
 
+@pytest.mark.parametrize("path, body, message", [
+    ("/instances/idle/fork", {"name": ""}, "name: required, a non-empty string"),
+    ("/instances/idle/fork", {"name": "f", "from_running": 1}, "from_running: expected true or false"),
+    ("/images", {"platform": "linux/amd64"}, "name: required, an image reference"),
+    ("/images", {"name": "alpine", "platform": 64}, "platform: expected a string"),
+])
+def test_bad_fork_and_image_bodies_are_400_naming_the_field(server, path, body, message):
+    assert_error(server.request("POST", path, token=TOKEN, body=body), 400, "bad_request", message)
+
+
+@pytest.mark.parametrize("operation, field", [("start", "cmd"), ("start", "entrypoint"),
+                                              ("standby", "compression")])
+def test_lifecycle_fields_kindling_cannot_honour_are_422(server, operation, field):
+    response = server.request("POST", f"/instances/idle/{operation}", token=TOKEN,
+                              body={field: "x"})
+    assert_error(response, 422, "unsupported_field", f"{field}:")
+
+
 def test_the_served_openapi_document_is_the_committed_one(server):
     status, _, served = server.request("GET", "/openapi.json")
     assert status == 200
