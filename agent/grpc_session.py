@@ -21,13 +21,14 @@ both directions.
 
 import os
 
-from agent.mux import EOF, Closed
+from agent.mux import EOF, Closed, SessionBase
 
 CHUNK = 32 << 10        # payload per streamed message (hypeman's own size)
 
 
-class GrpcSession:
-    """The Session interface the operations use, over one gRPC call."""
+class GrpcSession(SessionBase):
+    """The Session interface the operations use, over one gRPC call (no cork: each
+    message is its own gRPC frame)."""
 
     class _Mux:
         chunk = CHUNK
@@ -47,12 +48,6 @@ class GrpcSession:
         self._in = []               # items of the inbound channel already translated
 
     # --- what the operation sends -------------------------------------------------
-
-    def cork(self):
-        """No batching here: each message is its own gRPC frame (agent/mux.py corks ours)."""
-
-    async def uncork(self):
-        pass
 
     async def send(self, typ, body):
         if self.closed:

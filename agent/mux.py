@@ -56,7 +56,19 @@ class _InChannel:
         self.eof = False
 
 
-class Session:
+class SessionBase:
+    """What every session of an operation (agent/execs.py, agent/files.py) is: a mux
+    Session below, or agent/grpc_session.py's GrpcSession.  Corking is batching, which
+    a session without its own frames does without: cork/uncork do nothing here."""
+
+    def cork(self):
+        """Hold this session's output back until uncork() (here: nothing to hold)."""
+
+    async def uncork(self):
+        """Send what cork() held back (here: nothing)."""
+
+
+class Session(SessionBase):
     """One exec/copy/stat: inbound channels, send credit, a control queue."""
 
     def __init__(self, mux, sid):

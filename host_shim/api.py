@@ -29,7 +29,7 @@ import trio
 from . import (agent_ops, api_args, fork, images, lifecycle, metadata, options, runner, standby,
                template, volumes)
 from .agent_client import CopyResult, ExecResult, StatResult
-from .errors import die, kindling_error_in
+from .errors import TimedOut, die, kindling_error_in
 from .info import InstanceInfo
 from .instance import Instance, kindling_home
 from .state import State, require_running
@@ -224,19 +224,39 @@ class Kindling:
                           user=api_args.user(user), tty=bool(tty), stdin=api_args.data(stdin),
                           timeout=api_args.seconds("timeout", timeout), home=self.home, **sinks)
 
-    def copy_in(self, ref: str, local: str | Path, remote: str) -> CopyResult:
+    def copy_in(self, ref: str, local: str | Path, remote: str, *,
+                timeout: float | None = None) -> CopyResult:
         """Copy a local file or tree so that it becomes `remote` (absolute) in the guest;
-        modes, mtimes and symlinks are kept.  A CopyResult: entries, bytes, skipped."""
+        modes, mtimes and symlinks are kept.  A CopyResult: entries, bytes, skipped.
+        `timeout` (seconds): TimedOut if the copy is not done by then."""
         local = api_args.host_path("local", local)
         remote = api_args.guest_path("remote", remote)
-        return self._call(agent_ops.copy_in, ref, local, remote, self.home)
+        return self._bounded(f"cp {local} {ref}:{remote}", timeout,
+                             agent_ops.copy_in, ref, local, remote, self.home)
 
-    def copy_out(self, ref: str, remote: str, local: str | Path) -> CopyResult:
+    def copy_out(self, ref: str, remote: str, local: str | Path, *,
+                 timeout: float | None = None) -> CopyResult:
         """Copy the guest's file or tree `remote` so that it becomes `local` on the host
-        (names with '..', writes through symlinks and setuid bits are refused/dropped)."""
+        (names with '..', writes through symlinks and setuid bits are refused/dropped).
+        `timeout` (seconds): TimedOut if the copy is not done by then."""
         remote = api_args.guest_path("remote", remote)
         local = api_args.host_path("local", local)
-        return self._call(agent_ops.copy_out, ref, remote, local, self.home)
+        return self._bounded(f"cp {ref}:{remote} {local}", timeout,
+                             agent_ops.copy_out, ref, remote, local, self.home)
+
+    def _bounded(self, what: str, timeout: float | None, fn, *args):
+        """_call(fn, *args), cancelled after `timeout` seconds (None: no bound) with a
+        TimedOut naming `what`."""
+        if api_args.seconds("timeout", timeout) is None:
+            return self._call(fn, *args)
+
+        async def bounded():
+            try:
+                with trio.fail_after(timeout):
+                    return await fn(*args)
+            except trio.TooSlowError:
+                raise TimedOut(f"{what}: not done after {timeout:g} s") from None
+        return self._call(bounded)
 
     def cp(self, src: str | Path, dst: str | Path) -> CopyResult:
         """`kindling cp`: exactly one of src and dst is "VM:/path"."""

@@ -43,6 +43,11 @@ class Conflict(KindlingError):
     (`kindling serve`: 409)."""
 
 
+class TimedOut(KindlingError):
+    """An operation that did not finish within the time its caller gave it
+    (`kindling serve`: 504)."""
+
+
 def die(message: str, hint: str | None = None, exit_code: int | None = None) -> NoReturn:
     raise KindlingError(message, hint=hint, exit_code=exit_code)
 

@@ -13,7 +13,8 @@ process exclude each other exactly as separate `kindling` processes do.
 Errors: hypeman's body {"code", "message"} with its status codes -- 404 an unknown
 instance or volume (NotFound), 409 an operation the instance's state refuses or a name
 in use (Conflict), 401 no or a bad token, 400 malformed JSON or a bad value, 413 a body
-over MAX_BODY (read_body), 422 a field Kindling cannot honour (serve_wire.UNSUPPORTED).  Error
+over MAX_BODY (read_body), 422 a field Kindling cannot honour (serve_wire.UNSUPPORTED), 504
+a copy to or from the guest not done within serve_extras.COPY_TIMEOUT (TimedOut).  Error
 responses carry `x-should-retry: false` (hypeman's SDK otherwise retries 409s and 5xxs,
 and a create is not idempotent).
 """
@@ -36,7 +37,7 @@ from starlette.routing import Route
 
 from . import serve_openapi, serve_wire as wire
 from .api import Kindling
-from .errors import Conflict, KindlingError, NotFound
+from .errors import Conflict, KindlingError, NotFound, TimedOut
 from .serve_auth import Auth
 from .serve_extras import Extras
 from .serve_store import Store
@@ -47,7 +48,7 @@ DEFAULT_WAIT = 60.0
 THREADS = 128                    # concurrent host-model calls (a wait holds one for minutes)
 STATUS_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found",
                 405: "method_not_allowed", 409: "conflict", 413: "payload_too_large",
-                422: "unsupported_field", 500: "internal_error"}
+                422: "unsupported_field", 500: "internal_error", 504: "timeout"}
 
 
 def error_response(status: int, code: str, message: str) -> JSONResponse:
@@ -57,7 +58,8 @@ def error_response(status: int, code: str, message: str) -> JSONResponse:
 
 def _kindling_error(e: KindlingError) -> JSONResponse:
     message = f"{e.message} ({e.hint})" if e.hint else e.message
-    status = 404 if isinstance(e, NotFound) else 409 if isinstance(e, Conflict) else 400
+    status = 404 if isinstance(e, NotFound) else 409 if isinstance(e, Conflict) \
+        else 504 if isinstance(e, TimedOut) else 400
     return error_response(status, STATUS_CODES[status], message)
 
 
@@ -87,41 +89,38 @@ class Server:
         return JSONResponse(wire.instance_json(info), status_code=201)
 
     async def get_instance(self, request: Request):
-        return JSONResponse(wire.instance_json(await self.call(self.k.inspect, _id(request))))
+        return await self._operation(request, self.k.inspect)
 
     async def delete_instance(self, request: Request):
         await self.call(self.k.delete, _id(request))
         return Response(status_code=204)
 
     async def start(self, request: Request):
-        body = await read_json(request)
         again = "Kindling's start boots the command the instance was created with"
-        wire.refuse_unsupported(body, {"cmd": again, "entrypoint": again})
-        return await self._operation(request, self.k.start)
+        return await self._operation(request, self.k.start, {"cmd": again, "entrypoint": again})
 
     async def stop(self, request: Request):
         return await self._operation(request, self.k.stop)
 
     async def standby(self, request: Request):
-        body = await read_json(request)
         plain = "Kindling's snapshots are not compressed"
-        wire.refuse_unsupported(body, {"compression": plain, "compression_delay": plain})
-        return await self._operation(request, self.k.standby)
+        return await self._operation(request, self.k.standby,
+                                     {"compression": plain, "compression_delay": plain})
 
     async def restore(self, request: Request):
         return await self._operation(request, self.k.restore)
 
-    async def _operation(self, request: Request, method):
+    async def _operation(self, request: Request, method, refused: dict[str, str] | None = None):
+        """`method` on the instance, answered with its JSON; `refused`: the body's fields
+        Kindling cannot honour (422 naming them), read only when given."""
+        if refused:
+            wire.refuse_unsupported(await read_json(request), refused)
         return JSONResponse(wire.instance_json(await self.call(method, _id(request))))
 
     async def fork(self, request: Request):
         body = await read_json(request)
-        name = body.get("name")
-        if not isinstance(name, str) or not name:
-            raise bad_request("name: required, a non-empty string")
-        from_running = body.get("from_running", False)
-        if not isinstance(from_running, bool):
-            raise bad_request(f"from_running: expected true or false, got {from_running!r}")
+        name = wire.required_string(body, "name")
+        from_running = bool(wire.typed(body, "from_running", bool, "true or false"))
         target = body.get("target_state")
         if target not in (None, "Stopped", "Standby", "Running"):
             raise bad_request(f"target_state: expected Stopped, Standby or Running, got {target!r}")

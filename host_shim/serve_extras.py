@@ -13,7 +13,9 @@ as the body (at most MAX_UPLOAD) makes it /dest in the guest -- one file per req
 tar of a tree would have to be unpacked on the host first, and Python 3.11.2's tarfile
 has no safe-extraction filter.  `GET ...?path=/src` answers a file's bytes, or a tar of
 a directory (packed here from what `copy_out` wrote, which already refuses '..' names,
-writes through symlinks and setuid bits).
+writes through symlinks and setuid bits).  A copy the agent has not finished within
+COPY_TIMEOUT is cancelled in its worker thread's own trio loop (Kindling.copy_in/out's
+`timeout`: the thread itself cannot be cancelled from here) and answered 504.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ from .errors import KindlingError, kindling_error_in
 from .serve_wire import ApiError, bad_request
 
 MAX_UPLOAD = 1 << 30
+COPY_TIMEOUT = 600.0       # s, generous: a copy the agent has not done by then is 504, not a
+                           # worker thread held for ever by a hung guest
 STDOUT, STDERR = 1, 2
 
 
@@ -71,7 +75,7 @@ class Extras:
             await _receive_to(request, upload)
             upload.chmod(mode)
             result = await self.server.call(self.k.copy_in, request.path_params["id"], upload,
-                                            remote)
+                                            remote, timeout=COPY_TIMEOUT)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         return JSONResponse({"entries": result.entries, "bytes": result.bytes,
@@ -82,7 +86,8 @@ class Extras:
         work = Path(tempfile.mkdtemp(prefix="kindling-serve-"))
         try:
             local = work / (Path(remote).name or "root")
-            await self.server.call(self.k.copy_out, request.path_params["id"], remote, local)
+            await self.server.call(self.k.copy_out, request.path_params["id"], remote, local,
+                                   timeout=COPY_TIMEOUT)
             tree = local.is_dir()
             if tree:
                 local = await trio.to_thread.run_sync(_pack, local, work / "download.tar")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import sys
 
+from .serve_extras import COPY_TIMEOUT
 from .serve_wire import UNSUPPORTED
 
 STATES = ["Created", "Initializing", "Running", "Paused", "Shutdown", "Stopped", "Standby",
@@ -142,6 +143,9 @@ def extras() -> dict:
                     time_to_running={"type": ["number", "null"]}, timeline={"type": "object"})
     svg = _op("the boot timeline as an SVG chart", "200", None)
     svg["responses"]["200"]["content"] = {"image/svg+xml": {"schema": S}}
+    for op in (put, get):
+        op["responses"]["504"] = {"description": f"the copy not done in {COPY_TIMEOUT:g} s",
+                                  "content": {"application/json": {"schema": _ref("Error")}}}
     return {f"{base}/timeline": {"get": _op("the boot timeline", "200", timeline)},
             f"{base}/timeline.svg": {"get": svg},
             f"{base}/files": {"put": put, "get": get}}

@@ -45,9 +45,7 @@ class Store:
         body = await read_json(request)
         wire.refuse_unsupported(body, {"tags": "Kindling keeps no tags",
                                        "id": "a Kindling volume's id is its name"})
-        name, size_gb = body.get("name"), body.get("size_gb")
-        if not isinstance(name, str) or not name:
-            raise bad_request("name: required, a non-empty string")
+        name, size_gb = wire.required_string(body, "name"), body.get("size_gb")
         if isinstance(size_gb, bool) or not isinstance(size_gb, int) or size_gb < 1:
             raise bad_request(f"size_gb: expected a whole number of GiB (at least 1), got {size_gb!r}")
         volume = await self.server.call(self.k.volume_create, name, size_gb * wire.GIB)
@@ -78,11 +76,9 @@ class Store:
         body = await read_json(request)
         wire.refuse_unsupported(body, {"credentials": "Kindling pulls with the host's registry settings",
                                        "tags": "Kindling keeps no tags"})
-        name, platform = body.get("name"), body.get("platform")
-        if not isinstance(name, str) or not name:
-            raise bad_request("name: required, an image reference such as docker.io/library/alpine:3")
-        if platform is not None and not isinstance(platform, str):
-            raise bad_request(f"platform: expected a string such as linux/amd64, got {platform!r}")
+        name = wire.required_string(body, "name", "an image reference such as "
+                                                  "docker.io/library/alpine:3")
+        platform = wire.typed(body, "platform", str, "a string such as linux/amd64")
         insecure = images.insecure_hosts(home=self.k.home)
         described = await self.server.call(self.k.image_pull, name, insecure_registries=insecure,
                                            platform=platform)

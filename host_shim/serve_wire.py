@@ -163,27 +163,36 @@ UNSUPPORTED = {
 }
 
 
-def _typed(body: dict, field: str, kind, what: str):
+def typed(body: dict, field: str, kind, what: str):
+    """body[field] if it is a `kind` (bool only for bool), or None if absent; 400 otherwise."""
     value = body.get(field)
     if value is not None and (not isinstance(value, kind) or isinstance(value, bool) != (kind is bool)):
         raise bad_request(f"{field}: expected {what}, got {value!r}")
     return value
 
 
+def required_string(body: dict, field: str, what: str = "a non-empty string") -> str:
+    """body[field], which must be a non-empty string (400 naming the field otherwise)."""
+    value = body.get(field)
+    if not isinstance(value, str) or not value:
+        raise bad_request(f"{field}: required, {what}")
+    return value
+
+
 def _strings(body: dict, field: str) -> list[str] | None:
-    value = _typed(body, field, list, "a list of strings")
+    value = typed(body, field, list, "a list of strings")
     if value is not None and not all(isinstance(v, str) for v in value):
         raise bad_request(f"{field}: expected a list of strings, got {value!r}")
     return value
 
 
 def _network(body: dict) -> bool:
-    network = _typed(body, "network", dict, "an object") or {}
+    network = typed(body, "network", dict, "an object") or {}
     for key in network:
         if key != "enabled":
             raise unsupported(f"network.{key}", "Kindling's network has no bandwidth limits "
                                                 "or egress mediation")
-    return bool(_typed(network, "enabled", bool, "true or false"))
+    return bool(typed(network, "enabled", bool, "true or false"))
 
 
 def _volume_spec(mount) -> str:
@@ -215,26 +224,25 @@ def create_kwargs(body: dict) -> dict:
     if unknown := sorted(set(body) - known - set(UNSUPPORTED)):
         raise bad_request(f"unknown field{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)}")
     for field in ("image", "name"):
-        if not isinstance(body.get(field), str) or not body[field]:
-            raise bad_request(f"{field}: required, a non-empty string")
+        required_string(body, field)
     if body.get("hypervisor") not in (None, "qemu"):
         raise unsupported("hypervisor", "Kindling runs QEMU only")
     if body.get("platform") not in (None, "linux/amd64"):
         raise unsupported("platform", "Kindling runs linux/amd64 guests only")
     kwargs = {**image_option(body["image"]), "name": body["name"], **_program(body)}
-    if (env := _typed(body, "env", dict, "an object of NAME to value")) is not None:
+    if (env := typed(body, "env", dict, "an object of NAME to value")) is not None:
         kwargs["env"] = env
     for field, option in (("size", "memory"), ("overlay_size", "overlay_size")):
-        if (value := _typed(body, field, str, "a size such as 1GB")) is not None:
+        if (value := typed(body, field, str, "a size such as 1GB")) is not None:
             kwargs[option] = value         # host_shim/sizes.py reads 1GB, 1G and 1GiB alike
-    if (vcpus := _typed(body, "vcpus", int, "a whole number")) is not None:
+    if (vcpus := typed(body, "vcpus", int, "a whole number")) is not None:
         kwargs["cpus"] = vcpus
-    if _typed(body, "skip_kernel_headers", bool, "true or false"):
+    if typed(body, "skip_kernel_headers", bool, "true or false"):
         kwargs["headers"] = False
-    if _typed(body, "skip_guest_agent", bool, "true or false"):
+    if typed(body, "skip_guest_agent", bool, "true or false"):
         kwargs["agent"] = "none"
     kwargs["net"] = _network(body)
-    mounts = _typed(body, "volumes", list, "a list of volume mounts") or []
+    mounts = typed(body, "volumes", list, "a list of volume mounts") or []
     kwargs["volumes"] = [_volume_spec(m) for m in mounts]
     return kwargs
 

@@ -51,7 +51,6 @@ it needs the template to exist.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import secrets
@@ -62,6 +61,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import trio
+
+from image_build.cache import file_sha256
 
 from . import accel as accel_mod
 from . import control, netns, options, prepare, qemu, qmp, snapshot, vmm
@@ -132,9 +133,7 @@ class Template:
 
 def digest(path: Path) -> dict:
     st = os.stat(path)
-    with open(path, "rb") as f:
-        sha = hashlib.file_digest(f, "sha256").hexdigest()
-    return {"sha256": sha, "size": st.st_size, "dev": st.st_dev, "inode": st.st_ino}
+    return {"sha256": file_sha256(path), "size": st.st_size, "dev": st.st_dev, "inode": st.st_ino}
 
 
 def same_file(path: Path, recorded: dict) -> bool:

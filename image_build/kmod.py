@@ -9,10 +9,13 @@ skipped.  The result is ordered dependencies-first and de-duplicated.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import lzma
 import os
 import shutil
+import tempfile
+from functools import partial
 from pathlib import Path
 
 from image_build import cache, log
@@ -171,24 +174,31 @@ def plain_name(rel: str) -> str:
     return rel
 
 
-def _decompress(src: Path, dest: Path) -> None:
+PACK_PRESET = 9 | lzma.PRESET_EXTREME    # lzma's default xz container, CRC64 check
+
+
+@contextlib.contextmanager
+def _plain(src: Path):
+    """The module's plain ELF bytes as a readable binary file, whatever `src` is packed
+    with.  zstd has no stdlib module (Python 3.11): the zstd CLI writes them to an
+    anonymous temporary file, read from the start."""
     name = src.name
-    if name.endswith(".ko.xz"):
-        with lzma.open(src) as fin, open(dest, "wb") as fout:
-            shutil.copyfileobj(fin, fout)
-    elif name.endswith(".ko.gz"):
-        with gzip.open(src) as fin, open(dest, "wb") as fout:
-            shutil.copyfileobj(fin, fout)
-    elif name.endswith(".ko.zst"):
-        run(["zstd", "-q", "-d", "-f", "-o", dest, src], timeout=DECOMPRESS_TIMEOUT)
-    else:
-        shutil.copyfile(src, dest)
-    os.chmod(dest, 0o644)
+    if name.endswith(".ko.zst"):
+        with tempfile.TemporaryFile(prefix="kindling-ko-") as plain:
+            run(["zstd", "-q", "-d", "-c", src], stdout=plain, timeout=DECOMPRESS_TIMEOUT)
+            plain.seek(0)
+            yield plain
+        return
+    opener = lzma.open if name.endswith(".ko.xz") else gzip.open if name.endswith(".ko.gz") \
+        else open
+    with opener(src, "rb") as fin:
+        yield fin
 
 
 def _place(ko: Path, basedir: Path, release: str, stage_root: Path, packed: bool = False) -> str:
     """One module into the staging tree (decompressed; xz-packed again when `packed`:
-    initsys/kmod.py unpacks such a module into memory to load it); its in-initrd path."""
+    initsys/kmod.py unpacks such a module into memory to load it); its in-initrd path.
+    A packed module is streamed from the source into the xz writer (no plain copy)."""
     tree = (basedir / "lib" / "modules" / release).resolve()
     try:
         rel = ko.resolve().relative_to(tree).as_posix()
@@ -197,14 +207,9 @@ def _place(ko: Path, basedir: Path, release: str, stage_root: Path, packed: bool
     in_initrd = f"{INITRD_MODULES_ROOT}/{release}/{plain_name(rel)}" + (PACKED_SUFFIX if packed else "")
     dest = stage_root / in_initrd.lstrip("/")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    if not packed:
-        _decompress(ko, dest)
-        return in_initrd
-    plain = dest.with_name(dest.name + ".plain")
-    _decompress(ko, plain)
-    with open(plain, "rb") as fin, lzma.open(dest, "wb", preset=9 | lzma.PRESET_EXTREME) as fout:
+    writer = partial(lzma.open, preset=PACK_PRESET) if packed else open
+    with _plain(ko) as fin, writer(dest, "wb") as fout:
         shutil.copyfileobj(fin, fout)
-    plain.unlink()
     os.chmod(dest, 0o644)
     return in_initrd
 

@@ -9,12 +9,16 @@ import subprocess
 import sys
 import time
 
+import httpx
 import jwt
 import pytest
+import trio
 
-from host_shim import metadata, serve_app, serve_wire
+from host_shim import agent_ops, metadata, serve_app, serve_extras, serve_wire
+from host_shim.api import Kindling
 from host_shim.instance import Instance
 from host_shim.metadata import Metadata
+from host_shim.serve_auth import Auth
 from host_shim.serve_wire import ApiError
 from host_shim.state import State
 from tests.serve_fixture import JWT_SECRET, KindlingServer, exec_ws, post_oversized
@@ -239,6 +243,24 @@ def test_bad_volume_bodies_are_400(server, body, message):
                  message)
 
 
+@pytest.mark.parametrize("path, body, message", [
+    ("/instances/idle/fork", {"name": ""}, "name: required, a non-empty string"),
+    ("/instances/idle/fork", {"name": "f", "from_running": 1}, "from_running: expected true or false"),
+    ("/images", {"platform": "linux/amd64"}, "name: required, an image reference"),
+    ("/images", {"name": "alpine", "platform": 64}, "platform: expected a string"),
+])
+def test_bad_fork_and_image_bodies_are_400_naming_the_field(server, path, body, message):
+    assert_error(server.request("POST", path, token=TOKEN, body=body), 400, "bad_request", message)
+
+
+@pytest.mark.parametrize("operation, field", [("start", "cmd"), ("start", "entrypoint"),
+                                              ("standby", "compression")])
+def test_lifecycle_fields_kindling_cannot_honour_are_422(server, operation, field):
+    response = server.request("POST", f"/instances/idle/{operation}", token=TOKEN,
+                              body={field: "x"})
+    assert_error(response, 422, "unsupported_field", f"{field}:")
+
+
 def test_the_served_openapi_document_is_the_committed_one(server):
     status, _, served = server.request("GET", "/openapi.json")
     assert status == 200
@@ -287,3 +309,26 @@ def test_exec_errors_come_as_the_final_message(server, request_, message):
     stdout, stderr, final = exec_ws(server.base_url, "idle", request_, token=TOKEN)
     assert (stdout, stderr) == (b"", b"")
     assert message in final["error"], final
+
+
+@pytest.mark.parametrize("method", ["PUT", "GET"])
+async def test_a_copy_the_agent_does_not_finish_in_time_is_504(tmp_path, monkeypatch, method):
+    """A fake agent copy that never finishes (a real one needs a booted guest, and no real
+    agent hangs on cue), so the app runs in this process: the module's server is another
+    process, out of the fake's reach."""
+    async def never(*args, **kwargs):
+        with trio.move_on_after(30):   # the test's own bound: without the server's, fail (500)
+            await trio.sleep_forever()  # rather than hang (the worker thread cannot be cancelled)
+        raise AssertionError("the server let the copy run for 30 s")
+
+    monkeypatch.setattr(agent_ops, "copy_in", never)
+    monkeypatch.setattr(agent_ops, "copy_out", never)
+    monkeypatch.setattr(serve_extras, "COPY_TIMEOUT", 0.2)
+    app = serve_app.make_app(Kindling(tmp_path), Auth(token=TOKEN))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://kindling") as client:
+        response = await client.request(method, "/kindling/instances/idle/files?path=/x",
+                                        content=b"data" if method == "PUT" else None,
+                                        headers={"Authorization": f"Bearer {TOKEN}"})
+    assert_error((response.status_code, dict(response.headers), response.json()), 504,
+                 "timeout", "cp ", "idle:/x", "not done after 0.2 s")
