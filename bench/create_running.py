@@ -40,8 +40,9 @@ same image and VM options and two volume slots is made once before the runs (not
 counted: its build time is reported), each run restores it with its own disks and
 network; its "restore" is the host's launch -> guest started (QEMU's start, the
 snapshot loaded, `cont`, the resume line answered).  Target: template <= 0.7x floor.
-`template-shm` is the same with a `template create --shared-memory` template (its RAM in
-a file that clones map privately; the snapshot then holds device state only).
+The template has shared memory (the default: its RAM in a file that clones map
+privately; the snapshot holds device state only); `template-private` is the same with a
+`template create --private-memory` template (its RAM in the snapshot, read by each restore).
 
 `--runs 1` is the CI smoke run.
 """
@@ -68,7 +69,7 @@ from image_build.run import CommandError, run  # noqa: E402
 from tests.vm import qemu_pids_using  # noqa: E402
 
 VARIANTS = ("baseline", "default", "floor")
-EXTRA_VARIANTS = ("early", "template", "template-shm")  # issue 14: the agent forked before PID 1's imports;
+EXTRA_VARIANTS = ("early", "template", "template-private")  # issue 14: the agent forked before PID 1's imports;
                                         # issue 12: create --template
 TEMPLATE = "bench"
 TARGET_TEMPLATE = 0.7       # template / floor
@@ -115,10 +116,10 @@ def create_argv(variant, name, floor):
 def make_template(home, variant="template"):
     """A template variant's template (not counted): its record as template.json says."""
     t0 = time.monotonic()
-    shared = ["--shared-memory"] if variant == "template-shm" else []
+    shared = ["--shared-memory"] if variant == "template-private" else []
     r = kindling(home, "template", "create", "--json", TEMPLATE + variant[len("template"):],
                  "--accel", "tcg", "--net", "--agent", "serial", "--volume-slots",
-                 str(len(VOLUMES)), *shared, timeout=BOOT_TIMEOUT)
+                 str(len(VOLUMES)), *private, timeout=BOOT_TIMEOUT)
     made = json.loads(r.stdout)
     return {"wall_s": time.monotonic() - t0, "build_seconds": made["build_seconds"],
             "checkpoint_seconds": made["checkpoint_seconds"], "vmstate_bytes": made["vmstate_size"]}
@@ -195,7 +196,7 @@ def measure(runs, floor, variants=VARIANTS):
             kindling(home, "volume", "create", image, "--size", VOLUME_SIZE)
         for variant in ("default", "floor"):   # builds/caches images, warms the page cache
             one_run(home, variant, f"warm-{variant}", floor)
-        for variant in ("template", "template-shm"):
+        for variant in ("template", "template-private"):
             if variant in variants:
                 results[f"{variant}_build"] = make_template(home, variant)
                 one_run(home, variant, f"warm-{variant}", floor)
@@ -249,7 +250,7 @@ def template_lines(results, builds, med, variant="template"):
 
 
 def report(results, runs, argv_shown):
-    builds = {v: results.pop(f"{v}_build") for v in ("template", "template-shm")
+    builds = {v: results.pop(f"{v}_build") for v in ("template", "template-private")
               if f"{v}_build" in results}
     med_walls = {v: statistics.median([r["wall_s"] for r in per_run]) for v, per_run in results.items()}
     tlines, tnumbers = [], {}
@@ -270,7 +271,7 @@ def report(results, runs, argv_shown):
     ratios_text, ratios = ratio_lines(med)
     lines += ["", *ratios_text, *tlines]
     ratios.update(tnumbers)
-    for v in ("default", "early", "template", "template-shm"):
+    for v in ("default", "early", "template", "template-private"):
         if v in results:
             one = results[v][len(results[v]) // 2]
             lines += ["", f"PID 1 stages of one {v} run (guest clock, s):",

@@ -4,17 +4,17 @@ Three variants, N guests each (default 8), all running `sleep 3600` with the def
 image, the agent on virtio-serial, no `--net`:
 
   cold        N x `kindling create`
-  clone       N x `kindling create --template T` (T: a plain template, its RAM restored
-              into each clone's own anonymous memory)
-  clone-shm   N x `kindling create --template S` (S: `template create --shared-memory`:
+  clone       N x `kindling create --template T` (T: a default template, shared memory:
               its RAM is a file every clone maps copy-on-write)
+  clone-private  N x `kindling create --template P` (P: `template create --private-memory`:
+              its RAM restored into each clone's own anonymous memory)
 
 A variant's N guests are created at once and all waited for until Running; then the
 PSS of each guest's QEMU process (/proc/PID/smaps_rollup, the guest's RAM and QEMU's
 own) is read while all N run side by side -- PSS divides a shared page between the
 processes that map it, so sharing between siblings shows -- and the N are deleted
 before the next variant.  Prints the median PSS per guest, the variants' sum, and the
-ratios clone/cold and clone-shm/cold.  The templates' builds are not counted.
+ratios clone/cold and clone-private/cold.  The templates' builds are not counted.
 
     .venv/bin/python bench/template_memory.py [--guests 8] [--json FILE]
 """
@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.shim import SLEEPER, Shim  # noqa: E402
 
-VARIANTS = {"cold": [], "clone": ["--template", "t"], "clone-shm": ["--template", "s"]}
+VARIANTS = {"cold": [], "clone": ["--template", "t"], "clone-private": ["--template", "p"]}
 WAIT_TIMEOUT = 1800
 
 
@@ -60,7 +60,7 @@ def measure(shim, variant, guests):
 def run(guests):
     with Shim("kb-tm-") as shim:
         shim.run("template", "create", "t")
-        shim.run("template", "create", "s", "--shared-memory")
+        shim.run("template", "create", "p", "--private-memory")
         return {v: measure(shim, v, guests) for v in VARIANTS}
 
 
@@ -69,10 +69,10 @@ def report(res):
     print(f"\ntemplate memory: {len(res['cold'])} guests a variant side by side, PSS of each QEMU (MiB)")
     for v, p in res.items():
         print(f"  {v:10} median {med[v]:7.1f}  min {min(p):7.1f}  max {max(p):7.1f}  sum {sum(p):8.1f}")
-    for v in ("clone", "clone-shm"):
+    for v in ("clone", "clone-private"):
         print(f"  {v}/cold   {med[v] / med['cold']:.2f}x per guest")
     return {"pss_mib": res, "median_mib": med,
-            "ratios": {v: med[v] / med["cold"] for v in ("clone", "clone-shm")}}
+            "ratios": {v: med[v] / med["cold"] for v in ("clone", "clone-private")}}
 
 
 def main(argv=None):

@@ -120,7 +120,7 @@ class Kindling:
                                            from_running=from_running, target=target_state))
 
     def template_create(self, name: str, *, volume_slots: int = 0, rebuild: bool = False,
-                        shared_memory: bool = False, **opts) -> template.Template:
+                        shared_memory: bool = True, **opts) -> template.Template:
         """`kindling template create NAME`: `opts` are create's image and VM options
         (rootfs, base, image, kernel, memory, cpus, accel, agent, net, ...); clones:
         create(..., template=NAME)."""

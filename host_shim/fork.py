@@ -32,7 +32,7 @@ from pathlib import Path
 
 import trio
 
-from . import lifecycle, metadata, netns, prepare, snapshot, standby
+from . import lifecycle, metadata, netns, prepare, snapshot, standby, template
 from .errors import Conflict, die
 from .instance import Instance, check_name, kindling_home
 from .metadata import Metadata
@@ -135,6 +135,8 @@ def copy_disks(source: Instance, smeta: Metadata, fork: Instance) -> None:
     """The writable disks copied (reflink/sparse), the images hard-linked, the config
     disk rebuilt (or copied: a raw --config-json test hook is kept as given)."""
     shutil.copytree(source.images_dir, fork.images_dir, copy_function=snapshot.link_or_copy)
+    if (source.dir / template.RAM_FILE).exists():     # a clone's link of its template's RAM
+        snapshot.link_or_copy(source.dir / template.RAM_FILE, fork.dir / template.RAM_FILE)
     slots = sorted(source.dir.glob("slot-*.img"))     # a template clone's unused volume slots
     for disk in [source.overlay_img, *sorted(source.dir.glob("volume-overlay-*.img")), *slots]:
         run(["cp", "--reflink=auto", "--sparse=always", os.fspath(disk),

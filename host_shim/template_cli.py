@@ -87,9 +87,12 @@ def add_commands(sub, command) -> None:
     create.add_argument("--rebuild", action="store_true",
                         help="make it again if it exists (after a kernel, initrd, rootfs or "
                              "QEMU change made it stale)")
-    create.add_argument("--shared-memory", action="store_true",
-                        help="keep the guest RAM in a file that every clone maps privately "
-                             "(copy on write: clones share the pages they do not write)")
+    memory = create.add_mutually_exclusive_group()
+    memory.add_argument("--shared-memory", dest="shared_memory", action="store_true", default=True,
+                        help="(the default) keep the guest RAM in a file that every clone maps "
+                             "privately (copy on write: clones share the pages they do not write)")
+    memory.add_argument("--private-memory", dest="shared_memory", action="store_false",
+                        help="keep the guest RAM in the snapshot: each clone reads all of it")
     create.add_argument("--net", action="store_true",
                         help="clones get eth0 in their own network namespace (as create --net)")
     options.add_arguments(create, "create", only_groups=("image", "virtual machine"))

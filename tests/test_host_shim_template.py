@@ -214,3 +214,23 @@ def test_a_shared_memory_record_loads_and_an_old_one_defaults_to_private(tmp_pat
     assert template.load(tmp_path, "new").shared_memory is True
     assert template.load(tmp_path, "new").ram == template.templates_dir(tmp_path) / "new" / "ram"
     assert template.load(tmp_path, "old").shared_memory is False
+
+
+def test_a_clone_maps_its_own_link_of_the_templates_ram_which_outlives_the_template(tmp_path):
+    t = made(tmp_path, "t", shared_memory=True)
+    t.ram.write_bytes(b"R" * 4096)
+    instance = Instance("0123456789ab", tmp_path / "i")
+    instance.dir.mkdir()
+    mine = template.clone_ram(instance, t)
+    assert mine == instance.dir / "ram" and os.path.samefile(mine, t.ram)   # one inode: one page cache
+    assert template.clone_ram(instance, t) == mine                          # a later start: the same
+    template.remove(tmp_path, "t")
+    assert mine.read_bytes() == b"R" * 4096          # rm (or --rebuild) unlinks only the template's name
+
+
+def test_template_create_shares_memory_unless_private_memory_is_asked():
+    from host_shim import cli
+    parse = cli.build_parser().parse_args
+    assert parse(["template", "create", "x"]).shared_memory is True
+    assert parse(["template", "create", "x", "--shared-memory"]).shared_memory is True
+    assert parse(["template", "create", "x", "--private-memory"]).shared_memory is False

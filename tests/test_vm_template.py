@@ -4,8 +4,9 @@ One template (--net, one volume slot) is made once for the module.  Two clones w
 different config (program, env, a volume) run their own programs with their own
 settings, read different bytes from /dev/urandom, have the host's clock, and do not see
 each other's overlay writes; then four clones created at once all reach Running; then a
-`--shared-memory` template's clone maps its RAM file privately and leaves it unchanged
-(breaking it -- the clone mapping the file share=on -- fails that test).
+clone maps its template's RAM file privately (shared memory, the default), leaves it
+unchanged and outlives the template (breaking it -- the clone mapping the file share=on
+-- fails that test); last, a --private-memory template keeps the RAM in its snapshot.
 
 What breaking the code once showed: without the resume line's sync (initsys/checkpoint.py
 skipping sync.apply) a clone's clock was 20 s behind the host's, which the clock test
@@ -16,6 +17,7 @@ reseed -- they show two clones never hand out the same stream.
 
 import hashlib
 import json
+import os
 import re
 import subprocess
 import time
@@ -112,24 +114,42 @@ def test_four_clones_created_at_once_all_reach_running(home):
         assert meta["state"] == "Running"
 
 
-def test_a_shared_memory_clone_maps_the_templates_ram_privately(home):
-    """--shared-memory: the clone's QEMU maps the template's RAM file copy-on-write
-    (MAP_PRIVATE), runs its own program, and the file keeps the template's bytes."""
+def test_a_clone_maps_the_templates_ram_privately_and_outlives_the_template(home):
+    """Shared memory (the default): the clone's QEMU maps its own hard link of the
+    template's RAM file copy-on-write (MAP_PRIVATE), the file keeps the template's bytes,
+    and after `template rm` the clone still stops and boots again."""
     for n in [f"c{i}" for i in range(4)]:
         kindling(home, "delete", n, check=False)       # memory for one more guest
-    kindling(home, "template", "create", "s", "--shared-memory", "--no-headers", timeout=600)
-    ram = home / "templates" / "s" / "ram"
+    ram = home / "templates" / "t" / "ram"
     with open(ram, "rb") as f:
         before = hashlib.file_digest(f, "sha256").hexdigest()
-    kindling(home, "create", "--name", "m", "--template", "s", "--env", "WHO=shm",
+    kindling(home, "create", "--name", "m", "--template", "t", "--env", "WHO=shm",
              "--", "sh", "-c", PROGRAM)
     assert kindling_json(home, "wait", "m", "--for", "running", "--timeout", "300")["state"] == "Running"
     eventually(lambda: value(home, "m", "who"), "m's program output", timeout=120)
     assert value(home, "m", "who") == "shm"
-    pid = kindling_json(home, "inspect", "m")["pid"]
-    mapped = [line.split() for line in open(f"/proc/{pid}/maps") if line.rstrip().endswith(str(ram))]
-    assert mapped, f"QEMU {pid} does not map {ram}"
+    info = kindling_json(home, "inspect", "m")
+    mine = home / "instances" / info["id"] / "ram"
+    assert os.path.samefile(mine, ram)                  # one inode: one page cache for all clones
+    mapped = [line.split() for line in open(f"/proc/{info['pid']}/maps") if line.rstrip().endswith(str(mine))]
+    assert mapped, f"QEMU {info['pid']} does not map {mine}"
     assert all(perms[3] == "p" for _, perms, *_ in mapped), mapped     # private, not shared
-    kindling(home, "delete", "m")
     with open(ram, "rb") as f:
-        assert hashlib.file_digest(f, "sha256").hexdigest() == before
+        assert hashlib.file_digest(f, "sha256").hexdigest() == before  # the clone wrote its own copies
+    kindling(home, "template", "rm", "t")
+    kindling(home, "stop", "m")
+    kindling(home, "start", "m")
+    assert kindling_json(home, "wait", "m", "--for", "running", "--timeout", "300")["state"] == "Running"
+    kindling(home, "delete", "m")
+
+
+def test_a_private_memory_template_keeps_the_ram_in_its_snapshot(home):
+    kindling(home, "template", "create", "p", "--private-memory", "--no-headers", timeout=600)
+    assert not (home / "templates" / "p" / "ram").exists()
+    assert (home / "templates" / "p" / "snapshot" / "vmstate").stat().st_size > 16 << 20
+    kindling(home, "create", "--name", "q", "--template", "p", "--env", "WHO=private",
+             "--", "sh", "-c", PROGRAM)
+    assert kindling_json(home, "wait", "q", "--for", "running", "--timeout", "300")["state"] == "Running"
+    eventually(lambda: value(home, "q", "who"), "q's program output", timeout=120)
+    assert value(home, "q", "who") == "private"
+    kindling(home, "delete", "q")
