@@ -116,7 +116,7 @@ def create_argv(variant, name, floor):
 def make_template(home, variant="template"):
     """A template variant's template (not counted): its record as template.json says."""
     t0 = time.monotonic()
-    shared = ["--shared-memory"] if variant == "template-private" else []
+    private = ["--private-memory"] if variant == "template-private" else []
     r = kindling(home, "template", "create", "--json", TEMPLATE + variant[len("template"):],
                  "--accel", "tcg", "--net", "--agent", "serial", "--volume-slots",
                  str(len(VOLUMES)), *private, timeout=BOOT_TIMEOUT)
