@@ -33,7 +33,6 @@ class Boot:
         self._watcher = None
         self._headers = None
         self._resumed_config = None   # a clone's config.json, from the resume line
-        self._program = None          # exec mode, from program-start to its exit
 
     # -- conditions of steps (evaluated when the step comes) --
     def agent_on(self):
@@ -251,18 +250,21 @@ class Boot:
         wait_ready = self.agent.release_and_poll if self.baseline() else self.agent.release_and_wait
         await wait_ready(mounts.NEWROOT, self.cfg.program_env(), agent_gate.transport_from_cmdline(self.environ))
 
-    async def start_program(self):
+    async def run_program(self):
+        """The program, with the headers worker launched right after PROGRAM-START."""
         import gc
 
-        from initsys import headers_launch, program
+        from initsys import console, headers_launch, program, protocol
+        from initsys.timeline import Stage
         gc.enable()  # disabled by /init for the boot (fewer collections while importing)
+        after_start = None
         if self.headers_after_program():
             headers_launch.mark_pending(mounts.NEWROOT)   # what the program may read first
-        self._program = await program.start(self.cfg, self.reaper)
 
-    async def finish_program(self):
-        from initsys import console, program, protocol
-        code, message = await program.finish(self._program, self.reaper)
+            async def after_start():
+                with Stage("headers-spawn"):
+                    await self.spawn_headers()
+        code, message = await program.run(self.cfg, self.reaper, after_start)
         console.emit_own_line(protocol.exit_line(code, message))
 
     # -- main thread, after trio --

@@ -53,9 +53,9 @@ def steps(b):
         Step(TRIO, "headers-spawn", b.spawn_headers, when=b.headers_before_program),  # baseline
         Step(TRIO, "headers-wait", b.wait_for_headers, when=b.headers_awaited),  # baseline only
         Step(TRIO, "agent", b.wait_for_agent, when=b.agent_gates_program),
-        Step(TRIO, "program", b.start_program, when=b.exec_mode, line=False),  # prints program-start
-        Step(TRIO, "headers-spawn", b.spawn_headers, when=b.headers_after_program),  # never delays Running
-        Step(TRIO, "program", b.finish_program, when=b.exec_mode, line=False),  # its exit
+        Step(TRIO, "program", b.run_program, when=b.exec_mode, line=False),  # prints program-start,
+        # then (not baseline) headers-spawn: the worker never delays Running
+
         Step(MAIN, "systemd", b.switch_root, when=b.systemd_mode, line=False),  # never returns
     )
 

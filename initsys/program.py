@@ -100,13 +100,12 @@ async def spawn(argv, env, workdir, reaper, *, newroot=NEWROOT, pass_fds=(), ids
     return proc
 
 
-async def _forward_signals(proc):
-    with trio.open_signal_receiver(*FORWARDED_SIGNALS) as signals:
-        async for signum in signals:
-            try:
-                proc.send_signal(signum)
-            except ProcessLookupError:
-                pass
+async def _forward_signals(proc, signals):
+    async for signum in signals:
+        try:
+            proc.send_signal(signum)
+        except ProcessLookupError:
+            pass
 
 
 async def _start(cfg, reaper):
@@ -133,25 +132,29 @@ def no_program():
     return 0, protocol.exit_message(0)
 
 
-async def start(cfg, reaper):
-    """Start the program (stage `program-start`); returns what `finish` takes."""
-    if not cfg.argv:
-        return None, no_program()
-    with Stage("program-start"):  # PROGRAM-START: printed by the child
-        proc, code = await _start(cfg, reaper)
-    return proc, (None if proc is not None else (code, protocol.exit_message(code)))
+async def run(cfg, reaper, after_start=None):
+    """Run the program to completion; returns (exit code, message).  `after_start`: an
+    async callable awaited right after PROGRAM-START (the headers worker's launch).
 
-
-async def finish(started, reaper):
-    """Wait for the program `start` started; returns (exit code, message)."""
-    proc, result = started
-    if proc is None:
-        return result
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_forward_signals, proc)
-        nursery.start_soon(powerbutton.forward_presses, proc)
-        await proc.wait()
-        nursery.cancel_scope.cancel()
+    The signal receiver is open before the spawn: a SIGTERM sent to PID 1 in the
+    program's first instant is forwarded, not lost (PID 1 has no default action)."""
+    with trio.open_signal_receiver(*FORWARDED_SIGNALS) as signals:
+        if not cfg.argv:
+            result = no_program()
+            proc = None
+        else:
+            with Stage("program-start"):  # PROGRAM-START: printed by the child
+                proc, code = await _start(cfg, reaper)
+            result = (code, protocol.exit_message(code))
+        if proc is None:
+            return result
+        if after_start is not None:
+            await after_start()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_forward_signals, proc, signals)
+            nursery.start_soon(powerbutton.forward_presses, proc)
+            await proc.wait()
+            nursery.cancel_scope.cancel()
     reaper.untrack(proc.pid)
     reaper.sweep()
     code, signum = protocol.exit_code_from_returncode(proc.returncode)

@@ -206,7 +206,7 @@ def test_the_steps_name_every_stage_in_order():
                      "modules", "disks", "ports", "control", "rootfs",
                      "config", "newroot", "network", "kernel", "python", "config", "network", "imports", "agent-spawn", "setup-join",
                      "volumes", "network", "units", "headers-spawn", "headers-wait", "agent",
-                     "program", "headers-spawn", "program", "systemd"]
+                     "program", "systemd"]
     where = {step.name: step.where for step in boot_steps()}
     assert where["imports"] == MAIN and where["modules"] == SETUP and where[("volumes", "network")] == TRIO
 
@@ -317,8 +317,8 @@ def test_every_kernel_argument_is_documented():
 
 
 @pytest.mark.parametrize("strategy, tail", [
-    ("concurrent", ["program", "headers-spawn", "program"]),           # never delays Running
-    ("baseline", ["headers-spawn", "headers-wait", "program", "program"]),  # installed first
+    ("concurrent", [("volumes", "network"), "program"]),  # inside `program`, after PROGRAM-START
+    ("baseline", ["headers-spawn", "headers-wait", "program"]),  # installed first
 ])
 def test_the_headers_worker_starts_after_the_program_unless_baseline(strategy, tail, monkeypatch):
     from initsys import headers_launch
