@@ -12,7 +12,7 @@ import os
 
 import trio
 
-from agent import execs, files, sync, wire
+from agent import execs, files, memory, sync, wire
 from agent.mux import Closed, Mux
 from agent.wire import ProtocolError, field
 
@@ -41,6 +41,7 @@ class Agent:
         self.window = window
         self.max_frame = max_frame
         self.stopping = trio.Event()
+        self.copies = {files.run_put, files.run_get, sync.run_sync}   # memory.release() after each
         self.ops = {"exec": execs.run_exec, "stat": files.run_stat, "put": files.run_put,
                     "get": files.run_get, "sync": sync.run_sync, "shutdown": self._shutdown}
 
@@ -218,6 +219,8 @@ class Agent:
             pass
         finally:
             session.close()
+            if handler in self.copies:
+                memory.release()
 
 
 async def serve(transport, agent, handler=None, *, task_status=trio.TASK_STATUS_IGNORED):

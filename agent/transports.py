@@ -47,6 +47,16 @@ MAX_CONNECTIONS = 16
 RECHECK = 5.0
 
 
+PORT_BUFFER = 4096       # what one read() of a port returns at most (the driver's PAGE_SIZE buffers)
+PORT_WRITE = 32 << 10    # what one write() of a port sends at most (port_fops_write)
+MAX_PIECES = 64          # iovecs per readv/writev
+
+
+def pieces(view, size):
+    """`view` cut into `size`-byte memoryviews, at most MAX_PIECES of them."""
+    return [view[i:i + size] for i in range(0, min(len(view), size * MAX_PIECES), size)]
+
+
 class TransportError(Exception):
     """The transport cannot be opened: names the device, path or port."""
 
@@ -69,32 +79,44 @@ class SerialStream(trio.abc.Stream):
     def __init__(self, fd):
         self.fd = fd
         self.gone = False
+        self._view = None       # the read buffer (`_buffer`) and its pieces for readv
+        self._pieces = None
 
     async def receive_some(self, max_bytes=None):
         """Up to max_bytes.  A read() of the port returns at most one 4 KiB buffer of the
-        driver, so this reads on until the port is empty: one wakeup per burst, not per page."""
+        driver, so this reads on until the port is empty: one wakeup per burst, not per
+        page -- and one readv() of page-sized pieces per syscall (the driver has no
+        read_iter: the kernel calls its read() per piece and stops at the first short
+        one), not one read() per page."""
         await trio.lowlevel.checkpoint()
         max_bytes = max_bytes or 65536
-        chunks = []
+        view = self._buffer(max_bytes)
         total = 0
         while not self.gone and total < max_bytes:
             try:
-                data = os.read(self.fd, max_bytes - total)
+                n = os.readv(self.fd, self._pieces if not total and max_bytes == len(view)
+                             else pieces(view[total:max_bytes], PORT_BUFFER))
             except BlockingIOError:
-                if chunks:
+                if total:
                     break
                 await trio.lowlevel.wait_readable(self.fd)
                 continue
             except OSError as e:
                 self.gone = True
                 raise trio.BrokenResourceError(f"virtio-serial read: {e.strerror}") from None
-            if not data:
-                if not chunks:
+            if not n:
+                if not total:
                     self.gone = True    # the host left (the next call sees 0 again if data was pending)
                 break
-            chunks.append(data)
-            total += len(data)
-        return b"".join(chunks)
+            total += n
+        return bytes(view[:total])
+
+    def _buffer(self, size):
+        """The stream's read buffer (kept: no allocation per read), at least `size` bytes."""
+        if self._view is None or len(self._view) < size:
+            self._view = memoryview(bytearray(size))
+            self._pieces = pieces(self._view, PORT_BUFFER)
+        return self._view
 
     async def send_all(self, data):
         await trio.lowlevel.checkpoint()
@@ -103,7 +125,7 @@ class SerialStream(trio.abc.Stream):
             if self.gone:
                 raise trio.BrokenResourceError("the host disconnected")
             try:
-                n = os.write(self.fd, view)
+                n = os.writev(self.fd, pieces(view, PORT_WRITE))
             except BlockingIOError:
                 await trio.lowlevel.wait_writable(self.fd)
                 if not host_connected(self.fd):
