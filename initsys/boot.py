@@ -107,21 +107,21 @@ class Boot:
 
     # -- the setup thread --
     def load_modules(self):
-        """The module closure; a clone's only the block driver (the rest was loaded
-        before its template's checkpoint, and so was the block watcher made)."""
+        """The module closure; a clone's only binds the block driver to its disks (the
+        closure was loaded before its template's checkpoint, and the block watcher made)."""
         if self.checkpointing():
             from initsys import checkpoint
-            kmod.load_all(only=checkpoint.is_block_driver)
+            checkpoint.bind_disks()
             return
         from initsys import devices
         self._watcher = devices.BlockWatcher()  # listening before the block driver loads
         kmod.load_all()
 
     def load_modules_but_disks(self):
-        """The checkpoint's `modules`: the closure without the block driver (no disk probed)."""
+        """The checkpoint's `modules`: the closure, the block driver bound to no disk."""
         from initsys import checkpoint, devices
-        self._watcher = devices.BlockWatcher()  # listening before the block driver loads
-        kmod.load_all(only=lambda path: not checkpoint.is_block_driver(path))
+        self._watcher = devices.BlockWatcher()  # listening before the block driver binds
+        checkpoint.load_modules_unbound()
 
     def prestart_setup_thread(self):
         """A template's boot: the setup thread, started now, waits for its steps."""

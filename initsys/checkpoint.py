@@ -4,12 +4,16 @@ clone of it continues (kernel argument `kindling_checkpoint=1`, issue 12).
 A template (host_shim/template.py) is a guest stopped after the work that is the same
 on every boot -- the API mounts, the module closure, `import trio` and the agent's
 imports, the agent forked, the network helper prestarted, the control port open --
-and before anything instance-specific.  The line between the two is the block driver:
-the checkpoint's boot loads every module of the closure except `virtio_blk`, so the
-template's guest has never probed a disk, never read a config.json, an overlay or a
-volume, and no page of any disk is in its page cache.  A clone restored from the
-template then sees its own disks (its own serials, its own images) when the driver
-probes them after the resume, exactly as a cold boot does.
+and before anything instance-specific.  The line between the two is the probe of the
+disks: the checkpoint's boot loads the whole module closure, `virtio_blk` last with the
+virtio bus's driver autoprobe off (`/sys/bus/virtio/drivers_autoprobe`), so the driver's
+code is in the kernel but bound to no device.  The template's guest has never probed a
+disk, never read a config.json, an overlay or a volume, and no page of any disk is in
+its page cache.  A clone restored from the template binds the driver to its block
+devices after the resume (`bind_disks`, in virtio index order: the names vda, vdb...
+are a cold boot's) and so sees its own disks -- their serials, sizes and contents --
+exactly as a cold boot does, without paying the module's load (its signature check and
+relocations: measured in bench/create_running.py's `template` variant).
 
 The handshake, on a dedicated virtio-serial port `org.kindling.resume.0` whose host
 end is a unix socket QEMU listens on (`resume.sock` in the instance directory):
@@ -23,8 +27,8 @@ end is a unix socket QEMU listens on (`resume.sock` in the instance directory):
    code, the one definition, also used by the agent after a restore -- then answers
    `ok\\n`, takes the config (the same bytes as the clone's config disk holds: the
    host makes both with image_build/disks.config_bytes), launches the network helper
-   with it and only then loads the block driver; the boot goes on from `disks` as a
-   cold one, with the network configured while the disks are probed.
+   with it and only then binds the block driver to the disks; the boot goes on from
+   `disks` as a cold one, with the network configured while the disks are probed.
 
 Why the config travels on the line: the network helper's netlink work is the longest
 stage of a clone (~0.8 s of guest time, with TCG's translation cache empty after the
@@ -59,9 +63,52 @@ def requested(environ=os.environ):
     return environ.get("kindling_checkpoint") == "1"
 
 
+VIRTIO_BUS = "/sys/bus/virtio"
+VIRTIO_ID_BLOCK = 2     # a virtio device's `device` file (include/uapi/linux/virtio_ids.h)
+
+
 def is_block_driver(path):
     """Whether a module file of the closure is the block driver (virtio_blk.ko[.xz...])."""
     return os.path.basename(path).split(".", 1)[0] == BLOCK_DRIVER
+
+
+def _write(path, text):
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def load_modules_unbound(bus=VIRTIO_BUS):
+    """The checkpoint's `modules`: the closure, the block driver last and bound to no
+    device (the bus's autoprobe off while it registers, on again after)."""
+    from initsys import kmod
+
+    kmod.load_all(only=lambda path: not is_block_driver(path))
+    _write(f"{bus}/drivers_autoprobe", "0")
+    try:
+        kmod.load_all(only=is_block_driver)
+    finally:
+        _write(f"{bus}/drivers_autoprobe", "1")
+
+
+def block_devices(bus=VIRTIO_BUS):
+    """The virtio block devices not bound to a driver, in index order (virtio0, virtio1...)."""
+    found = []
+    for name in os.listdir(f"{bus}/devices"):
+        device = f"{bus}/devices/{name}"
+        with open(f"{device}/device") as f:
+            if int(f.read(), 16) != VIRTIO_ID_BLOCK or os.path.exists(f"{device}/driver"):
+                continue
+        found.append(name)
+    return sorted(found, key=lambda name: int(name.removeprefix("virtio")))
+
+
+def bind_disks(bus=VIRTIO_BUS):
+    """A clone, after the resume: the block driver probes its disks (one at a time, in
+    index order: the names are a cold boot's).  Returns the devices bound."""
+    names = block_devices(bus)
+    for name in names:
+        _write(f"{bus}/drivers/{BLOCK_DRIVER}/bind", name)
+    return names
 
 
 def parse(line):

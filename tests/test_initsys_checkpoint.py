@@ -110,3 +110,37 @@ def test_resume_applies_the_hosts_clock_and_entropy_before_answering(monkeypatch
 def _write_to(target, port, real_write):
     """os.write, with the port's writes sent to `target` (a pipe's read end cannot be written)."""
     return lambda fd, data: real_write(target if fd == port else fd, data)
+
+
+def test_the_template_loads_the_block_driver_with_autoprobe_off(tmp_path, monkeypatch):
+    """Issue 12: the driver's code is loaded before the checkpoint, bound to no disk."""
+    listed = [f"/lib/modules/x/{n}" for n in ("virtio_pci.ko", "virtio_blk.ko", "virtio_net.ko")]
+    monkeypatch.setattr(kmod, "module_paths", lambda path: listed if path == kmod.MODULES_LIST else [])
+    (tmp_path / "drivers_autoprobe").write_text("1\n")
+    seen = []
+    monkeypatch.setattr(kmod, "load", lambda path: seen.append(
+        (os.path.basename(path), (tmp_path / "drivers_autoprobe").read_text().strip())))
+    checkpoint.load_modules_unbound(str(tmp_path))
+    assert seen == [("virtio_pci.ko", "1"), ("virtio_net.ko", "1"), ("virtio_blk.ko", "0")]
+    assert (tmp_path / "drivers_autoprobe").read_text() == "1"
+
+
+def virtio_device(bus, name, device_id, bound=False):
+    path = bus / "devices" / name
+    path.mkdir(parents=True)
+    (path / "device").write_text(f"0x{device_id:04x}\n")
+    if bound:
+        (path / "driver").mkdir()
+
+
+def test_a_clone_binds_its_unbound_block_devices_in_index_order(tmp_path, monkeypatch):
+    virtio_device(tmp_path, "virtio10", 2)
+    virtio_device(tmp_path, "virtio2", 2)
+    virtio_device(tmp_path, "virtio0", 3)               # the console
+    virtio_device(tmp_path, "virtio1", 1, bound=True)   # the network card
+    virtio_device(tmp_path, "virtio3", 2, bound=True)   # already bound: left alone
+    writes = []
+    monkeypatch.setattr(checkpoint, "_write", lambda path, text: writes.append((path, text)))
+    assert checkpoint.bind_disks(str(tmp_path)) == ["virtio2", "virtio10"]
+    bind = f"{tmp_path}/drivers/virtio_blk/bind"
+    assert writes == [(bind, "virtio2"), (bind, "virtio10")]
