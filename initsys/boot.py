@@ -131,6 +131,7 @@ class Boot:
 
     def checkpoint(self):
         from initsys import checkpoint
+        checkpoint.import_after_resume()
         self._resumed_config = checkpoint.wait_and_resume()
 
     def read_resumed_config(self):
