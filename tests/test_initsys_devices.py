@@ -4,6 +4,7 @@ import subprocess
 
 import pytest
 
+from initsys import devices
 from initsys.devices import fs_type, resolve_roles
 
 ROLES = ("rootfs", "overlay", "config")
@@ -58,3 +59,16 @@ def test_power_button_presses_are_counted_from_input_events():
     assert presses(press + sync + release + sync) == 1
     assert presses(other + release) == 0
     assert presses(press + press[:10]) == 1   # a torn trailing event is ignored
+
+
+def test_coldplug_reads_the_disks_and_their_serials_from_sysfs(tmp_path):
+    """The disks that exist before the wait: /sys/block's entries (not libudev's enumeration)."""
+    for name, serial in (("vda", "rootfs"), ("vdb", "overlay"), ("vdc", None)):
+        (tmp_path / "block" / name).mkdir(parents=True)
+        if serial:
+            (tmp_path / "block" / name / "serial").write_text(serial + "\n")
+    watcher = object.__new__(devices.BlockWatcher)   # no uevent socket: only what exists
+    watcher.disks = {}
+    watcher.coldplug(str(tmp_path))
+    assert watcher.disks == {"vda": "rootfs", "vdb": "overlay", "vdc": ""}
+    assert watcher._found(("rootfs", "overlay")) == {"rootfs": "/dev/vda", "overlay": "/dev/vdb"}
