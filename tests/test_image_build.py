@@ -196,6 +196,31 @@ def test_given_kernel_and_modules(built, cache_dir, tmp_path):
     assert len(plain) == 1 and art.initrd.read_bytes() == main
 
 
+def test_a_changed_closure_module_or_modules_dep_rebuilds_the_initrd(built, cache_dir, tmp_path):
+    """The cache key names the module tree by its modules.dep (no walk of ~4,000 files per
+    create); the closure's .ko files are checked as host files, so touching one -- or
+    modules.dep -- still rebuilds."""
+    rel = built.kernel_release
+    tree = tmp_path / "kbase" / "lib" / "modules" / rel
+    shutil.copytree(built.info["modules_dir"], tree, symlinks=True, copy_function=os.link)
+    blk = next(tree.rglob("virtio_blk.ko*"))
+    data = blk.read_bytes()     # its own copy: utime must not touch the cache's file
+    blk.unlink()
+    blk.write_bytes(data)
+    subprocess.run(["depmod", "-b", tmp_path / "kbase", rel], check=True, timeout=300)
+
+    def build():
+        return build_all(BuildOptions(out_dir=tmp_path / "out", kernel=built.kernel, modules=tree,
+                                      cache_dir=cache_dir)).info["initrd"]["cached"]
+    build()
+    assert build() is True
+    os.utime(blk, ns=(1, 1))
+    assert build() is False
+    assert build() is True
+    os.utime(tree / "modules.dep", ns=(1, 1))
+    assert build() is False
+
+
 def test_initrd_layout(built, initrd_entries):
     e = initrd_entries
     for link, target in [("bin", "usr/bin"), ("sbin", "usr/sbin"), ("lib", "usr/lib"), ("lib64", "usr/lib64")]:
