@@ -32,6 +32,7 @@ listener code with the unix socket, which the tests use.
 
 import errno
 import fcntl
+import mmap
 import os
 import select
 import signal
@@ -112,9 +113,13 @@ class SerialStream(trio.abc.Stream):
         return bytes(view[:total])
 
     def _buffer(self, size):
-        """The stream's read buffer (kept: no allocation per read), at least `size` bytes."""
+        """The stream's read buffer (kept: no allocation per read), at least `size` bytes.
+        An anonymous mapping, not a bytearray: its pages cost memory only once a read has
+        written them (a bytearray is zero-filled at once, and inside the heap: the agent
+        inherits PID 1's raised mmap threshold), so an agent that only runs commands keeps
+        a page or two of it."""
         if self._view is None or len(self._view) < size:
-            self._view = memoryview(bytearray(size))
+            self._view = memoryview(mmap.mmap(-1, size))
             self._pieces = pieces(self._view, PORT_BUFFER)
         return self._view
 
