@@ -48,9 +48,21 @@ def private_home(prefix):
     try:
         yield path
     finally:
+        delete_instances(path)                           # with their network namespaces
         for pid in qemu_pids_using(path):                # a failed test must not leak VMs
             os.kill(pid, signal.SIGKILL)
         shutil.rmtree(path, ignore_errors=True)
+
+
+def delete_instances(home):
+    """`kindling delete` every instance of `home`: removing the directory alone left each
+    --net instance's network namespace behind (kindling-ID, three per run of
+    tests/test_vm_fork.py)."""
+    listed = kindling(home, "list", "--json", check=False, timeout=60)
+    if listed.returncode != 0:
+        return
+    for instance in json.loads(listed.stdout):
+        kindling(home, "delete", instance["id"], check=False, timeout=120)
 
 
 def kindling_run(home, *args, timeout=300):
