@@ -31,6 +31,7 @@ class Boot:
         self.switch = None      # systemd mode, after units
         self._disks = None
         self._watcher = None
+        self._unbound = ()      # a template's block devices, bound by each clone (initsys/checkpoint.py)
         self._headers = None
         self._resumed_config = None   # a clone's config.json, from the resume line
         self._init_exec = None        # (when the kernel exec'd /init,): read before a checkpoint
@@ -112,7 +113,7 @@ class Boot:
         closure was loaded before its template's checkpoint, and the block watcher made)."""
         if self.checkpointing():
             from initsys import checkpoint
-            checkpoint.bind_disks()
+            checkpoint.bind_disks(self._unbound)
             return
         from initsys import devices
         self._watcher = devices.BlockWatcher()  # listening before the block driver loads
@@ -122,7 +123,7 @@ class Boot:
         """The checkpoint's `modules`: the closure, the block driver bound to no disk."""
         from initsys import checkpoint, devices
         self._watcher = devices.BlockWatcher()  # listening before the block driver binds
-        checkpoint.load_modules_unbound()
+        self._unbound = checkpoint.load_modules_unbound()
 
     def prestart_setup_thread(self):
         """A template's boot: the setup thread, started now, waits for its steps."""
@@ -130,11 +131,14 @@ class Boot:
         self.setup = SetupThread()
         self.setup.start()
 
-    def checkpoint(self):
+    async def checkpoint(self):
+        """Inside trio (started before the checkpoint, initsys/steps.py); the wait is in
+        trio's worker thread, which a clone's `setup-join` then finds already started."""
+        import trio
         from initsys import checkpoint
         checkpoint.import_after_resume()
         self._init_exec = (self._read_init_exec(),)   # the template's boot: every clone's kernel
-        self._resumed_config = checkpoint.wait_and_resume()
+        self._resumed_config = await trio.to_thread.run_sync(checkpoint.wait_and_resume)
 
     def read_resumed_config(self):
         """A clone's config.json, given on the resume line (initsys/checkpoint.py says why)."""

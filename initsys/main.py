@@ -32,7 +32,7 @@ def steps(b):
         Step(MAIN, "imports", b.import_trio, when=warm),
         Step(MAIN, "agent-spawn", b.spawn_agent, when=both(warm, b.agent_forks_late)),
         Step(MAIN, "setup-thread", b.prestart_setup_thread, when=warm, line=False),  # idle until then
-        Step(MAIN, "checkpoint", b.checkpoint, when=warm),            # snapshotted; clones go on
+        Step(TRIO, "checkpoint", b.checkpoint, when=warm),   # trio starts; snapshotted; clones go on
         # -- every boot from here (a cold one does its modules, ports, control here) --
         Step(SETUP, "modules", b.load_modules),                         # a clone: the block driver
         Step(SETUP, "disks", b.wait_for_disks),

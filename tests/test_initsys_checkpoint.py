@@ -117,6 +117,7 @@ def test_the_template_loads_the_block_driver_with_autoprobe_off(tmp_path, monkey
     listed = [f"/lib/modules/x/{n}" for n in ("virtio_pci.ko", "virtio_blk.ko", "virtio_net.ko")]
     monkeypatch.setattr(kmod, "module_paths", lambda path: listed if path == kmod.MODULES_LIST else [])
     (tmp_path / "drivers_autoprobe").write_text("1\n")
+    (tmp_path / "devices").mkdir()
     seen = []
     monkeypatch.setattr(kmod, "load", lambda path: seen.append(
         (os.path.basename(path), (tmp_path / "drivers_autoprobe").read_text().strip())))
@@ -139,8 +140,11 @@ def test_a_clone_binds_its_unbound_block_devices_in_index_order(tmp_path, monkey
     virtio_device(tmp_path, "virtio0", 3)               # the console
     virtio_device(tmp_path, "virtio1", 1, bound=True)   # the network card
     virtio_device(tmp_path, "virtio3", 2, bound=True)   # already bound: left alone
+    monkeypatch.setattr(kmod, "module_paths", lambda path: [])
+    names = checkpoint.load_modules_unbound(str(tmp_path))    # the template lists them
+    assert names == ["virtio2", "virtio10"]
     writes = []
     monkeypatch.setattr(checkpoint, "_write", lambda path, text: writes.append((path, text)))
-    assert checkpoint.bind_disks(str(tmp_path)) == ["virtio2", "virtio10"]
+    checkpoint.bind_disks(names, str(tmp_path))               # each clone binds them
     bind = f"{tmp_path}/drivers/virtio_blk/bind"
     assert writes == [(bind, "virtio2"), (bind, "virtio10")]

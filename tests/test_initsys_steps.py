@@ -158,6 +158,42 @@ def test_runner_runs_main_setup_and_trio_steps_in_order_and_skips(capfd, timelin
     assert stage_lines(capfd.readouterr().out) == ["a", "b", "s1", "s2", "join", "c"]
 
 
+def test_a_wanted_trio_step_starts_the_one_trio_run_for_every_step_up_to_the_last(monkeypatch):
+    """A template's boot: trio starts at its checkpoint (a TRIO step before the SETUP
+    ones); the MAIN steps after it run inside that trio.run, those after the last TRIO
+    step outside it (systemd mode's exec), and an unwanted TRIO step starts nothing."""
+    r = Recorder()
+    runs = []
+    real_run = trio.run
+    monkeypatch.setattr(trio, "run", lambda *args: (runs.append(args[0]), real_run(*args))[1])
+
+    def where(name):
+        def action():
+            try:
+                trio.lowlevel.current_trio_token()
+                r.ran.append((name, "in trio"))
+            except RuntimeError:
+                r.ran.append((name, "outside"))
+        return action
+
+    plan = (
+        Step(MAIN, "before", where("before")),
+        Step(TRIO, "unwanted", r.act_async("unwanted"), when=lambda: False),
+        Step(MAIN, "still-before", where("still-before")),
+        Step(TRIO, "checkpoint", r.act_async("checkpoint")),
+        Step(SETUP, "s", r.act("s")),
+        Step(MAIN, "config", where("config")),
+        Step(TRIO, "join", r.join),
+        Step(MAIN, "systemd", where("systemd")),
+    )
+    steps.run(plan, r)
+    assert len(runs) == 1
+    assert ("s", "setup") in r.ran        # on the setup thread, beside `config`
+    assert [entry for entry in r.ran if entry != ("s", "setup")] == [
+        ("before", "outside"), ("still-before", "outside"), ("checkpoint", "trio"),
+        ("config", "in trio"), ("systemd", "outside")]
+
+
 def test_a_setup_failure_surfaces_at_the_join_naming_its_stage():
     r = Recorder()
     plan = (
