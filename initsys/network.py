@@ -121,6 +121,8 @@ def main(argv):
         else:
             settings, rest = json.loads(argv[0]), argv[1:]
         configure(settings, rest[0] if rest else "eth0", ipr)
+        from initsys.helpers import report_done
+        report_done()      # PID 1 goes on; this process's exit is reaped later
     except Exception as e:  # reported to PID 1 in one line
         from initsys.failure import describe
         sys.stderr.write(f"{describe(e)}\n")

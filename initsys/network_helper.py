@@ -48,7 +48,7 @@ class NetworkHelper:
     def prestart(self):
         """Start the helper on the hint alone: it imports, then waits for its work."""
         self._expect(IDLE)
-        self._helper = helpers.launch(self.reaper, "network", deferred=True)
+        self._helper = helpers.launch(self.reaper, "network", deferred=True, reports=True)
         self.state = PRESTARTED
 
     def settle(self, cfg, launch_now):
@@ -69,7 +69,7 @@ class NetworkHelper:
             self._helper.release(settings.encode())
         else:
             self._expect(IDLE)
-            self._helper = helpers.launch(self.reaper, "network", settings)
+            self._helper = helpers.launch(self.reaper, "network", settings, reports=True)
         self.state = LAUNCHED
 
     async def finish(self):

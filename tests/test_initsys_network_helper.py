@@ -155,3 +155,35 @@ def test_a_link_that_is_there_costs_no_uevent_monitor(tmp_path, monkeypatch):
     made = []
     monkeypatch.setattr(devices, "LinkWatcher", lambda: made.append(1) or pytest.fail("monitor made"))
     assert devices.wait_for_link("eth0", 5, sysfs=str(tmp_path)) and made == []
+
+
+def test_a_reporting_helper_is_done_when_it_says_so_and_reaped_when_it_exits(monkeypatch):
+    """helpers.DONE: finish() returns on the helper's word, while its process still runs
+    (its exit, an interpreter's teardown, is off the boot's path); a system task reaps
+    it once it exits, so the reaper is never left with a tracked zombie."""
+    child = ("import os, sys; from initsys import helpers; helpers.report_done(); "
+             "os.read(int(sys.argv[2]), 1)")     # then it waits for its go pipe
+    monkeypatch.setattr(helpers, "helper_argv", lambda module, *args: [sys.executable, "-c", child, *args])
+    reaper = Reaper()
+    helper = helpers.launch(reaper, "probe", deferred=True, reports=True)
+
+    async def main():
+        with trio.fail_after(30):
+            await helpers.finish(reaper, helper, timeout=30)
+        assert helper.popen.poll() is None and helper.popen.pid in reaper.tracked   # still running
+        helper.release(b"x")
+        with trio.fail_after(30):
+            while helper.popen.returncode is None:     # the system task's wait
+                await trio.sleep(0.01)
+    trio.run(main)
+    assert helper.popen.returncode == 0 and helper.popen.pid not in reaper.tracked
+
+
+def test_a_reporting_helper_that_exits_without_done_fails_with_its_message(monkeypatch):
+    monkeypatch.setattr(helpers, "helper_argv", lambda module, *a: [
+        sys.executable, "-c", "import sys; sys.stderr.write('no netlink\\n'); sys.exit(1)"])
+    reaper = Reaper()
+    helper = helpers.launch(reaper, "probe", reports=True)
+    with pytest.raises(helpers.HelperFailed, match="no netlink"):
+        trio.run(lambda: helpers.finish(reaper, helper, timeout=30))
+    assert helper.popen.pid not in reaper.tracked
