@@ -126,7 +126,7 @@ async def finish(reaper, helper, *, timeout):
         if helper.reports and await _said_done(helper.popen):
             trio.lowlevel.spawn_system_task(_reap_later, reaper, helper)
             return
-        await _exited(helper.popen)
+        await exited(helper.popen)
     if scope.cancelled_caught:
         helper.popen.kill()
     err = _collect(reaper, helper)
@@ -145,7 +145,8 @@ async def _said_done(popen):
     return os.read(popen.stdout.fileno(), len(DONE)) == DONE
 
 
-async def _exited(popen):
+async def exited(popen):
+    """Wait (trio) until the process exits, on a pidfd; it is not reaped."""
     import trio
 
     pidfd = os.pidfd_open(popen.pid)
@@ -170,7 +171,7 @@ def _collect(reaper, helper):
 async def _reap_later(reaper, helper):
     """A system task (it must not raise): reap a helper that said DONE once it exits."""
     try:
-        await _exited(helper.popen)
+        await exited(helper.popen)
         _collect(reaper, helper)
     except OSError:
         pass  # gone already: nothing left to reap

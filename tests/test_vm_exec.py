@@ -38,6 +38,24 @@ def test_default_path_and_home(home):
     assert r.stdout == "/root|/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin|/\n"
 
 
+def test_a_missing_workdir_is_made_and_entered(home):
+    """The usual spawn (no user): PID 1 is in the new root for the moment of a vfork
+    spawn (initsys/program.py); the workdir is made there, not in the initramfs."""
+    r = kindling_run(home, "--workdir", "/made/by/pid1", "--", "sh", "-c",
+                     'echo "$(pwd)|$(id -u)|$(ls -d /made/by/pid1)|$(ls /usr/lib/kindling 2>&1 | head -c 40)"')
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("/made/by/pid1|0|/made/by/pid1|ls: /usr/lib/kindling: No such file"), r.stdout
+
+
+def test_a_user_runs_in_its_workdir_with_its_ids(home):
+    """config.json `user` (a number: no passwd entry needed): the forked child chroots,
+    drops its privileges, then enters the workdir it made."""
+    r = kindling_run(home, "--user", "1234:2345", "--workdir", "/w/x", "--", "sh", "-c",
+                     'echo "$(pwd)|$(id -u)|$(id -g)|$HOME"')
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "/w/x|1234|2345|/\n", r.stdout
+
+
 def test_sigterm_to_pid1_is_forwarded_to_the_program(home):
     script = 'trap "echo got TERM; exit 5" TERM; kill -TERM 1; i=0; while [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; exit 9'
     r = kindling_run(home, "--", "sh", "-c", script)
