@@ -137,6 +137,21 @@ class BlockWatcher:
         return out
 
 
+async def wait_for_disks(names, timeout, sysfs="/sys"):
+    """Wait (trio) until every /dev/<name> in `names` exists as a disk; returns the names
+    still missing when `timeout` passes (empty: all there).  Disks that are there already
+    cost a stat each: the uevent monitor (pyudev's, through ctypes: guest CPU on a clone's
+    path after a template's restore) is made only when one must be waited for."""
+    import trio
+
+    if all(os.path.exists(f"{sysfs}/block/{name}") for name in names):
+        return []
+    watcher = BlockWatcher()
+    with trio.move_on_after(timeout):
+        await watcher.wait_for_names(names)     # re-checks /sys/block once it listens
+    return [name for name in names if name not in watcher.disks]
+
+
 def wait_for_link(ifname, timeout, sysfs="/sys"):
     """Block until /sys/class/net/<ifname> exists; False when `timeout` passes.  An
     interface that is there already costs one stat: the uevent monitor (pyudev's

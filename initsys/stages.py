@@ -88,15 +88,12 @@ def network_starts_early(cfg, strategy):
 async def volume_stage(cfg, newroot):
     import trio
 
-    from initsys.devices import BlockWatcher
+    from initsys.devices import wait_for_disks
 
-    watcher = BlockWatcher()
-    names = volumes.device_names(cfg.volume_mounts)
-    with trio.move_on_after(VOLUME_TIMEOUT) as scope:
-        await watcher.wait_for_names(names)
-    if scope.cancelled_caught:
-        missing = [f"/dev/{n}" for n in names if n not in watcher.disks]
-        raise volumes.VolumeError(f"volume devices not found within {VOLUME_TIMEOUT:.0f} s: {', '.join(missing)}")
+    missing = await wait_for_disks(volumes.device_names(cfg.volume_mounts), VOLUME_TIMEOUT)
+    if missing:
+        raise volumes.VolumeError(f"volume devices not found within {VOLUME_TIMEOUT:.0f} s: "
+                                  + ", ".join(f"/dev/{name}" for name in missing))
     # mount(2) blocks (journal checks, device I/O): keep it off the event loop
     await trio.to_thread.run_sync(volumes.mount_all, cfg.volume_mounts, newroot)
     if any(os.path.normpath(v.path) == "/" for v in cfg.volume_mounts):
