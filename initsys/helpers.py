@@ -105,8 +105,8 @@ def launch(reaper, module, *args, deferred=False, env=None, pass_fds=(),
     try:
         with reaper.spawning_sync():
             popen = subprocess.Popen(helper_argv(module, *args), env=env, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE if reports else stdout, stderr=stderr, pass_fds=pass_fds,
-                                     start_new_session=new_session)
+                                     stdout=subprocess.PIPE if reports else stdout, stderr=stderr,
+                                     pass_fds=pass_fds, start_new_session=new_session)
             reaper.track(popen.pid)
     finally:
         if go_r is not None:
