@@ -38,7 +38,8 @@ def configure_in_namespace(settings):
     out = subprocess.run(["unshare", "-n", "-u", sys.executable, "-c", SCRIPT, json.dumps(settings)],
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)
+    said, result = out.stdout.split("\n", 1)     # the helper's own line comes first
+    return dict(json.loads(result), said=said)
 
 
 def test_the_prestarted_helper_configures_lo_and_eth0():
@@ -46,4 +47,5 @@ def test_the_prestarted_helper_configures_lo_and_eth0():
                                   "mtu": 1400, "hostname": "clone-1"})
     assert got["lo_before"] == "DOWN"     # a fresh namespace: the helper brought it up
     assert got == {"code": 0, "lo_before": "DOWN", "lo_up": True, "eth0_up": True, "mtu": 1400,
-                   "addrs": ["10.9.0.2/24"], "gateways": ["10.9.0.1"], "hostname": "clone-1"}
+                   "addrs": ["10.9.0.2/24"], "gateways": ["10.9.0.1"], "hostname": "clone-1",
+                   "said": "done"}     # helpers.DONE, once configured: PID 1 goes on then
