@@ -92,7 +92,9 @@ def user_ids(cfg, env, newroot=NEWROOT):
 
 
 class Program:
-    """The running program: its Popen, awaited on a pidfd (no thread, no polling)."""
+    """The running program: its Popen, awaited on a pidfd (no thread, no polling).  Not
+    trio's Process: that is made only by trio's own spawn, which forks in a worker thread
+    and so cannot hold PID 1's chroot window (see _popen_in_root)."""
 
     def __init__(self, popen):
         self.popen = popen
@@ -127,8 +129,7 @@ def _popen_in_root(newroot, argv, env, workdir, **streams):
             return subprocess.Popen(argv, env=env, cwd=workdir, start_new_session=True, **streams)
         finally:
             os.fchdir(old_root)
-            os.chroot(".")
-            os.chdir("/")
+            os.chroot(".")      # back in the initramfs, its root also the cwd again
     finally:
         os.close(old_root)
 
