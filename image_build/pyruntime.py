@@ -580,9 +580,12 @@ def stage_runtime(stage_root: Path, site: Path, repo_root: Path, work: Path,
 def compile_tree(stage_root: Path, dirs: list[Path]) -> None:
     """Compile with the guest interpreter: legacy layout (-b), unchecked-hash,
     file names as seen in the guest (-s stage -p /), one process, sorted order
-    (so the output is reproducible)."""
+    (so the output is reproducible), at optimization level 2 (-o 2: docstrings
+    and asserts left out -- every interpreter's heap of code objects is smaller,
+    and shared by PID 1 and the agent it forks; the sourceless loader reads the
+    x.pyc whatever the running interpreter's -O level)."""
     argv = [
-        GUEST_PYTHON, "-I", "-S", "-B", "-m", "compileall", "-q", "-b",
+        GUEST_PYTHON, "-I", "-S", "-B", "-m", "compileall", "-q", "-b", "-o", "2",
         "--invalidation-mode", "unchecked-hash",
         "-s", stage_root, "-p", "/",
         *dirs,
