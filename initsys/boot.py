@@ -115,9 +115,7 @@ class Boot:
             from initsys import checkpoint
             checkpoint.bind_disks(self._unbound)
             return
-        from initsys import devices
-        self._watcher = devices.BlockWatcher()  # listening before the block driver loads
-        kmod.load_all()
+        kmod.load_all()   # the disks present are probed as it loads: wait_for_disks lists them
 
     def load_modules_but_disks(self):
         """The checkpoint's `modules`: the closure, the block driver bound to no disk."""
@@ -146,12 +144,9 @@ class Boot:
         self._settle_config(protocol.parse_config(self._resumed_config))
 
     def wait_for_disks(self):
+        from initsys import devices
         roles = DISK_ROLES if self.cold() else CLONE_DISK_ROLES
-        disks = self._watcher.wait_for_roles(roles, DISK_TIMEOUT)
-        if disks is None:
-            raise OSError(f"disks not found within {DISK_TIMEOUT:.0f} s: "
-                          + ", ".join(self._watcher.missing(roles)))
-        self._disks = disks
+        self._disks = devices.wait_for_roles(roles, DISK_TIMEOUT, self._watcher)
 
     def wait_for_agent_port(self):
         from initsys import agent_gate, ports

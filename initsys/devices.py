@@ -1,9 +1,12 @@
 """Event-driven wait for block devices, with pyudev on the kernel's uevents.
 
 There is no udevd in the initrd, so we subscribe to the *kernel* uevent source.
-The monitor is started before the modules load; then we enumerate what
-already exists (coldplug) and wait on the monitor's socket for the rest.
-Nothing sleeps or polls: trio wakes us when the netlink socket is readable.
+A wait first lists what exists (/sys/block): the block driver probes the disks
+present while its module loads, so on a cold boot they are there once `modules`
+is done.  Only when one is missing is the monitor started; then we enumerate
+what exists again (coldplug: nothing is lost between the two) and wait on the
+monitor's socket for the rest.  Nothing sleeps or polls: poll() or trio wakes
+us when the netlink socket is readable.
 
 Disks are identified by their virtio-blk serial (`/sys/block/X/serial`:
 rootfs, overlay, config, vol-N) when the host set one, else by position
@@ -43,6 +46,50 @@ def read_serial(name, sysfs="/sys"):
         return ""
 
 
+def disks_present(sysfs="/sys"):
+    """{name: serial} of the disks that exist: /sys/block lists them (not their partitions).
+    Read directly, not enumerated through libudev: after a template's restore pyudev's
+    enumeration was most of the `disks` stage."""
+    return {name: read_serial(name, sysfs) for name in os.listdir(f"{sysfs}/block")}
+
+
+def roles_found(disks, roles):
+    """{role: '/dev/<name>'} when every role maps to one of `disks`, else None."""
+    found = resolve_roles(disks, roles)
+    if len(found) == len(roles):
+        return {role: "/dev/" + name for role, name in found.items()}
+    return None
+
+
+def missing_roles(disks, roles):
+    """The roles no disk of `disks` maps to, each with what it was looked for by."""
+    found = resolve_roles(disks, roles)
+    out = []
+    for role in roles:
+        if role not in found:
+            pos = POSITIONAL.get(role)
+            out.append(f"{role} (serial={role}" + (f" or /dev/{pos})" if pos else ")"))
+    return out
+
+
+def wait_for_roles(roles, timeout, watcher=None, sysfs="/sys"):
+    """Block until every role maps to a disk: {role: '/dev/<name>'}; OSError naming the
+    missing roles when `timeout` seconds pass first.  Disks that are there already cost a
+    listing of /sys/block: the uevent monitor (pyudev's, libudev through ctypes: guest CPU
+    beside PID 1's imports, and memory) is made only when one must be waited for.
+    `watcher`: one made earlier (a template's, listening before its block driver binds)."""
+    if watcher is None:
+        found = roles_found(disks_present(sysfs), roles)
+        if found is not None:
+            return found
+        watcher = BlockWatcher()
+    found = watcher.wait_for_roles(roles, timeout)
+    if found is None:
+        raise OSError(f"disks not found within {timeout:.0f} s: "
+                      + ", ".join(missing_roles(watcher.disks, roles)))
+    return found
+
+
 def resolve_roles(disks, roles):
     """Map each wanted role to a disk name.
 
@@ -78,11 +125,9 @@ class BlockWatcher:
             self.disks[name] = read_serial(name, sysfs)
 
     def coldplug(self, sysfs="/sys"):
-        """The disks that exist already: /sys/block lists them (not their partitions).
-        Read directly, not enumerated through libudev: after a template's restore
-        pyudev's enumeration was most of the `disks` stage."""
-        for name in os.listdir(f"{sysfs}/block"):
-            self._add(name, sysfs)
+        """The disks that exist already (disks_present)."""
+        for name, serial in disks_present(sysfs).items():
+            self.disks.setdefault(name, serial)
 
     def _drain(self):
         while True:
@@ -93,10 +138,7 @@ class BlockWatcher:
                 self._add(device.sys_name)
 
     def _found(self, roles):
-        found = resolve_roles(self.disks, roles)
-        if len(found) == len(roles):
-            return {role: "/dev/" + name for role, name in found.items()}
-        return None
+        return roles_found(self.disks, roles)
 
     def wait_for_roles(self, roles, timeout):
         """Block until every role maps to a disk; returns {role: '/dev/<name>'}.
@@ -126,15 +168,6 @@ class BlockWatcher:
         while not all(name in self.disks for name in names):
             await trio.lowlevel.wait_readable(self._monitor.fileno())
             self._drain()
-
-    def missing(self, roles):
-        found = resolve_roles(self.disks, roles)
-        out = []
-        for role in roles:
-            if role not in found:
-                pos = POSITIONAL.get(role)
-                out.append(f"{role} (serial={role}" + (f" or /dev/{pos})" if pos else ")"))
-        return out
 
 
 async def wait_for_disks(names, timeout, sysfs="/sys"):

@@ -39,8 +39,21 @@ def link_ports(ports, dev=DEV_PORTS):
             os.symlink(f"../{port}", link)
 
 
-def wait_for_port(name, timeout):
-    """Create the /dev/virtio-ports links once `name` exists; its path, or None on timeout."""
+def wait_for_port(name, timeout, sysfs=SYSFS_PORTS, dev=DEV_PORTS):
+    """Create the /dev/virtio-ports links once `name` exists; its path, or None on timeout.
+    A port already named costs a listing: the uevent monitor (pyudev's, libudev through
+    ctypes: guest CPU beside PID 1's imports, and memory) is made only to wait for one."""
+    ports = named_ports(sysfs)
+    if name not in ports:
+        ports = _wait_named(name, timeout, sysfs)
+        if ports is None:
+            return None
+    link_ports(ports, dev)
+    return f"{dev}/{name}"
+
+
+def _wait_named(name, timeout, sysfs):
+    """named_ports() once it holds `name`, on uevents (re-read once listening); None on timeout."""
     from initsys.devices import load_pyudev
 
     pyudev = load_pyudev()
@@ -50,11 +63,10 @@ def wait_for_port(name, timeout):
     waiter = select.poll()
     waiter.register(monitor.fileno(), select.POLLIN)
     deadline = time.monotonic() + timeout
-    while name not in (ports := named_ports()):
+    while name not in (ports := named_ports(sysfs)):
         remaining = deadline - time.monotonic()
         if remaining <= 0 or not waiter.poll(remaining * 1000):
             return None
         while monitor.poll(timeout=0) is not None:
             pass
-    link_ports(ports)
-    return f"{DEV_PORTS}/{name}"
+    return ports

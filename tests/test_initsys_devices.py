@@ -99,3 +99,30 @@ def test_volume_disks_that_exist_cost_no_uevent_monitor(tmp_path, monkeypatch):
     assert FakeWatcher.made == 0
     assert trio.run(devices.wait_for_disks, ["vdd", "vdf"], 0.01, str(tmp_path)) == ["vdd", "vdf"]
     assert FakeWatcher.made == 1
+
+
+def test_disks_already_there_cost_no_uevent_monitor(tmp_path, monkeypatch):
+    """devices.wait_for_roles: the disks a cold boot's block driver probed while it loaded
+    are found by listing /sys/block, with no BlockWatcher (pyudev and libudev stay out of
+    PID 1); a role still missing is waited for on a watcher, then named in the error."""
+    for name, serial in (("vda", "rootfs"), ("vdb", "overlay")):
+        (tmp_path / "block" / name).mkdir(parents=True)
+        (tmp_path / "block" / name / "serial").write_text(serial + "\n")
+
+    class NeverWatcher:
+        made = 0
+
+        def __init__(self):
+            NeverWatcher.made += 1
+            self.disks = devices.disks_present(str(tmp_path))
+
+        def wait_for_roles(self, roles, timeout):
+            return devices.roles_found(self.disks, roles)
+
+    monkeypatch.setattr(devices, "BlockWatcher", NeverWatcher)
+    found = devices.wait_for_roles(("rootfs", "overlay"), 5, sysfs=str(tmp_path))
+    assert found == {"rootfs": "/dev/vda", "overlay": "/dev/vdb"}
+    assert NeverWatcher.made == 0
+    with pytest.raises(OSError, match=r"within 5 s: config \(serial=config or /dev/vdc\)"):
+        devices.wait_for_roles(("rootfs", "overlay", "config"), 5, sysfs=str(tmp_path))
+    assert NeverWatcher.made == 1
