@@ -45,12 +45,21 @@ def decompress(raw: bytes) -> bytes:
     return raw
 
 
+HEADERS_TREE = ("usr", "usr/lib", "usr/lib/kindling", "usr/lib/kindling/headers")
+
+
 def split_initrd(raw: bytes) -> tuple[list[list[dict]], bytes]:
-    """The plain archives at the front of an initrd, and the (compressed) rest."""
+    """The plain kernel-headers segments at the front of an initrd (archives holding only
+    usr/lib/kindling/headers and its parents), and the main archive after them: compressed,
+    or plain (`--compression none`)."""
     plain, off = [], 0
     while raw[off:off + 6] == MAGIC:
-        entries, off = read_archive(raw, off)
+        entries, end = read_archive(raw, off)
+        if not all(e["name"] in HEADERS_TREE or e["name"].startswith(HEADERS_TREE[-1] + "/")
+                   for e in entries):
+            break
         plain.append(entries)
+        off = end
     return plain, raw[off:]
 
 

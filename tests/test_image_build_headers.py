@@ -113,7 +113,8 @@ def test_initrd_carries_the_tarball_in_a_plain_first_segment(images, built):
     assert sorted(by_name) == ["usr", "usr/lib", "usr/lib/kindling", "usr/lib/kindling/headers", name]
     assert by_name[name]["body"] == built.tarball.read_bytes()
     assert stat.S_IMODE(by_name[name]["mode"]) == 0o644
-    assert main[:4] == b"\x02\x21\x4c\x18"               # the lz4 main archive follows
+    assert main[:6] == b"070701"                          # the main archive follows, uncompressed
+    assert any(e["name"] == "init" for e in read_archive(main)[0])
     assert with_h.info["headers"] == {"path_in_initrd": "/" + name, "release": with_h.kernel_release,
                                       "size": built.tarball.stat().st_size, "compression": "gz"}
     # --no-headers: the same main archive, no segment, and its own cache entry
@@ -127,7 +128,9 @@ def test_the_kernel_reads_the_segment_then_the_rest(images):
     """Both parts are archives the kernel can read: the plain one ends at a 4-aligned trailer."""
     raw = images[0].initrd.read_bytes()
     entries, end = read_archive(raw)
-    assert end % 4 == 0 and raw[end:end + 4] == b"\x02\x21\x4c\x18"
+    assert end % 4 == 0 and raw[end:end + 6] == b"070701"
+    main, after = read_archive(raw, end)
+    assert after == len(raw) and any(e["name"] == "init" for e in main)
 
 
 def test_cli_no_headers(cache_dir, tmp_path, capsys):
