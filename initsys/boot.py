@@ -115,7 +115,13 @@ class Boot:
             from initsys import checkpoint
             checkpoint.bind_disks(self._unbound)
             return
-        kmod.load_all()   # the disks present are probed as it loads: wait_for_disks lists them
+        from initsys import preload, timeline
+        loaded = preload.join()        # started by /init (initsys/preload.py)
+        if loaded is None:
+            kmod.load_all()
+        else:
+            timeline.ran_elsewhere(*loaded)
+        # the disks present were probed as it loaded: wait_for_disks lists them
 
     def load_modules_but_disks(self):
         """The checkpoint's `modules`: the closure, the block driver bound to no disk."""

@@ -34,7 +34,7 @@ def steps(b):
         Step(MAIN, "setup-thread", b.prestart_setup_thread, when=warm, line=False),  # idle until then
         Step(TRIO, "checkpoint", b.checkpoint, when=warm),   # trio starts; snapshotted; clones go on
         # -- every boot from here (a cold one does its modules, ports, control here) --
-        Step(SETUP, "modules", b.load_modules),                         # a clone: the block driver
+        Step(SETUP, "modules", b.load_modules),     # joins /init's thread (initsys/preload.py); a clone: the block driver
         Step(SETUP, "disks", b.wait_for_disks),
         Step(SETUP, "ports", b.wait_for_agent_port, when=both(cold, b.agent_on_serial)),
         Step(SETUP, "control", b.open_control, when=both(cold, b.control_requested)),  # before any program

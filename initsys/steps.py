@@ -28,7 +28,9 @@ module closure, wait for the disks, assemble the overlay root, read the
 config, bind mounts -- is almost all kernel work (finit_module, mount, uevent
 waits) done with the GIL released.  So it runs, in order, in one plain thread
 started right after the API mounts, while the main thread imports trio; with
-two vCPUs the two really overlap.  Alternatives weighed: (a) everything in
+two vCPUs the two really overlap.  (Its first step, the module closure, begins
+even earlier: /init starts it in a thread of its own, initsys/preload.py, and the
+`modules` step joins that.)  Alternatives weighed: (a) everything in
 trio after the import -- simplest, but the ~0.5 s of setup then comes after
 the ~0.9 s import instead of under it; (b) a separate process for the setup --
 it would pay its own interpreter start (~0.2 s) and need IPC for the config.

@@ -50,17 +50,17 @@ class Stage:
         self._outer = None
 
     def __enter__(self):
-        self._outer = current()
-        _where.stage = self.name
+        self._outer = (current(), getattr(_where, "obj", None))
+        _where.stage, _where.obj = self.name, self
         if self.start is None:
             self.start = time.monotonic()
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        _where.stage = self._outer
+        _where.stage, _where.obj = self._outer
         if exc is None:
             if self.line:
-                self.finish(time.monotonic())
+                self.finish(time.monotonic() if self.end is None else self.end)
             return False
         if isinstance(exc, Exception) and not isinstance(exc, BootFailed):  # groups too
             raise BootFailed(self.name, exc) from exc
@@ -74,6 +74,13 @@ class Stage:
             console.emit(line)
         else:
             control.write(line)
+
+
+def ran_elsewhere(start, end):
+    """The calling thread's stage was done by another thread, from `start` to `end` (the
+    module closure, started by /init: initsys/preload.py); its line says so."""
+    stage = _where.obj
+    stage.start, stage.end = start, end
 
 
 def on_console(environ=os.environ):
